@@ -1,0 +1,1 @@
+//! Kernel config fragment and checker. (being written)

@@ -1,0 +1,1 @@
+//! Kernel module index. (being written)
