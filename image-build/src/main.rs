@@ -1,1 +1,175 @@
-fn main() {}
+//! `image-build`: makes Berth's boot artifacts from Debian packages and the workspace's
+//! binaries, without root, loop devices or mounts.
+//!
+//! `image-build initramfs` writes `vmlinuz`, `initrd.img` and `manifest.json` into the
+//! output directory; `image-build floor` writes the kernel-only floor initramfs that
+//! `make bench` compares against.
+
+mod archive;
+mod debs;
+mod elf;
+mod initramfs;
+mod kernel;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use initramfs::{Inputs, Variant};
+
+/// zstd level for the initramfs: 19 is slow to build (seconds) and fast to unpack.
+const ZSTD_LEVEL: i32 = 19;
+
+#[derive(Parser, Debug)]
+#[command(name = "image-build", version, about = "Builds Berth's boot artifacts")]
+struct Cli {
+    /// Download and unpack cache (Debian packages).
+    #[arg(long, global = true, default_value = "cache")]
+    cache: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Kernel + initramfs (+ manifest.json) for a variant.
+    Initramfs {
+        #[arg(long, value_enum, default_value = "prod")]
+        variant: Variant,
+        /// Directory holding the built `init` (and `berth-testd` for the test variant).
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// The kernel-only floor for the boot benchmark.
+    Floor {
+        #[arg(long, default_value = "out/floor")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("image-build: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    // Absolute, so paths recorded in manifest.json work from anywhere.
+    let cache = std::path::absolute(&cli.cache)
+        .with_context(|| format!("resolving {}", cli.cache.display()))?;
+    match cli.command {
+        Command::Initramfs {
+            variant,
+            bin_dir,
+            out,
+        } => build_initramfs(&cache, variant, bin_dir, &out),
+        Command::Floor { out } => build_floor(&cache, &out),
+    }
+}
+
+fn build_initramfs(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> Result<()> {
+    let kernel = kernel::prepare(cache)?;
+    let busybox = match variant {
+        Variant::Test => Some(busybox(cache)?),
+        Variant::Prod => None,
+    };
+    let inputs = Inputs {
+        variant,
+        bin_dir,
+        busybox,
+    };
+    let (archive, contents) = initramfs::build(&kernel, &inputs)?;
+    let initrd = archive.to_zstd(ZSTD_LEVEL)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let vmlinuz = std::fs::read(kernel.vmlinuz())
+        .with_context(|| format!("reading {}", kernel.vmlinuz().display()))?;
+    write(&out.join("vmlinuz"), &vmlinuz)?;
+    write(&out.join("initrd.img"), &initrd)?;
+    // The kernel's config beside it, for kernel-config-check and for operators.
+    let config = std::fs::read(kernel.config())
+        .with_context(|| format!("reading {}", kernel.config().display()))?;
+    write(&out.join("kernel.config"), &config)?;
+    let manifest = serde_json::json!({
+        "variant": variant,
+        "kernel": {
+            "package": kernel.package.name,
+            "version": kernel.package.version,
+            "release": kernel.release,
+            "modules_dir": kernel.modules_dir(),
+            "vmlinuz_bytes": vmlinuz.len(),
+        },
+        "initramfs": {
+            "bytes": initrd.len(),
+            "compression": format!("zstd-{ZSTD_LEVEL}"),
+            "uncompressed_content_bytes": contents.uncompressed_bytes,
+            "modules": contents.modules,
+            "early_modules": contents.early_modules,
+            "libraries": contents.libraries,
+        },
+    });
+    let text = serde_json::to_string_pretty(&manifest).context("rendering manifest.json")?;
+    write(&out.join("manifest.json"), text.as_bytes())?;
+    eprintln!(
+        "image-build: {} variant: kernel {} ({} KiB), initramfs {} KiB ({} modules) in {}",
+        format!("{variant:?}").to_lowercase(),
+        kernel.release,
+        vmlinuz.len() / 1024,
+        initrd.len() / 1024,
+        contents.modules.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn build_floor(cache: &Path, out: &Path) -> Result<()> {
+    let kernel = kernel::prepare(cache)?;
+    let archive = initramfs::floor(&busybox(cache)?)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let vmlinuz = std::fs::read(kernel.vmlinuz())
+        .with_context(|| format!("reading {}", kernel.vmlinuz().display()))?;
+    write(&out.join("vmlinuz"), &vmlinuz)?;
+    write(&out.join("initrd.img"), &archive.to_zstd(ZSTD_LEVEL)?)?;
+    eprintln!("image-build: floor initramfs in {}", out.display());
+    Ok(())
+}
+
+/// busybox from Debian's busybox-static package (fetched, not installed).
+fn busybox(cache: &Path) -> Result<PathBuf> {
+    let pkg = debs::resolve("busybox-static")?;
+    let deb = debs::download(&pkg, cache)?;
+    let root = cache
+        .join("unpacked")
+        .join(format!("{}_{}", pkg.name, pkg.version));
+    debs::extract(&deb, &root)?;
+    let path = root.join("bin/busybox");
+    anyhow::ensure!(path.exists(), "busybox-static unpacked without bin/busybox");
+    Ok(path)
+}
+
+/// Writes through a temporary file and a rename, so a failed build leaves no half file.
+fn write(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,1 +1,116 @@
-fn main() {}
+//! Berth's PID 1.
+//!
+//! One binary, two roles: run as process 1 it boots and supervises the machine; run as
+//! `modprobe` (the kernel's module helper, linked to it) it loads a module. As PID 1 it
+//! must never exit or panic (either is a kernel panic): every step reports its errors on
+//! the console and goes on, a failure that leaves nothing to do is one `berth: fatal:`
+//! line followed by emergency mode, and each phase runs under `catch_unwind` so even a
+//! bug ends in emergency mode.
+//!
+//! Emergency mode keeps the machine up with no services: the console stays readable, and
+//! the power button, ctrl-alt-del and shutdown signals still work. We chose this over
+//! halting or powering off because an operator can then read why it failed.
+
+mod cmdline;
+mod log;
+mod modprobe;
+mod modules;
+mod shutdown;
+mod stage1;
+mod stage2;
+mod sys;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use nix::sys::signal::SigSet;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use stage2::power_button::PowerButtons;
+use stage2::services::Services;
+use stage2::supervise::Supervisor;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    if Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "modprobe")
+    {
+        return modprobe::main(args);
+    }
+    if std::process::id() != 1 {
+        if args.next().is_some_and(|a| a == "--version") {
+            log::bare(format_args!("berth-init {}", env!("CARGO_PKG_VERSION")));
+            return ExitCode::SUCCESS;
+        }
+        log::bare(format_args!(
+            "init: Berth's PID 1; the kernel runs it as init, or as modprobe through a link named modprobe"
+        ));
+        return ExitCode::from(2);
+    }
+    pid1()
+}
+
+fn pid1() -> ! {
+    std::panic::set_hook(Box::new(|panic| {
+        log::bare(format_args!("berth: fatal: init bug: {panic}"));
+    }));
+    // Every signal comes through the signalfd; std's Command unblocks them in children.
+    if let Err(e) = SigSet::all().thread_block() {
+        warn!("blocking signals: {e}");
+    }
+    let mut supervisor = match catch_unwind(boot) {
+        Ok(Ok(s)) => s,
+        Ok(Err(fatal)) => emergency(&fatal.to_string()),
+        Err(_) => emergency("init panicked during boot"),
+    };
+    let action = loop {
+        match catch_unwind(AssertUnwindSafe(|| supervisor.run())) {
+            Ok(action) => break action,
+            Err(_) => warn!("supervisor loop panicked; resuming"),
+        }
+    };
+    shutdown::run(action, &mut supervisor.services)
+}
+
+fn boot() -> Result<Supervisor, stage1::Fatal> {
+    let stage1 = stage1::run()?;
+    let signals = signal_fd().map_err(|e| stage1::Fatal(format!("creating the signalfd: {e}")))?;
+    Ok(stage2::run(stage1, signals))
+}
+
+fn signal_fd() -> nix::Result<SignalFd> {
+    SignalFd::with_flags(
+        &SigSet::all(),
+        SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+    )
+}
+
+/// Prints the fatal line and returns a supervisor with nothing to supervise, so the
+/// machine keeps answering the power button and signals.
+fn emergency(reason: &str) -> Supervisor {
+    log::bare(format_args!("berth: fatal: {reason}"));
+    info!("emergency mode: no services; power button and ctrl-alt-del still work");
+    loop {
+        match signal_fd() {
+            Ok(signals) => {
+                let mut buttons = PowerButtons::default();
+                buttons.refresh(Path::new("/sys/class/input"), Path::new("/dev/input"));
+                return Supervisor {
+                    signals,
+                    uevents: None,
+                    loader: None,
+                    buttons,
+                    services: Services::default(),
+                };
+            }
+            Err(e) => {
+                warn!("creating the signalfd: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+# Berth: `make run` boots the image in QEMU, `make test` runs every test.
+# Everything builds in release mode: the image needs it, and building one profile instead
+# of two saves CI minutes.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+BIN := target/release
+OUT := out
+VARIANT ?= prod
+IMAGE_DIR := $(if $(filter test,$(VARIANT)),$(OUT)/test,$(OUT))
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all deps build image image-test floor run test lint unit vm-test bench clean
+
+all: image
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	$(CARGO) build --release --workspace --bins
+
+# Kernel + initramfs (+ manifest.json) in out/ (VARIANT=test: out/test/).
+image: build
+	$(BIN)/image-build initramfs --variant $(VARIANT) --out $(IMAGE_DIR)
+
+image-test: build
+	$(BIN)/image-build initramfs --variant test --out $(OUT)/test
+
+floor: build
+	$(BIN)/image-build floor --out $(OUT)/floor
+
+run: image
+	$(BIN)/berth-vm run --kernel $(IMAGE_DIR)/vmlinuz --initrd $(IMAGE_DIR)/initrd.img
+
+lint: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit and host tests, then the QEMU tests against the real test image.
+test: lint image-test floor
+	BERTH_TEST_IMAGE=$(OUT)/test BERTH_FLOOR_IMAGE=$(OUT)/floor \
+		$(CARGO) test --release --workspace
+
+bench: image floor
+	$(BIN)/berth-vm bench --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img \
+		--floor-initrd $(OUT)/floor/initrd.img --runs 3 --json $(OUT)/bench.json
+
+clean:
+	rm -rf $(OUT)

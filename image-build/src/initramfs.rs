@@ -1,0 +1,257 @@
+//! The initramfs: init (as /init, and /usr/sbin/modprobe for the kernel's module
+//! helper), the shared libraries it loads, the kernel modules `kernel-config/` lists
+//! closed over their dependencies and softdeps with an index restricted to them, and
+//! for the test variant busybox and berth-testd as a service.
+//!
+//! Layout is merged-/usr (/bin, /sbin, /lib, /lib64 link into /usr), as the read-only
+//! root will be.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kmod::ModuleIndex;
+
+use crate::archive::{Archive, Node};
+use crate::elf;
+use crate::kernel::Kernel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// What ships: no shell, no test daemon.
+    Prod,
+    /// Adds busybox and berth-testd (the harness's way in); never shipped.
+    Test,
+}
+
+/// Inputs beyond the kernel.
+pub struct Inputs {
+    pub variant: Variant,
+    /// Where cargo put init, berth-testd (target/release).
+    pub bin_dir: PathBuf,
+    /// busybox-static's binary, for the test variant.
+    pub busybox: Option<PathBuf>,
+}
+
+/// What went in, for the manifest.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Contents {
+    pub modules: Vec<String>,
+    pub early_modules: Vec<String>,
+    pub libraries: Vec<String>,
+    pub files: u64,
+    pub uncompressed_bytes: u64,
+}
+
+const MERGED_USR: &[(&str, &str)] = &[
+    ("bin", "usr/bin"),
+    ("sbin", "usr/sbin"),
+    ("lib", "usr/lib"),
+    ("lib64", "usr/lib64"),
+];
+
+pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
+    let mut a = Archive::default();
+    let mut contents = Contents::default();
+    for (link, target) in MERGED_USR {
+        a.add_symlink(link, target)?;
+        a.add(target, Node::Dir { mode: 0o755 })?;
+    }
+    // The kernel opens /dev/console for init before devtmpfs exists.
+    a.add(
+        "dev/console",
+        Node::CharDevice {
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )?;
+    for dir in ["proc", "sys", "run", "tmp", "etc", "var"] {
+        a.add(dir, Node::Dir { mode: 0o755 })?;
+    }
+
+    let init = inputs.bin_dir.join("init");
+    a.add_host_file("init", 0o755, &init)?;
+    a.add_symlink("usr/sbin/modprobe", "/init")?;
+    let mut binaries = vec![init];
+
+    if inputs.variant == Variant::Test {
+        add_test_tools(&mut a, inputs, &mut binaries)?;
+    }
+    contents.libraries = add_libraries(&mut a, &binaries)?;
+    let (modules, early) = add_modules(&mut a, kernel)?;
+    contents.modules = modules;
+    contents.early_modules = early;
+    contents.uncompressed_bytes = a.content_bytes();
+    Ok((a, contents))
+}
+
+fn add_test_tools(a: &mut Archive, inputs: &Inputs, binaries: &mut Vec<PathBuf>) -> Result<()> {
+    let busybox = inputs
+        .busybox
+        .as_deref()
+        .context("the test variant needs busybox (busybox-static)")?;
+    a.add_host_file("usr/bin/busybox", 0o755, busybox)?;
+    for applet in busybox_applets(busybox)? {
+        let path = format!("usr/bin/{applet}");
+        if !a.contains(&path) && !a.contains(&format!("usr/sbin/{applet}")) {
+            a.add_symlink(&path, "busybox")?;
+        }
+    }
+    let testd = inputs.bin_dir.join("berth-testd");
+    a.add_host_file("usr/bin/berth-testd", 0o755, &testd)?;
+    binaries.push(testd);
+    a.add_file(
+        "usr/lib/berth/services/berth-testd.toml",
+        0o644,
+        TESTD_SERVICE.as_bytes().to_vec(),
+    )?;
+    Ok(())
+}
+
+const TESTD_SERVICE: &str = "\
+# Test image only: runs commands the QEMU harness sends over virtio-serial.
+name = \"berth-testd\"
+exec = \"/usr/bin/berth-testd\"
+restart = \"always\"
+";
+
+/// Applet names as `busybox --list` prints them (busybox-static runs on the build host).
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
+    let out = crate::debs::run(std::process::Command::new(busybox).arg("--list"))?;
+    Ok(out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains('/') && *l != "busybox")
+        .map(String::from)
+        .collect())
+}
+
+/// Copies the libraries the binaries load. Several image paths for one host file (the
+/// loader is both PT_INTERP /lib64/ld-linux-x86-64.so.2 and libc's DT_NEEDED) become
+/// one file and symlinks.
+fn add_libraries(a: &mut Archive, binaries: &[PathBuf]) -> Result<Vec<String>> {
+    let libs = elf::library_closure(Path::new("/"), binaries)?;
+    let mut by_file: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for (image_path, host) in &libs {
+        let canonical = host
+            .canonicalize()
+            .with_context(|| format!("resolving {}", host.display()))?;
+        by_file
+            .entry(canonical)
+            .or_default()
+            .push(image_path.clone());
+    }
+    for (host, mut paths) in by_file {
+        // Prefer the multiarch directory as the real file's home.
+        paths.sort_by_key(|p| !p.starts_with("/usr/lib/x86_64-linux-gnu/"));
+        let Some((first, rest)) = paths.split_first() else {
+            continue;
+        };
+        a.add_host_file(&image_path_in_usr(first), 0o755, &host)?;
+        for other in rest {
+            a.add_symlink(image_path_in_usr(other).as_str(), first)?;
+        }
+    }
+    Ok(libs.into_keys().collect())
+}
+
+/// `/lib64/x` -> `usr/lib64/x`: paths under the merged-/usr links must be added below
+/// /usr, or they would collide with the link itself.
+fn image_path_in_usr(path: &str) -> String {
+    let rel = path.trim_start_matches('/');
+    for (link, target) in MERGED_USR {
+        if let Some(rest) = rel.strip_prefix(&format!("{link}/")) {
+            return format!("{target}/{rest}");
+        }
+    }
+    rel.to_string()
+}
+
+/// Checks the kernel config against kernel-config/, then carries the listed modules and
+/// everything they need, with an index restricted to them and the early list.
+fn add_modules(a: &mut Archive, kernel: &Kernel) -> Result<(Vec<String>, Vec<String>)> {
+    let config = kernel_config::KernelConfig::load(&kernel.config())
+        .with_context(|| format!("reading {}", kernel.config().display()))?;
+    let report = kernel_config::check(&kernel_config::fragment(), &config);
+    if !report.violations.is_empty() {
+        let lines: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        bail!(
+            "kernel {} does not meet kernel-config/berth.config:\n{}",
+            kernel.release,
+            lines.join("\n")
+        );
+    }
+    let dir = kernel.modules_dir();
+    let index = ModuleIndex::load(&dir)
+        .with_context(|| format!("reading the module index in {}", dir.display()))?;
+    let closure = index
+        .closure(&report.modules)
+        .context("closing the module list over its dependencies")?;
+    let keep: BTreeSet<String> = closure.iter().cloned().collect();
+    let base = format!("usr/lib/modules/{}", kernel.release);
+    for module in &closure {
+        let rel = index
+            .path(module)
+            .with_context(|| format!("module {module} has no file"))?;
+        a.add_host_file(&format!("{base}/{rel}"), 0o644, &dir.join(rel))?;
+    }
+    let files = index.restricted(&keep);
+    for (name, text) in [
+        ("modules.dep", &files.dep),
+        ("modules.alias", &files.alias),
+        ("modules.softdep", &files.softdep),
+        ("modules.builtin", &files.builtin),
+    ] {
+        a.add_file(&format!("{base}/{name}"), 0o644, text.clone().into_bytes())?;
+    }
+    let mut early = report.early.clone();
+    early.sort();
+    let early_text: String = early.iter().map(|m| format!("{m}\n")).collect();
+    a.add_file(
+        &format!("{base}/modules.early"),
+        0o644,
+        early_text.into_bytes(),
+    )?;
+    Ok((closure, early))
+}
+
+/// The kernel-only floor for `make bench`: busybox as /init's shell, printing one line
+/// and powering off at once; the same kernel and console, nothing of Berth.
+pub fn floor(busybox: &Path) -> Result<Archive> {
+    let mut a = Archive::default();
+    a.add(
+        "dev/console",
+        Node::CharDevice {
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )?;
+    a.add_host_file("bin/busybox", 0o755, busybox)?;
+    a.add_file(
+        "init",
+        0o755,
+        b"#!/bin/busybox sh\n/bin/busybox echo 'floor: ready'\n/bin/busybox poweroff -f\n".to_vec(),
+    )?;
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_under_merged_usr_links_move_into_usr() {
+        assert_eq!(
+            image_path_in_usr("/lib64/ld-linux-x86-64.so.2"),
+            "usr/lib64/ld-linux-x86-64.so.2"
+        );
+        assert_eq!(
+            image_path_in_usr("/usr/lib/x/libc.so.6"),
+            "usr/lib/x/libc.so.6"
+        );
+        assert_eq!(image_path_in_usr("/lib/x/libc.so.6"), "usr/lib/x/libc.so.6");
+    }
+}

@@ -1,0 +1,257 @@
+//! Orderly shutdown: stop services, end every other process, sync, unmount, then the
+//! reboot(2) call. Every wait is bounded, so a process stuck in D state (uninterruptible
+//! I/O) delays shutdown by seconds, never forever.
+
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::stage2::services::Services;
+use crate::{info, warn};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    PowerOff,
+    Reboot,
+    Halt,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::PowerOff => "powering off",
+            Action::Reboot => "rebooting",
+            Action::Halt => "halting",
+        }
+    }
+
+    fn mode(self) -> RebootMode {
+        match self {
+            Action::PowerOff => RebootMode::RB_POWER_OFF,
+            Action::Reboot => RebootMode::RB_AUTOBOOT,
+            Action::Halt => RebootMode::RB_HALT_SYSTEM,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::PowerOff => "poweroff",
+            Action::Reboot => "reboot",
+            Action::Halt => "halt",
+        })
+    }
+}
+
+const SERVICE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const TERM_TIMEOUT: Duration = Duration::from_secs(3);
+const KILL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Never returns: ends in reboot(2), or, if the kernel refuses, waits forever (PID 1
+/// must not exit).
+pub fn run(action: Action, services: &mut Services) -> ! {
+    info!("shutdown: {action}: stopping services");
+    let stopping = services.signal_all(Signal::SIGTERM);
+    if stopping > 0 {
+        reap_until(SERVICE_STOP_TIMEOUT, |s| s.running() == 0, services);
+        if services.running() > 0 {
+            warn!(
+                "shutdown: {} service(s) still running after {} s",
+                services.running(),
+                SERVICE_STOP_TIMEOUT.as_secs()
+            );
+        }
+    }
+    info!("shutdown: sending SIGTERM to all processes");
+    end_all(Signal::SIGTERM, TERM_TIMEOUT, services);
+    info!("shutdown: sending SIGKILL to all processes");
+    end_all(Signal::SIGKILL, KILL_TIMEOUT, services);
+    info!("shutdown: syncing filesystems");
+    nix::unistd::sync();
+    unmount_all();
+    info!("shutdown: {}", action.verb());
+    let err = match reboot(action.mode()) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    warn!("shutdown: reboot({action}) failed: {err}; waiting");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// kill(-1, sig) reaches every process but init itself; then reap until none is left
+/// (ECHILD: every process ends up as init's child) or the timeout.
+fn end_all(signal: Signal, timeout: Duration, services: &mut Services) {
+    match kill(Pid::from_raw(-1), signal) {
+        Ok(()) => {}
+        Err(Errno::ESRCH) => return,
+        Err(e) => warn!("shutdown: kill(-1, {signal}): {e}"),
+    }
+    let none_left = reap_until(timeout, |_| false, services);
+    if !none_left {
+        warn!(
+            "shutdown: processes left after {signal} and {} s; going on",
+            timeout.as_secs()
+        );
+    }
+}
+
+/// Reaps children until `done` holds, there are no children, or the timeout passes.
+/// Returns true when no children are left.
+fn reap_until(
+    timeout: Duration,
+    done: impl Fn(&Services) -> bool,
+    services: &mut Services,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    services.on_exit(pid, status, true);
+                }
+                continue;
+            }
+            Err(Errno::ECHILD) => return true,
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                warn!("shutdown: waitpid: {e}");
+                return false;
+            }
+        }
+        if done(services) || Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Filesystem types that hold no data of ours and stay mounted to the end.
+const API_FSTYPES: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup2",
+    "tmpfs",
+    "rootfs",
+    "ramfs",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "pstore",
+    "efivarfs",
+    "mqueue",
+    "hugetlbfs",
+    "configfs",
+    "fusectl",
+    "autofs",
+    "binfmt_misc",
+];
+
+/// Unmounts every real filesystem, innermost first; one that is still busy is remounted
+/// read-only so its journal is clean when the power goes.
+fn unmount_all() {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        warn!("shutdown: cannot read /proc/self/mountinfo; not unmounting");
+        return;
+    };
+    let mut count = 0;
+    for (target, fstype) in mounts(&text).into_iter().rev() {
+        if target == "/" || API_FSTYPES.contains(&fstype.as_str()) {
+            continue;
+        }
+        match umount2(target.as_str(), MntFlags::empty()) {
+            Ok(()) => count += 1,
+            Err(e) => {
+                let ro = mount(
+                    None::<&str>,
+                    target.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                );
+                match ro {
+                    Ok(()) => info!("shutdown: {target} busy ({e}); remounted read-only"),
+                    Err(e2) => warn!("shutdown: {target}: unmount: {e}; read-only remount: {e2}"),
+                }
+            }
+        }
+    }
+    info!("shutdown: unmounted {count} filesystem(s)");
+}
+
+/// (mount point, fstype) from /proc/self/mountinfo, in mount order. Mount points escape
+/// spaces and such as octal (`\040`).
+fn mounts(mountinfo: &str) -> Vec<(String, String)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let target = fields.get(4)?;
+            let sep = fields.iter().position(|f| *f == "-")?;
+            let fstype = fields.get(sep + 1)?;
+            Some((unescape_octal(target), (*fstype).to_string()))
+        })
+        .collect()
+}
+
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes
+            .get(i + 1..i + 4)
+            .filter(|_| bytes[i] == b'\\')
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo() {
+        let text = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+                    30 1 253:0 / /var rw,relatime shared:1 - btrfs /dev/vda4 rw\n\
+                    31 30 0:40 / /var/with\\040space rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            mounts(text),
+            vec![
+                ("/proc".to_string(), "proc".to_string()),
+                ("/var".to_string(), "btrfs".to_string()),
+                ("/var/with space".to_string(), "tmpfs".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn unescape_leaves_plain_text_and_bad_escapes() {
+        assert_eq!(unescape_octal("/a\\134b"), "/a\\b");
+        assert_eq!(unescape_octal("/trailing\\"), "/trailing\\");
+        assert_eq!(unescape_octal("/x\\9zz"), "/x\\9zz");
+    }
+}

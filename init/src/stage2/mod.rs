@@ -1,0 +1,63 @@
+//! Stage 2: the running system: hostname, loopback, services, then supervision until
+//! shutdown. (Storage, /etc and the real root come with the disk image, issue 3.)
+
+pub mod power_button;
+pub mod services;
+pub mod supervise;
+
+use std::path::Path;
+
+use nix::sys::signalfd::SignalFd;
+
+use crate::cmdline::Cmdline;
+use crate::stage1::Stage1;
+use crate::{info, log, sys, warn};
+use power_button::PowerButtons;
+use services::Services;
+use supervise::Supervisor;
+
+pub const DEFAULT_HOSTNAME: &str = "berth";
+pub const SERVICES_DIR: &str = "/usr/lib/berth/services";
+
+/// Brings the system up and prints `berth: ready`; returns the supervisor to run.
+pub fn run(stage1: Stage1, signals: SignalFd) -> Supervisor {
+    let cmdline = Cmdline::read(Path::new("/proc/cmdline")).unwrap_or_else(|e| {
+        warn!("reading /proc/cmdline: {e}");
+        Cmdline::default()
+    });
+    let hostname = cmdline.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
+    match nix::unistd::sethostname(hostname) {
+        Ok(()) => info!("hostname {hostname}"),
+        Err(e) => warn!("setting hostname {hostname:?}: {e}"),
+    }
+    match sys::set_link_up("lo") {
+        Ok(()) => info!("loopback up"),
+        Err(e) => warn!("bringing up loopback: {e}"),
+    }
+    let mut buttons = PowerButtons::default();
+    for name in buttons.refresh(Path::new("/sys/class/input"), Path::new("/dev/input")) {
+        info!("power button on /dev/input/{name}");
+    }
+    let (configs, errors) = services::load_dir(Path::new(SERVICES_DIR));
+    for e in errors {
+        warn!("{e}; skipped");
+    }
+    let mut services = Services::new(configs);
+    services.start_all();
+    let up = log::uptime();
+    log::bare(format_args!(
+        "berth: ready (berth {}, up {}.{:03} s, hostname {hostname}, {} modules, {} services)",
+        env!("CARGO_PKG_VERSION"),
+        up.as_secs(),
+        up.subsec_millis(),
+        stage1.modules_loaded,
+        services.len()
+    ));
+    Supervisor {
+        signals,
+        uevents: stage1.uevents,
+        loader: stage1.loader,
+        buttons,
+        services,
+    }
+}

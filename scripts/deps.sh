@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs with apt what building, booting and testing Berth need. Idempotent and quiet
+# when everything is present. Checks with dpkg after installing (a `command -v` check
+# before would miss packages that ship no command, and half-installed ones).
+set -euo pipefail
+
+# Why each package is here:
+#   qemu-system-x86 qemu-utils ovmf   the test bed (QEMU, qemu-img, UEFI firmware)
+#   erofs-utils btrfs-progs           root filesystem image, /var filesystem (issue 3)
+#   mtools dosfstools gdisk           ESP and GPT written without root or loop devices
+#   syslinux syslinux-common          BIOS boot; systemd-boot-efi: UEFI boot
+#   cpio zstd                         inspecting initramfs images by hand
+#   busybox-static                    test image shell; kernel-only boot floor
+#   kmod                              depmod indexes the unpacked kernel's modules
+#   socat                             metadata-server forwarding in guest tests
+PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
+          syslinux syslinux-common systemd-boot-efi cpio zstd busybox-static kmod socat)
+
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+
+missing=()
+for p in "${PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+
+# image-build resolves the kernel with apt-cache: the package lists must exist.
+need_update=0
+apt-cache show --no-all-versions linux-image-amd64 >/dev/null 2>&1 || need_update=1
+
+if [ ${#missing[@]} -eq 0 ] && [ $need_update -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "deps: missing packages: ${missing[*]:-none} (apt lists stale: $need_update); run as root" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+echo "deps: apt-get update"
+apt-get update -qq
+if [ ${#missing[@]} -gt 0 ]; then
+  # A fresh Debian 12 machine may carry qemu-utils from backports, which conflicts with
+  # bookworm's qemu-system-x86: install both at the same version in one command.
+  args=()
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  for p in "${missing[@]}"; do
+    case "$p" in qemu-system-x86|qemu-utils) ;; *) args+=("$p") ;; esac
+  done
+  if ! installed qemu-system-x86 || ! installed qemu-utils; then
+    args+=(qemu-system-x86 "qemu-utils=$qemu_version")
+  fi
+  echo "deps: installing ${args[*]}"
+  apt-get install -y -qq --allow-downgrades "${args[@]}" >/dev/null
+fi
+
+still=()
+for p in "${PACKAGES[@]}"; do installed "$p" || still+=("$p"); done
+if [ ${#still[@]} -gt 0 ]; then
+  echo "deps: still missing after apt-get install: ${still[*]}" >&2
+  exit 1
+fi
+apt-cache show --no-all-versions linux-image-amd64 >/dev/null 2>&1 || {
+  echo "deps: apt knows no linux-image-amd64 even after apt-get update" >&2; exit 1; }
+echo "deps: all present"
