@@ -112,7 +112,7 @@ fn ctrl_alt_del_reboots() {
     let mut cfg = config("ctrl-alt-del");
     // A guest reset then ends QEMU, with the reset recorded as the reason.
     cfg.no_reboot = true;
-    let vm = boot(cfg);
+    let mut vm = boot(cfg);
     vm.send_ctrl_alt_del().expect("send-key ctrl-alt-delete");
     let exit = vm
         .wait_exit(SHUTDOWN_TIMEOUT)
@@ -132,7 +132,7 @@ fn ctrl_alt_del_reboots() {
 
 #[test]
 fn orphaned_zombies_are_reaped_by_init() {
-    let mut vm = boot(config("orphans"));
+    let vm = boot(config("orphans"));
     let mut testd = vm.testd().expect("connecting to berth-testd");
     // The shell exits at once; its background child is re-parented to PID 1 and exits
     // two seconds later. Unreaped, it would stay in /proc as a zombie (state Z). Its
@@ -174,7 +174,7 @@ fn orphaned_zombies_are_reaped_by_init() {
 
 #[test]
 fn drivers_load_by_modalias_and_on_demand_through_the_modprobe_helper() {
-    let mut vm = boot(config("modules"));
+    let vm = boot(config("modules"));
     let mut testd = vm.testd().expect("connecting to berth-testd");
     let helper = testd
         .run(&["cat", "/proc/sys/kernel/modprobe"])

@@ -1,0 +1,67 @@
+//! One VM at a time: a TCG guest takes both cores of the build machine, so VM tests in
+//! parallel threads or processes would only slow each other into timeouts.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+
+pub const DEFAULT_LOCK: &str = "/tmp/berth-vm.lock";
+
+/// Held while a VM runs; dropping it releases the flock.
+pub struct VmLock {
+    _lock: Flock<File>,
+    pub path: PathBuf,
+}
+
+/// Blocks until the machine-wide VM lock is ours. Every call opens the file anew: flock
+/// locks belong to an open file description, so threads of one process exclude each
+/// other too.
+pub fn vm_lock() -> Result<VmLock> {
+    lock_file(Path::new(DEFAULT_LOCK))
+}
+
+pub fn lock_file(path: &Path) -> Result<VmLock> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let lock = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(VmLock {
+        _lock: lock,
+        path: path.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn second_locker_waits_for_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let first = lock_file(&path).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let p = path.clone();
+        let t = std::thread::spawn(move || {
+            let _second = lock_file(&p).unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "second lock taken while the first is held"
+        );
+        drop(first);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("second lock after release");
+        t.join().unwrap();
+    }
+}

@@ -1,0 +1,302 @@
+//! One QEMU guest: started with the kernel and initramfs under test, its serial console
+//! in a file, QMP for power buttons and keys, and testd when asked. Holds the VM lock
+//! for its whole life.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::accel::{self, Accel};
+use crate::lock::{vm_lock, VmLock};
+use crate::qmp::Qmp;
+use crate::testd::{TestdClient, PORT_NAME};
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Names the work directory.
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra kernel arguments; `console=ttyS0` is always there.
+    pub append: String,
+    pub memory_mib: u32,
+    pub smp: u32,
+    /// A guest reset ends QEMU (its SHUTDOWN event says guest-reset) instead of
+    /// rebooting.
+    pub no_reboot: bool,
+    /// Adds the virtio-serial port berth-testd talks on.
+    pub testd: bool,
+    pub extra_args: Vec<String>,
+}
+
+impl VmConfig {
+    pub fn new(kernel: PathBuf, initrd: PathBuf) -> Self {
+        VmConfig {
+            name: "vm".into(),
+            kernel,
+            initrd,
+            append: String::new(),
+            memory_mib: 512,
+            smp: 1,
+            no_reboot: false,
+            testd: false,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A console line and when it first appeared, counted from QEMU's start.
+#[derive(Debug, Clone)]
+pub struct LineSeen {
+    pub line: String,
+    pub at: Duration,
+}
+
+#[derive(Debug)]
+pub struct ExitReport {
+    pub status: ExitStatus,
+    /// From QEMU's start.
+    pub after: Duration,
+    pub shutdown_reasons: Vec<String>,
+}
+
+pub struct Vm {
+    child: Child,
+    dir: PathBuf,
+    console_path: PathBuf,
+    testd_socket: Option<PathBuf>,
+    qmp: Qmp,
+    started: Instant,
+    pub accel: Accel,
+    _lock: VmLock,
+}
+
+impl Vm {
+    pub fn boot(cfg: VmConfig) -> Result<Vm> {
+        let lock = vm_lock()?;
+        let accel = accel::probe(&cfg.kernel);
+        let dir = work_dir(&cfg.name)?;
+        let console_path = dir.join("console.log");
+        let qmp_path = dir.join("qmp.sock");
+        let testd_socket = cfg.testd.then(|| dir.join("testd.sock"));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(accel.qemu_args())
+            .args([
+                "-machine",
+                "q35",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+            ])
+            .args([
+                "-m",
+                &cfg.memory_mib.to_string(),
+                "-smp",
+                &cfg.smp.to_string(),
+            ])
+            .arg("-serial")
+            .arg(format!("file:{}", console_path.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+            .arg("-kernel")
+            .arg(&cfg.kernel)
+            .arg("-initrd")
+            .arg(&cfg.initrd)
+            .arg("-append")
+            .arg(format!("console=ttyS0 {}", cfg.append).trim())
+            .args(&cfg.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("qemu.stderr"))?);
+        if cfg.no_reboot {
+            cmd.arg("-no-reboot");
+        }
+        if let Some(sock) = &testd_socket {
+            cmd.args(["-device", "virtio-serial-pci,id=vser"])
+                .arg("-chardev")
+                .arg(format!(
+                    "socket,id=testd,path={},server=on,wait=off",
+                    sock.display()
+                ))
+                .arg("-device")
+                .arg(format!(
+                    "virtserialport,bus=vser.0,chardev=testd,name={PORT_NAME}"
+                ));
+        }
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .context("starting qemu-system-x86_64 (is `make deps` done?)")?;
+        let qmp = match Qmp::connect(&qmp_path, Duration::from_secs(10)) {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = child.kill();
+                let stderr = std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default();
+                return Err(e).context(format!("QEMU did not come up: {stderr}"));
+            }
+        };
+        Ok(Vm {
+            child,
+            dir,
+            console_path,
+            testd_socket,
+            qmp,
+            started,
+            accel,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read(&self.console_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn elapsed_since_start(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits for a console line containing `pattern`.
+    pub fn wait_for_line(&self, pattern: &str, timeout: Duration) -> Result<LineSeen> {
+        self.wait_for_line_count(pattern, 1, timeout)
+    }
+
+    /// Waits for the `n`th console line containing `pattern`.
+    pub fn wait_for_line_count(
+        &self,
+        pattern: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<LineSeen> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let console = self.console();
+            if let Some(line) = console
+                .lines()
+                .filter(|l| l.contains(pattern))
+                .nth(n.saturating_sub(1))
+            {
+                return Ok(LineSeen {
+                    line: line.trim_end_matches('\r').to_string(),
+                    at: self.started.elapsed(),
+                });
+            }
+            let exited = self.qemu_exited();
+            if exited || Instant::now() >= deadline {
+                let tail: Vec<&str> = console.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "no console line with {pattern:?} (#{n}) after {:.1} s{}; console in {}, last lines:\n{}",
+                    self.started.elapsed().as_secs_f64(),
+                    if exited { ", QEMU exited" } else { "" },
+                    self.console_path.display(),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn qemu_exited(&self) -> bool {
+        // /proc/<pid> of an unreaped child stays until wait; its state tells.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    }
+
+    pub fn qmp(&mut self) -> &mut Qmp {
+        &mut self.qmp
+    }
+
+    /// ACPI power button (what clouds send on "stop").
+    pub fn powerdown(&mut self) -> Result<()> {
+        self.qmp.execute("system_powerdown", None).map(drop)
+    }
+
+    pub fn send_ctrl_alt_del(&mut self) -> Result<()> {
+        let keys = json!({ "keys": [
+            { "type": "qcode", "data": "ctrl" },
+            { "type": "qcode", "data": "alt" },
+            { "type": "qcode", "data": "delete" },
+        ]});
+        self.qmp.execute("send-key", Some(keys)).map(drop)
+    }
+
+    /// Waits for QEMU to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitReport> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let after = self.started.elapsed();
+                self.qmp.drain(Duration::from_secs(2));
+                return Ok(ExitReport {
+                    status,
+                    after,
+                    shutdown_reasons: self.qmp.shutdown_reasons(),
+                });
+            }
+            if Instant::now() >= deadline {
+                let tail: Vec<String> = self
+                    .console()
+                    .lines()
+                    .rev()
+                    .take(30)
+                    .map(String::from)
+                    .collect();
+                bail!(
+                    "QEMU still running {} s after asking; last console lines (newest first):\n{}",
+                    timeout.as_secs(),
+                    tail.join("\n")
+                );
+            }
+            // Keep reading QMP so its events are not lost when QEMU closes the socket.
+            self.qmp.drain(Duration::from_millis(50));
+        }
+    }
+
+    /// Power cut.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn testd(&self) -> Result<TestdClient> {
+        let sock = self
+            .testd_socket
+            .as_deref()
+            .context("this VM was booted without testd (VmConfig::testd)")?;
+        TestdClient::connect(sock)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fresh directory under the system temp dir, kept after the run for inspection.
+fn work_dir(name: &str) -> Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir()
+        .join("berth-vm")
+        .join(format!("{name}-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
