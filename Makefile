@@ -39,7 +39,7 @@ lint: deps
 
 # Unit and host tests, then the QEMU tests against the real test image.
 test: lint image-test floor
-	BERTH_TEST_IMAGE=$(OUT)/test BERTH_FLOOR_IMAGE=$(OUT)/floor \
+	BERTH_TEST_IMAGE=$(CURDIR)/$(OUT)/test \
 		$(CARGO) test --release --workspace
 
 bench: image floor

@@ -48,7 +48,7 @@ pub fn resolve_kernel(meta: &str) -> Result<Package> {
     let (_, depends) = candidate(meta)?;
     let name = depends
         .split(',')
-        .map(|d| d.trim().split_whitespace().next().unwrap_or(""))
+        .map(|d| d.split_whitespace().next().unwrap_or(""))
         .find(|d| d.starts_with("linux-image-"))
         .with_context(|| format!("{meta} depends on no linux-image package: {depends:?}"))?
         .to_string();

@@ -83,15 +83,16 @@ pub fn library_closure(sysroot: &Path, binaries: &[PathBuf]) -> Result<BTreeMap<
         let needs =
             needs(&data).with_context(|| format!("reading ELF headers of {}", file.display()))?;
         if let Some(interp) = needs.interpreter {
-            if !out.contains_key(&interp) {
-                let host = sysroot.join(interp.trim_start_matches('/'));
+            if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(interp) {
+                let host = sysroot.join(slot.key().trim_start_matches('/'));
                 if !host.exists() {
                     bail!(
-                        "{} needs interpreter {interp}, which is not on this host",
-                        file.display()
+                        "{} needs interpreter {}, which is not on this host",
+                        file.display(),
+                        slot.key()
                     );
                 }
-                out.insert(interp, host.clone());
+                slot.insert(host.clone());
                 todo.push(host);
             }
         }

@@ -24,8 +24,8 @@ pub fn set_link_up(name: &str) -> Result<(), Errno> {
     Errno::result(rc)?;
     // SAFETY: SIOCGIFFLAGS succeeded, so the kernel wrote `ifru_flags`, the member read.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
-    // IFF_UP is 0x1 and fits the kernel's `short` flags field.
-    let up = flags | libc::IFF_UP as libc::c_short;
+    // IFF_UP is 0x1: it fits the kernel's `short` flags field.
+    let up = flags | libc::c_short::try_from(libc::IFF_UP).map_err(|_| Errno::EOVERFLOW)?;
     req.ifr_ifru.ifru_flags = up;
     // SAFETY: as above; SIOCSIFFLAGS reads the name and `ifru_flags` we just set.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };

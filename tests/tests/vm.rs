@@ -14,7 +14,10 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn image_dir() -> PathBuf {
     match std::env::var_os("BERTH_TEST_IMAGE") {
-        Some(dir) => PathBuf::from(dir),
+        // Relative paths are from the workspace root, where make runs.
+        Some(dir) => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(dir),
         None => panic!("BERTH_TEST_IMAGE is not set: run `make test` (it builds out/test first)"),
     }
 }
