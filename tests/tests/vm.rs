@@ -264,3 +264,45 @@ fn kernel_config_check_passes_for_the_shipped_kernel() {
         );
     }
 }
+
+#[test]
+fn sigrtmin_plus_3_halts_like_systemd() {
+    let vm = boot(config("halt"));
+    let mut testd = vm.testd().expect("connecting to berth-testd");
+    // glibc's SIGRTMIN is 34 (the kernel's 32 plus the two glibc keeps): RTMIN+3 is 37.
+    // The reply may never come: init ends testd on the way down.
+    let _ = testd.run_with(&["kill", "-37", "1"], None, Duration::from_secs(5));
+    vm.wait_for_line("shutdown: halting", SHUTDOWN_TIMEOUT)
+        .expect("init halts on SIGRTMIN+3");
+    vm.wait_for_line("reboot: System halted", SHUTDOWN_TIMEOUT)
+        .expect("the kernel halts");
+    let console = vm.console();
+    assert!(
+        console.contains("shutdown: halt: stopping services"),
+        "{console}"
+    );
+}
+
+#[test]
+fn berth_vm_run_without_a_terminal_boots_and_powers_off() {
+    // What `make run` does under CI: no TTY, so boot, wait for ready, power off, exit 0.
+    let dir = image_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-vm"))
+        .args(["run", "--kernel"])
+        .arg(dir.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(dir.join("initrd.img"))
+        .env("CI", "true")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running berth-vm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("berth: ready"), "{stdout}");
+    assert!(stdout.contains("shutdown: powering off"), "{stdout}");
+    assert!(stdout.contains("berth-vm: powered off cleanly"), "{stdout}");
+}
