@@ -83,6 +83,19 @@ impl Archive {
         )
     }
 
+    /// /dev/console (char 5:1): the kernel opens it as init's stdin, stdout and stderr
+    /// before anything can mount devtmpfs, so every initramfs needs the node.
+    pub fn add_console(&mut self) -> Result<()> {
+        self.add(
+            "dev/console",
+            Node::CharDevice {
+                mode: 0o600,
+                major: 5,
+                minor: 1,
+            },
+        )
+    }
+
     pub fn contains(&self, path: &str) -> bool {
         self.nodes.contains_key(path.trim_start_matches('/'))
     }
@@ -157,15 +170,7 @@ mod tests {
         let mut a = Archive::default();
         a.add_file("usr/bin/x", 0o755, b"x".to_vec()).unwrap();
         a.add_symlink("bin", "usr/bin").unwrap();
-        a.add(
-            "dev/console",
-            Node::CharDevice {
-                mode: 0o600,
-                major: 5,
-                minor: 1,
-            },
-        )
-        .unwrap();
+        a.add_console().unwrap();
         let names: Vec<String> = listing(&a).into_iter().map(|(n, _)| n).collect();
         assert_eq!(
             names,

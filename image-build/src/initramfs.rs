@@ -58,15 +58,7 @@ pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
         a.add_symlink(link, target)?;
         a.add(target, Node::Dir { mode: 0o755 })?;
     }
-    // The kernel opens /dev/console for init before devtmpfs exists.
-    a.add(
-        "dev/console",
-        Node::CharDevice {
-            mode: 0o600,
-            major: 5,
-            minor: 1,
-        },
-    )?;
+    a.add_console()?;
     for dir in ["proc", "sys", "run", "tmp", "etc", "var"] {
         a.add(dir, Node::Dir { mode: 0o755 })?;
     }
@@ -221,14 +213,7 @@ fn add_modules(a: &mut Archive, kernel: &Kernel) -> Result<(Vec<String>, Vec<Str
 /// and powering off at once; the same kernel and console, nothing of Berth.
 pub fn floor(busybox: &Path) -> Result<Archive> {
     let mut a = Archive::default();
-    a.add(
-        "dev/console",
-        Node::CharDevice {
-            mode: 0o600,
-            major: 5,
-            minor: 1,
-        },
-    )?;
+    a.add_console()?;
     a.add_host_file("bin/busybox", 0o755, busybox)?;
     a.add_file(
         "init",

@@ -1,7 +1,7 @@
 //! KVM or TCG. `/dev/kvm` can exist and still hang (nested virtualisation on this kind of
 //! machine does), so KVM is used only after a real kernel boot under it reached its
-//! first panic within seconds. The answer is cached per process and, keyed by the
-//! kernel, in a file, so other test processes do not probe again.
+//! first panic within seconds. The answer is cached per process and, for this host's
+//! boot, in a file, so other test processes do not probe again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -56,7 +56,7 @@ fn decide(kernel: &Path) -> (Accel, String) {
     {
         return (Accel::Tcg, "/dev/kvm cannot be opened".into());
     }
-    let cache = cache_file(kernel);
+    let cache = cache_file();
     if let Some(cached) = cache
         .as_deref()
         .and_then(|p| std::fs::read_to_string(p).ok())
@@ -122,20 +122,9 @@ fn kvm_boots(kernel: &Path) -> bool {
     false
 }
 
-fn cache_file(kernel: &Path) -> Option<PathBuf> {
-    let meta = std::fs::metadata(kernel).ok()?;
-    let mtime = meta
-        .modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    // Keyed by the host's boot too: KVM's health can change across host reboots.
-    Some(std::env::temp_dir().join(format!(
-        "berth-accel-{}-{}-{}",
-        meta.len(),
-        mtime,
-        boot_id.trim()
-    )))
+/// Keyed by the host's boot: whether KVM works is a property of the host (nested
+/// virtualisation, its hypervisor), not of the kernel the probe happened to boot.
+fn cache_file() -> Option<PathBuf> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(std::env::temp_dir().join(format!("berth-accel-{}", boot_id.trim())))
 }
