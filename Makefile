@@ -22,10 +22,10 @@ build: deps
 
 # Kernel + initramfs (+ manifest.json) in out/ (VARIANT=test: out/test/).
 image: build
-	$(BIN)/image-build initramfs --variant $(VARIANT) --out $(IMAGE_DIR)
+	$(BIN)/image-build image --variant $(VARIANT) --out $(IMAGE_DIR)
 
 image-test: build
-	$(BIN)/image-build initramfs --variant test --out $(OUT)/test
+	$(BIN)/image-build image --variant test --out $(OUT)/test
 
 floor: build
 	$(BIN)/image-build floor --out $(OUT)/floor

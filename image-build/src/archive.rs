@@ -96,6 +96,35 @@ impl Archive {
         )
     }
 
+    /// Entries in archive order (sorted, parents first).
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, &Node)> {
+        self.nodes.iter().map(|(p, n)| (p.as_str(), n))
+    }
+
+    /// A digest of every path, kind, mode and content: the seed for the UUIDs and salts
+    /// that must stay fixed while the inputs do.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (path, node) in &self.nodes {
+            h.update(path.as_bytes());
+            h.update([0]);
+            match node {
+                Node::Dir { mode } => h.update(format!("d{mode:o}")),
+                Node::File { mode, data } => {
+                    h.update(format!("f{mode:o}:{}:", data.len()));
+                    h.update(data);
+                }
+                Node::Symlink { target } => h.update(format!("l{target}")),
+                Node::CharDevice { mode, major, minor } => {
+                    h.update(format!("c{mode:o}:{major}:{minor}"))
+                }
+            }
+            h.update([0]);
+        }
+        h.finalize().into()
+    }
+
     pub fn contains(&self, path: &str) -> bool {
         self.nodes.contains_key(path.trim_start_matches('/'))
     }

@@ -1,15 +1,19 @@
 //! `image-build`: makes Berth's boot artifacts from Debian packages and the workspace's
 //! binaries, without root, loop devices or mounts.
 //!
-//! `image-build initramfs` writes `vmlinuz`, `initrd.img` and `manifest.json` into the
-//! output directory; `image-build floor` writes the kernel-only floor initramfs that
-//! `make bench` compares against.
+//! `image-build image` writes into the output directory `vmlinuz`, `initrd.img` (for
+//! `-kernel` boots), `berth.raw` (the GPT disk: ESP with BIOS and UEFI boot, verified erofs
+//! root in slot A, empty slot B), `berth.qcow2`, `berth-gce.tar.gz` and `manifest.json`;
+//! `image-build floor` writes the kernel-only floor initramfs `make bench` compares with.
 
 mod archive;
 mod debs;
+mod disk;
 mod elf;
+mod esp;
 mod initramfs;
 mod kernel;
+mod rootfs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,8 +38,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Kernel + initramfs (+ manifest.json) for a variant.
-    Initramfs {
+    /// Kernel, initramfs and disk images (+ manifest.json) for a variant.
+    Image {
         #[arg(long, value_enum, default_value = "prod")]
         variant: Variant,
         /// Directory holding the built `init` (and `berth-testd` for the test variant).
@@ -67,16 +71,16 @@ fn run(cli: Cli) -> Result<()> {
     let cache = std::path::absolute(&cli.cache)
         .with_context(|| format!("resolving {}", cli.cache.display()))?;
     match cli.command {
-        Command::Initramfs {
+        Command::Image {
             variant,
             bin_dir,
             out,
-        } => build_initramfs(&cache, variant, bin_dir, &out),
+        } => build_image(&cache, variant, bin_dir, &out),
         Command::Floor { out } => build_floor(&cache, &out),
     }
 }
 
-fn build_initramfs(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> Result<()> {
+fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> Result<()> {
     let kernel = kernel::prepare(cache)?;
     let busybox = match variant {
         Variant::Test => Some(busybox(cache)?),
@@ -116,6 +120,9 @@ fn build_initramfs(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path)
             "libraries": contents.libraries,
         },
     });
+    let disk = build_disk(&archive, &kernel.vmlinuz(), &out.join("initrd.img"), out)?;
+    let mut manifest = manifest;
+    manifest["disk"] = serde_json::to_value(&disk)?;
     let text = serde_json::to_string_pretty(&manifest).context("rendering manifest.json")?;
     write(&out.join("manifest.json"), text.as_bytes())?;
     eprintln!(
@@ -128,6 +135,76 @@ fn build_initramfs(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path)
         out.display()
     );
     Ok(())
+}
+
+/// What the disk build made, for the manifest.
+#[derive(Debug, serde::Serialize)]
+struct DiskReport {
+    root: rootfs::RootImage,
+    cmdline: String,
+    raw_bytes: u64,
+    qcow2_bytes: u64,
+    gce_tarball_bytes: u64,
+}
+
+/// The root filesystem is the same tree as the initramfs (stage 1 and stage 2 are one
+/// binary with one set of libraries and modules); the ESP carries the kernel and that
+/// initramfs for slot A.
+fn build_disk(
+    tree: &archive::Archive,
+    vmlinuz: &Path,
+    initrd: &Path,
+    out: &Path,
+) -> Result<DiskReport> {
+    let staging = out.join(".build");
+    std::fs::create_dir_all(&staging)?;
+    let seed = tree.digest();
+    rootfs::write_tree(tree, &staging.join("root"))?;
+    let root = rootfs::build(&staging.join("root"), &staging.join("root.img"), &seed)?;
+    let cmdline = format!("console=ttyS0 {}", root.cmdline("ROOT-A"));
+    let entry = esp::BootEntry {
+        vmlinuz,
+        initrd,
+        cmdline: &cmdline,
+    };
+    let volume_id = u32::from_be_bytes(digest(&[&seed, b"esp-volume-id"])[..4].try_into()?);
+    esp::build(
+        &staging.join("esp.img"),
+        disk::ESP_MIB,
+        volume_id,
+        &entry,
+        &staging,
+    )?;
+    let raw = out.join("berth.raw");
+    disk::assemble(
+        &raw,
+        &seed,
+        &[
+            disk::esp_partition(&staging.join("esp.img")),
+            disk::root_partition("ROOT-A", Some(&root.path)),
+            disk::root_partition("ROOT-B", None),
+        ],
+    )?;
+    disk::to_qcow2(&raw, &out.join("berth.qcow2"))?;
+    disk::to_gce_tarball(&raw, &staging, &out.join("berth-gce.tar.gz"))?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    Ok(DiskReport {
+        raw_bytes: size(&raw),
+        qcow2_bytes: size(&out.join("berth.qcow2")),
+        gce_tarball_bytes: size(&out.join("berth-gce.tar.gz")),
+        root,
+        cmdline,
+    })
+}
+
+/// SHA-256 over the parts, in order.
+pub fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
 }
 
 fn build_floor(cache: &Path, out: &Path) -> Result<()> {
