@@ -12,9 +12,11 @@ set -euo pipefail
 #   cpio zstd                         inspecting initramfs images by hand
 #   busybox-static                    test image shell; kernel-only boot floor
 #   kmod                              depmod indexes the unpacked kernel's modules
+#   cryptsetup-bin                    veritysetup builds the root's dm-verity hash tree
 #   socat                             metadata-server forwarding in guest tests
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
-          syslinux syslinux-common systemd-boot-efi cpio zstd busybox-static kmod socat)
+          syslinux syslinux-common systemd-boot-efi cpio zstd busybox-static kmod socat
+          cryptsetup-bin)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 

@@ -33,9 +33,17 @@ pub struct Partition<'a> {
     pub bios_bootable: bool,
 }
 
+/// Where a partition landed, for the manifest (and tests that corrupt one on purpose).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Placed {
+    pub label: String,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
 /// Writes `out`: 1 MiB for the protective MBR and primary GPT, the partitions 1 MiB
 /// aligned, 1 MiB at the end for the backup GPT.
-pub fn assemble(out: &Path, seed: &[u8; 32], parts: &[Partition<'_>]) -> Result<u64> {
+pub fn assemble(out: &Path, seed: &[u8; 32], parts: &[Partition<'_>]) -> Result<Vec<Placed>> {
     let total_mib = 2 + parts.iter().map(|p| p.size_mib).sum::<u64>();
     let _ = std::fs::remove_file(out);
     let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
@@ -66,11 +74,17 @@ pub fn assemble(out: &Path, seed: &[u8; 32], parts: &[Partition<'_>]) -> Result<
     run(sgdisk.arg(out)).context("writing the partition table (make deps installs gdisk)")?;
     let mut disk = File::options().write(true).open(out)?;
     let mut start = MIB;
+    let mut placed = Vec::new();
     for p in parts {
         if let Some(content) = p.content {
             copy_at(&mut disk, content, start, p.size_mib * MIB)
                 .with_context(|| format!("writing partition {}", p.label))?;
         }
+        placed.push(Placed {
+            label: p.label.to_string(),
+            offset: start,
+            bytes: p.size_mib * MIB,
+        });
         start += p.size_mib * MIB;
     }
     let mbr =
@@ -84,7 +98,7 @@ pub fn assemble(out: &Path, seed: &[u8; 32], parts: &[Partition<'_>]) -> Result<
     disk.seek(SeekFrom::Start(0))?;
     disk.write_all(&mbr)?;
     disk.sync_all()?;
-    Ok(total_mib * MIB)
+    Ok(placed)
 }
 
 pub fn esp_partition(content: &Path) -> Partition<'_> {
@@ -118,7 +132,7 @@ fn copy_at(disk: &mut File, src: &Path, offset: u64, room: u64) -> Result<()> {
         );
     }
     let mut input = File::open(src)?;
-    let mut buf = vec![0u8; MIB as usize];
+    let mut buf = vec![0u8; 1 << 20];
     let mut pos = offset;
     loop {
         let n = input.read(&mut buf)?;

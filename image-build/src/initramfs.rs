@@ -63,6 +63,7 @@ pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
         a.add(dir, Node::Dir { mode: 0o755 })?;
     }
 
+    add_etc_defaults(&mut a)?;
     let init = inputs.bin_dir.join("init");
     a.add_host_file("init", 0o755, &init)?;
     a.add_symlink("usr/sbin/modprobe", "/init")?;
@@ -77,6 +78,29 @@ pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
     contents.early_modules = early;
     contents.uncompressed_bytes = a.content_bytes();
     Ok((a, contents))
+}
+
+/// /usr/lib/os-release and the defaults init copies into the tmpfs /etc at every boot.
+fn add_etc_defaults(a: &mut Archive) -> Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
+    let os_release = format!(
+        "NAME=\"Berth\"\nID=berth\nVERSION_ID={version}\nPRETTY_NAME=\"Berth {version}\"\n"
+    );
+    a.add_file("usr/lib/os-release", 0o644, os_release.into_bytes())?;
+    let etc = "usr/share/berth/etc";
+    a.add_symlink(&format!("{etc}/os-release"), "../usr/lib/os-release")?;
+    a.add_file(
+        &format!("{etc}/hosts"),
+        0o644,
+        b"127.0.0.1 localhost\n::1 localhost\n".to_vec(),
+    )?;
+    a.add_file(
+        &format!("{etc}/passwd"),
+        0o644,
+        b"root:x:0:0:root:/root:/sbin/nologin\n".to_vec(),
+    )?;
+    a.add_file(&format!("{etc}/group"), 0o644, b"root:x:0:\n".to_vec())?;
+    Ok(())
 }
 
 fn add_test_tools(a: &mut Archive, inputs: &Inputs, binaries: &mut Vec<PathBuf>) -> Result<()> {

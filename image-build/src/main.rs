@@ -142,6 +142,7 @@ fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> 
 struct DiskReport {
     root: rootfs::RootImage,
     cmdline: String,
+    partitions: Vec<disk::Placed>,
     raw_bytes: u64,
     qcow2_bytes: u64,
     gce_tarball_bytes: u64,
@@ -176,7 +177,7 @@ fn build_disk(
         &staging,
     )?;
     let raw = out.join("berth.raw");
-    disk::assemble(
+    let partitions = disk::assemble(
         &raw,
         &seed,
         &[
@@ -194,6 +195,7 @@ fn build_disk(
         gce_tarball_bytes: size(&out.join("berth-gce.tar.gz")),
         root,
         cmdline,
+        partitions,
     })
 }
 

@@ -7,6 +7,14 @@ use std::path::Path;
 pub struct Cmdline {
     /// `berth.hostname=NAME`
     pub hostname: Option<String>,
+    /// `berth.root=GPT-NAME`: boot from that partition (else stay in the initramfs).
+    pub root: Option<String>,
+    /// `berth.verity.roothash=HEX`
+    pub verity_roothash: Option<String>,
+    /// `berth.verity.salt=HEX`
+    pub verity_salt: Option<String>,
+    /// `berth.verity.blocks=N`: 4 KiB data blocks; the hash tree follows them.
+    pub verity_blocks: Option<u64>,
 }
 
 impl Cmdline {
@@ -18,9 +26,19 @@ impl Cmdline {
     /// (Quoted values with spaces are not needed by any berth.* key.)
     pub fn parse(text: &str) -> Self {
         let mut cmdline = Self::default();
+        let value = |v: &str| (!v.is_empty()).then(|| v.to_string());
         for word in text.split_whitespace() {
-            if let Some(v) = word.strip_prefix("berth.hostname=") {
-                cmdline.hostname = (!v.is_empty()).then(|| v.to_string());
+            let Some((key, v)) = word.split_once('=') else {
+                continue;
+            };
+            match key {
+                "berth.hostname" => cmdline.hostname = value(v),
+                "berth.root" => cmdline.root = value(v),
+                "berth.verity.roothash" => cmdline.verity_roothash = value(v),
+                "berth.verity.salt" => cmdline.verity_salt = value(v),
+                // A malformed number is kept as None; stage 1 then says what is missing.
+                "berth.verity.blocks" => cmdline.verity_blocks = v.parse().ok(),
+                _ => {}
             }
         }
         cmdline
@@ -35,6 +53,18 @@ mod tests {
     fn reads_hostname_last_one_wins() {
         let c = Cmdline::parse("console=ttyS0 berth.hostname=a quiet berth.hostname=web-1\n");
         assert_eq!(c.hostname.as_deref(), Some("web-1"));
+    }
+
+    #[test]
+    fn reads_root_and_verity() {
+        let c = Cmdline::parse(
+            "berth.root=ROOT-A berth.verity.roothash=ab12 berth.verity.salt=00ff berth.verity.blocks=4365",
+        );
+        assert_eq!(c.root.as_deref(), Some("ROOT-A"));
+        assert_eq!(c.verity_roothash.as_deref(), Some("ab12"));
+        assert_eq!(c.verity_salt.as_deref(), Some("00ff"));
+        assert_eq!(c.verity_blocks, Some(4365));
+        assert_eq!(Cmdline::parse("berth.verity.blocks=x").verity_blocks, None);
     }
 
     #[test]

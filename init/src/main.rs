@@ -41,8 +41,9 @@ fn main() -> ExitCode {
     {
         return modprobe::main(args);
     }
+    let first = args.next();
     if std::process::id() != 1 {
-        if args.next().is_some_and(|a| a == "--version") {
+        if first.is_some_and(|a| a == "--version") {
             log::bare(format_args!("berth-init {}", env!("CARGO_PKG_VERSION")));
             return ExitCode::SUCCESS;
         }
@@ -51,10 +52,11 @@ fn main() -> ExitCode {
         ));
         return ExitCode::from(2);
     }
-    pid1()
+    let stage2 = first.is_some_and(|a| a == stage1::switch_root::STAGE2_ARG);
+    pid1(stage2)
 }
 
-fn pid1() -> ! {
+fn pid1(stage2: bool) -> ! {
     std::panic::set_hook(Box::new(|panic| {
         log::bare(format_args!("berth: fatal: init bug: {panic}"));
     }));
@@ -62,7 +64,7 @@ fn pid1() -> ! {
     if let Err(e) = SigSet::all().thread_block() {
         warn!("blocking signals: {e}");
     }
-    let mut supervisor = match catch_unwind(boot) {
+    let mut supervisor = match catch_unwind(|| boot(stage2)) {
         Ok(Ok(s)) => s,
         Ok(Err(fatal)) => emergency(&fatal.to_string()),
         Err(_) => emergency("init panicked during boot"),
@@ -76,8 +78,8 @@ fn pid1() -> ! {
     shutdown::run(action, &mut supervisor.services)
 }
 
-fn boot() -> Result<Supervisor, stage1::Fatal> {
-    let stage1 = stage1::run()?;
+fn boot(stage2: bool) -> Result<Supervisor, stage1::Fatal> {
+    let stage1 = stage1::run(stage2)?;
     let signals = signal_fd().map_err(|e| stage1::Fatal(format!("creating the signalfd: {e}")))?;
     Ok(stage2::run(stage1, signals))
 }

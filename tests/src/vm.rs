@@ -30,7 +30,36 @@ pub struct VmConfig {
     /// Adds the virtio-serial port berth-testd talks on.
     pub testd: bool,
     pub extra_args: Vec<String>,
+    /// How the kernel is loaded.
+    pub firmware: Firmware,
+    /// A disk image to attach, through a qcow2 overlay in the work directory (the image
+    /// itself is never written).
+    pub disk: Option<PathBuf>,
+    pub disk_bus: DiskBus,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// QEMU loads `kernel` and `initrd` itself (`-kernel`): fastest, for tests where
+    /// the firmware is not what is under test.
+    Direct,
+    /// SeaBIOS boots the disk.
+    Bios,
+    /// OVMF boots the disk.
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    Virtio,
+    /// What EC2 Nitro presents.
+    Nvme,
+    /// virtio-scsi, what GCE presents.
+    Scsi,
+}
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 impl VmConfig {
     pub fn new(kernel: PathBuf, initrd: PathBuf) -> Self {
@@ -44,6 +73,9 @@ impl VmConfig {
             no_reboot: false,
             testd: false,
             extra_args: Vec::new(),
+            firmware: Firmware::Direct,
+            disk: None,
+            disk_bus: DiskBus::Virtio,
         }
     }
 }
@@ -102,18 +134,16 @@ impl Vm {
             .arg(format!("file:{}", console_path.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-            .arg("-kernel")
-            .arg(&cfg.kernel)
-            .arg("-initrd")
-            .arg(&cfg.initrd)
-            .arg("-append")
-            .arg(format!("console=ttyS0 {}", cfg.append).trim())
             .args(&cfg.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("qemu.stderr"))?);
         if cfg.no_reboot {
             cmd.arg("-no-reboot");
+        }
+        boot_args(&mut cmd, &cfg, &dir)?;
+        if let Some(image) = &cfg.disk {
+            disk_args(&mut cmd, image, cfg.disk_bus, &dir)?;
         }
         if let Some(sock) = &testd_socket {
             cmd.args(["-device", "virtio-serial-pci,id=vser"])
@@ -286,6 +316,70 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn boot_args(cmd: &mut Command, cfg: &VmConfig, dir: &Path) -> Result<()> {
+    match cfg.firmware {
+        Firmware::Direct => {
+            cmd.arg("-kernel")
+                .arg(&cfg.kernel)
+                .arg("-initrd")
+                .arg(&cfg.initrd)
+                .arg("-append")
+                .arg(format!("console=ttyS0 {}", cfg.append).trim());
+        }
+        Firmware::Bios => {}
+        Firmware::Uefi => {
+            // OVMF keeps its variables in a writable flash: a copy per VM.
+            let vars = dir.join("OVMF_VARS.fd");
+            std::fs::copy(OVMF_VARS, &vars)
+                .with_context(|| format!("copying {OVMF_VARS} (make deps installs ovmf)"))?;
+            cmd.arg("-drive")
+                .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Attaches `image` through a fresh qcow2 overlay on the chosen bus.
+fn disk_args(cmd: &mut Command, image: &Path, bus: DiskBus, dir: &Path) -> Result<()> {
+    let overlay = dir.join("disk.qcow2");
+    let image =
+        std::fs::canonicalize(image).with_context(|| format!("disk image {}", image.display()))?;
+    let format = if image.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(&image)
+        .arg(&overlay)
+        .status()
+        .context("running qemu-img")?;
+    if !status.success() {
+        bail!(
+            "qemu-img could not create an overlay of {}",
+            image.display()
+        );
+    }
+    cmd.arg("-drive").arg(format!(
+        "file={},if=none,id=disk0,format=qcow2",
+        overlay.display()
+    ));
+    match bus {
+        DiskBus::Virtio => cmd.args(["-device", "virtio-blk-pci,drive=disk0"]),
+        DiskBus::Nvme => cmd.args(["-device", "nvme,drive=disk0,serial=berth0"]),
+        DiskBus::Scsi => cmd.args([
+            "-device",
+            "virtio-scsi-pci,id=scsi0",
+            "-device",
+            "scsi-hd,drive=disk0,bus=scsi0.0",
+        ]),
+    };
+    Ok(())
 }
 
 /// A fresh directory under the system temp dir, kept after the run for inspection.

@@ -4,46 +4,12 @@
 //! without it, these tests fail with a message saying so: a VM test that passes without
 //! booting anything would prove nothing.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_tests::vm::{Vm, VmConfig};
-
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn image_dir() -> PathBuf {
-    match std::env::var_os("BERTH_TEST_IMAGE") {
-        // Relative paths are from the workspace root, where make runs.
-        Some(dir) => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(dir),
-        None => panic!("BERTH_TEST_IMAGE is not set: run `make test` (it builds out/test first)"),
-    }
-}
-
-fn config(name: &str) -> VmConfig {
-    let dir = image_dir();
-    let kernel = dir.join("vmlinuz");
-    let initrd = dir.join("initrd.img");
-    assert!(
-        kernel.exists() && initrd.exists(),
-        "no image in {}: run `make image-test`",
-        dir.display()
-    );
-    VmConfig {
-        name: name.to_string(),
-        testd: true,
-        ..VmConfig::new(kernel, initrd)
-    }
-}
-
-fn boot(cfg: VmConfig) -> Vm {
-    let vm = Vm::boot(cfg).expect("starting QEMU");
-    vm.wait_for_line("berth: ready", BOOT_TIMEOUT)
-        .expect("booting to `berth: ready`");
-    vm
-}
+use common::{boot, config, image_dir, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 #[test]
 fn boots_to_ready_and_powers_off_cleanly_on_acpi_powerdown() {

@@ -1,6 +1,7 @@
 //! Stage 2: the running system: hostname, loopback, services, then supervision until
 //! shutdown. (Storage, /etc and the real root come with the disk image, issue 3.)
 
+pub mod etc;
 pub mod power_button;
 pub mod services;
 pub mod supervise;
@@ -18,9 +19,43 @@ use supervise::Supervisor;
 
 pub const DEFAULT_HOSTNAME: &str = "berth";
 pub const SERVICES_DIR: &str = "/usr/lib/berth/services";
+/// The image's defaults for /etc, copied into the tmpfs /etc at every boot.
+pub const ETC_DEFAULTS: &str = "/usr/share/berth/etc";
+
+/// The root is read-only: /etc is a tmpfs seeded from the image's defaults (so a boot
+/// always starts from known configuration), /tmp a tmpfs, and /var a tmpfs until the
+/// DATA partition exists (first-boot storage).
+fn writable_dirs() {
+    use nix::mount::{mount, MsFlags};
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    for (target, mode) in [("/etc", "0755"), ("/tmp", "1777"), ("/var", "0755")] {
+        let data = format!("mode={mode}");
+        if let Err(e) = mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            nosuid_nodev,
+            Some(data.as_str()),
+        ) {
+            warn!("mounting tmpfs on {target}: {e}");
+        }
+    }
+    match etc::seed(Path::new(ETC_DEFAULTS), Path::new("/etc")) {
+        Ok(n) => info!("/etc: tmpfs with {n} default files"),
+        Err(e) => warn!("seeding /etc from {ETC_DEFAULTS}: {e}"),
+    }
+}
+
+/// Modules in the kernel now (stage 1's and stage 2's).
+fn loaded_modules() -> usize {
+    std::fs::read_to_string("/proc/modules")
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
 
 /// Brings the system up and prints `berth: ready`; returns the supervisor to run.
 pub fn run(stage1: Stage1, signals: SignalFd) -> Supervisor {
+    writable_dirs();
     let cmdline = Cmdline::read(Path::new("/proc/cmdline")).unwrap_or_else(|e| {
         warn!("reading /proc/cmdline: {e}");
         Cmdline::default()
@@ -50,7 +85,7 @@ pub fn run(stage1: Stage1, signals: SignalFd) -> Supervisor {
         env!("CARGO_PKG_VERSION"),
         up.as_secs(),
         up.subsec_millis(),
-        stage1.modules_loaded,
+        loaded_modules(),
         services.len()
     ));
     Supervisor {

@@ -1,0 +1,53 @@
+//! What the VM test files share: where the image is, and booting to `berth: ready`.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_tests::vm::{Vm, VmConfig};
+
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The test image `make test` built (BERTH_TEST_IMAGE, relative to the workspace root).
+/// A VM test that passes without booting anything would prove nothing, so a missing
+/// image fails the test.
+pub fn image_dir() -> PathBuf {
+    match std::env::var_os("BERTH_TEST_IMAGE") {
+        Some(dir) => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(dir),
+        None => panic!("BERTH_TEST_IMAGE is not set: run `make test` (it builds out/test first)"),
+    }
+}
+
+pub fn manifest() -> serde_json::Value {
+    let path = image_dir().join("manifest.json");
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_slice(&text).expect("manifest.json is JSON")
+}
+
+/// A direct-kernel VM of the test image, with testd.
+pub fn config(name: &str) -> VmConfig {
+    let dir = image_dir();
+    let kernel = dir.join("vmlinuz");
+    let initrd = dir.join("initrd.img");
+    assert!(
+        kernel.exists() && initrd.exists(),
+        "no image in {}: run `make image-test`",
+        dir.display()
+    );
+    VmConfig {
+        name: name.to_string(),
+        testd: true,
+        ..VmConfig::new(kernel, initrd)
+    }
+}
+
+pub fn boot(cfg: VmConfig) -> Vm {
+    let vm = Vm::boot(cfg).expect("starting QEMU");
+    vm.wait_for_line("berth: ready", BOOT_TIMEOUT)
+        .expect("booting to `berth: ready`");
+    vm
+}

@@ -1,0 +1,268 @@
+//! The disk image: BIOS and UEFI boot of one image, the dm-verity root, the disk on
+//! NVMe and virtio-scsi, corruption detection, and reproducible builds.
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_tests::testd::TestdClient;
+use berth_tests::vm::{DiskBus, Firmware, Vm, VmConfig};
+use common::{boot, config, image_dir, manifest, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+
+fn raw_disk() -> PathBuf {
+    image_dir().join("berth.raw")
+}
+
+/// The kernel command line the image's bootloaders pass, for direct-kernel boots of the
+/// disk (the harness adds its own console=).
+fn disk_cmdline() -> String {
+    let m = manifest();
+    let c = m["disk"]["cmdline"]
+        .as_str()
+        .expect("disk.cmdline in the manifest");
+    c.split_whitespace()
+        .filter(|w| !w.starts_with("console="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn firmware_config(name: &str, firmware: Firmware) -> VmConfig {
+    let mut cfg = config(name);
+    cfg.firmware = firmware;
+    cfg.disk = Some(raw_disk());
+    cfg
+}
+
+fn direct_disk_config(name: &str, bus: DiskBus) -> VmConfig {
+    let mut cfg = config(name);
+    cfg.disk = Some(raw_disk());
+    cfg.disk_bus = bus;
+    cfg.append = disk_cmdline();
+    cfg
+}
+
+/// The root is the dm-verity device, erofs, read-only, and a write to it fails; /etc is
+/// the tmpfs seeded from the image.
+fn assert_verified_read_only_root(testd: &mut TestdClient) {
+    let mounts = testd.run(&["cat", "/proc/self/mounts"]).unwrap().stdout;
+    let root = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/"))
+        .unwrap_or_else(|| panic!("no / in mounts:\n{mounts}"));
+    let fields: Vec<&str> = root.split(' ').collect();
+    assert_eq!(fields[0], "/dev/dm-0", "{root}");
+    assert_eq!(fields[2], "erofs", "{root}");
+    assert!(fields[3].split(',').any(|o| o == "ro"), "{root}");
+    let dm_name = testd
+        .run(&["cat", "/sys/block/dm-0/dm/name"])
+        .unwrap()
+        .stdout;
+    assert_eq!(dm_name.trim(), "root");
+    let table_target = testd
+        .run(&["cat", "/sys/block/dm-0/dm/uuid"])
+        .unwrap()
+        .stdout;
+    assert_eq!(table_target.trim(), "BERTH-VERITY-ROOT-A");
+    let write = testd.sh("echo x > /usr/lib/berth-write-probe").unwrap();
+    assert!(!write.success(), "writing under /usr succeeded");
+    assert!(write.stderr.contains("Read-only"), "{}", write.stderr);
+    let etc = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/etc"))
+        .unwrap_or("");
+    assert!(etc.starts_with("tmpfs /etc tmpfs"), "{etc}");
+    let hosts = testd.run(&["cat", "/etc/hosts"]).unwrap().stdout;
+    assert!(hosts.contains("localhost"), "{hosts}");
+    let etc_write = testd.sh("echo ok > /etc/probe && cat /etc/probe").unwrap();
+    assert_eq!(etc_write.stdout.trim(), "ok");
+}
+
+fn power_off(vm: &mut Vm) {
+    vm.powerdown().unwrap();
+    let exit = vm.wait_exit(SHUTDOWN_TIMEOUT).expect("clean poweroff");
+    assert!(
+        exit.shutdown_reasons.iter().any(|r| r == "guest-shutdown"),
+        "{:?}",
+        exit.shutdown_reasons
+    );
+}
+
+#[test]
+fn uefi_boots_the_disk_to_a_verified_read_only_root() {
+    let mut vm = boot(firmware_config("uefi", Firmware::Uefi));
+    let console = vm.console();
+    assert!(
+        console.contains("root ROOT-A verified by dm-verity"),
+        "{console}"
+    );
+    assert!(
+        console.contains("stage 2 on the verified root"),
+        "{console}"
+    );
+    let mut testd = vm.testd().unwrap();
+    assert_verified_read_only_root(&mut testd);
+    let cmdline = testd.run(&["cat", "/proc/cmdline"]).unwrap().stdout;
+    assert!(
+        cmdline.contains("initrd=\\berth\\a\\initrd.img"),
+        "not booted by systemd-boot: {cmdline}"
+    );
+    power_off(&mut vm);
+}
+
+#[test]
+fn bios_boots_the_same_disk() {
+    let mut vm = boot(firmware_config("bios", Firmware::Bios));
+    let mut testd = vm.testd().unwrap();
+    assert_verified_read_only_root(&mut testd);
+    let cmdline = testd.run(&["cat", "/proc/cmdline"]).unwrap().stdout;
+    assert!(
+        cmdline.contains("BOOT_IMAGE=/berth/a/vmlinuz"),
+        "not booted by syslinux: {cmdline}"
+    );
+    power_off(&mut vm);
+}
+
+#[test]
+fn boots_from_nvme_as_on_ec2_nitro() {
+    let mut vm = boot(direct_disk_config("nvme", DiskBus::Nvme));
+    let console = vm.console();
+    assert!(
+        console.contains("root ROOT-A is /dev/nvme0n1p2"),
+        "{console}"
+    );
+    assert_verified_read_only_root(&mut vm.testd().unwrap());
+    power_off(&mut vm);
+}
+
+#[test]
+fn boots_from_virtio_scsi_as_on_gce() {
+    let mut vm = boot(direct_disk_config("scsi", DiskBus::Scsi));
+    let console = vm.console();
+    assert!(console.contains("root ROOT-A is /dev/sda2"), "{console}");
+    assert_verified_read_only_root(&mut vm.testd().unwrap());
+    power_off(&mut vm);
+}
+
+#[test]
+fn a_flipped_byte_in_root_a_stops_the_boot_naming_dm_verity() {
+    let m = manifest();
+    let root = m["disk"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["label"] == "ROOT-A")
+        .expect("ROOT-A in the manifest");
+    let offset = root["offset"].as_u64().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("corrupt.raw");
+    let status = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(raw_disk())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // One byte inside the erofs superblock (offset 1024 of the filesystem): the first
+    // block stage 1 reads when it mounts the root.
+    flip_byte(&copy, offset + 1024 + 16);
+    let mut cfg = direct_disk_config("verity-corrupt", DiskBus::Virtio);
+    cfg.disk = Some(copy);
+    cfg.testd = false;
+    let vm = Vm::boot(cfg).unwrap();
+    let fatal = vm
+        .wait_for_line("berth: fatal:", BOOT_TIMEOUT)
+        .expect("a fatal line for the corrupted root");
+    assert!(
+        fatal.line.contains("dm-verity") && fatal.line.contains("ROOT-A"),
+        "{}",
+        fatal.line
+    );
+    // Give a wrong boot time to go on; it must not.
+    std::thread::sleep(Duration::from_secs(2));
+    let console = vm.console();
+    assert!(!console.contains("berth: ready"), "{console}");
+    assert!(
+        !console.contains("stage 2 on the verified root"),
+        "{console}"
+    );
+    assert!(
+        console.contains("device-mapper: verity"),
+        "the kernel did not report the corruption:\n{console}"
+    );
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    std::io::Read::read_exact(&mut f, &mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0xff]).unwrap();
+}
+
+/// Builds the test image into `out` with the binaries as they are now.
+fn build_image(out: &Path) -> serde_json::Value {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = std::process::Command::new(workspace.join("target/release/image-build"))
+        .current_dir(&workspace)
+        .args(["image", "--variant", "test", "--out"])
+        .arg(out)
+        .output()
+        .expect("running image-build");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn the_same_inputs_give_the_same_root_and_root_hash() {
+    // Two builds here rather than one compared with out/test: `cargo test` may have
+    // rebuilt the binaries since (dev-dependency features), which are inputs.
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (build_image(one.path()), build_image(two.path()));
+    let hash = &a["disk"]["root"]["root_hash"];
+    assert_eq!(hash.as_str().map(str::len), Some(64), "{hash}");
+    assert_eq!(hash, &b["disk"]["root"]["root_hash"]);
+    assert_eq!(a["disk"]["root"]["uuid"], b["disk"]["root"]["uuid"]);
+    assert_eq!(a["disk"]["cmdline"], b["disk"]["cmdline"]);
+    let ra = std::fs::read(one.path().join(".build/root.img")).unwrap();
+    let rb = std::fs::read(two.path().join(".build/root.img")).unwrap();
+    assert!(ra == rb, "root filesystem images differ");
+}
+
+#[test]
+fn image_sizes_are_in_bounds() {
+    let m = manifest();
+    let qcow2 = m["disk"]["qcow2_bytes"].as_u64().unwrap();
+    assert!(qcow2 < 100 * 1024 * 1024, "qcow2 is {qcow2} bytes");
+    let gce = std::fs::metadata(image_dir().join("berth-gce.tar.gz"))
+        .unwrap()
+        .len();
+    assert!(
+        gce > 0 && gce < 100 * 1024 * 1024,
+        "GCE tarball is {gce} bytes"
+    );
+    // GCE's importer wants disk.raw padded to whole GiB inside an oldgnu sparse tar.
+    let listing = std::process::Command::new("tar")
+        .args(["-tvzf"])
+        .arg(image_dir().join("berth-gce.tar.gz"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let size: u64 = listing
+        .split_whitespace()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .expect("size in tar listing");
+    assert!(listing.contains("disk.raw"), "{listing}");
+    assert_eq!(size % (1024 * 1024 * 1024), 0, "{listing}");
+}
