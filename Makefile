@@ -7,6 +7,8 @@ CARGO ?= cargo
 BIN := target/release
 OUT := out
 VARIANT ?= prod
+# make run boots the disk image through this firmware: uefi, bios, or direct (-kernel).
+FIRMWARE ?= uefi
 IMAGE_DIR := $(if $(filter test,$(VARIANT)),$(OUT)/test,$(OUT))
 export CARGO_TERM_COLOR ?= never
 
@@ -31,7 +33,8 @@ floor: build
 	$(BIN)/image-build floor --out $(OUT)/floor
 
 run: image
-	$(BIN)/berth-vm run --kernel $(IMAGE_DIR)/vmlinuz --initrd $(IMAGE_DIR)/initrd.img
+	$(BIN)/berth-vm run --kernel $(IMAGE_DIR)/vmlinuz --initrd $(IMAGE_DIR)/initrd.img \
+		--disk $(IMAGE_DIR)/berth.raw --firmware $(FIRMWARE)
 
 lint: deps
 	$(CARGO) fmt --all --check

@@ -114,37 +114,14 @@ impl Vm {
         let console_path = dir.join("console.log");
         let qmp_path = dir.join("qmp.sock");
         let testd_socket = cfg.testd.then(|| dir.join("testd.sock"));
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(accel.qemu_args())
-            .args([
-                "-machine",
-                "q35",
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-            ])
-            .args([
-                "-m",
-                &cfg.memory_mib.to_string(),
-                "-smp",
-                &cfg.smp.to_string(),
-            ])
-            .arg("-serial")
+        let mut cmd = qemu_command(&cfg, accel, &dir)?;
+        cmd.arg("-serial")
             .arg(format!("file:{}", console_path.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-            .args(&cfg.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("qemu.stderr"))?);
-        if cfg.no_reboot {
-            cmd.arg("-no-reboot");
-        }
-        boot_args(&mut cmd, &cfg, &dir)?;
-        if let Some(image) = &cfg.disk {
-            disk_args(&mut cmd, image, cfg.disk_bus, &dir)?;
-        }
         if let Some(sock) = &testd_socket {
             cmd.args(["-device", "virtio-serial-pci,id=vser"])
                 .arg("-chardev")
@@ -318,6 +295,37 @@ impl Drop for Vm {
     }
 }
 
+/// QEMU with the machine, memory, firmware or kernel, and disk of `cfg`; the caller
+/// adds the console (a file for tests, the terminal for `make run`). `dir` holds the
+/// disk overlay and the UEFI variables.
+pub fn qemu_command(cfg: &VmConfig, accel: Accel, dir: &Path) -> Result<Command> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(accel.qemu_args())
+        .args([
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ])
+        .args([
+            "-m",
+            &cfg.memory_mib.to_string(),
+            "-smp",
+            &cfg.smp.to_string(),
+        ])
+        .args(&cfg.extra_args);
+    if cfg.no_reboot {
+        cmd.arg("-no-reboot");
+    }
+    boot_args(&mut cmd, cfg, dir)?;
+    if let Some(image) = &cfg.disk {
+        disk_args(&mut cmd, image, cfg.disk_bus, dir)?;
+    }
+    Ok(cmd)
+}
+
 fn boot_args(cmd: &mut Command, cfg: &VmConfig, dir: &Path) -> Result<()> {
     match cfg.firmware {
         Firmware::Direct => {
@@ -383,7 +391,7 @@ fn disk_args(cmd: &mut Command, image: &Path, bus: DiskBus, dir: &Path) -> Resul
 }
 
 /// A fresh directory under the system temp dir, kept after the run for inspection.
-fn work_dir(name: &str) -> Result<PathBuf> {
+pub fn work_dir(name: &str) -> Result<PathBuf> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())

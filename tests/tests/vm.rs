@@ -251,13 +251,17 @@ fn sigrtmin_plus_3_halts_like_systemd() {
 
 #[test]
 fn berth_vm_run_without_a_terminal_boots_and_powers_off() {
-    // What `make run` does under CI: no TTY, so boot, wait for ready, power off, exit 0.
+    // What `make run` does under CI: no TTY, so boot the disk through UEFI, wait for
+    // ready, power off, exit 0.
     let dir = image_dir();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-vm"))
         .args(["run", "--kernel"])
         .arg(dir.join("vmlinuz"))
         .arg("--initrd")
         .arg(dir.join("initrd.img"))
+        .arg("--disk")
+        .arg(dir.join("berth.raw"))
+        .args(["--firmware", "uefi"])
         .env("CI", "true")
         .stdin(std::process::Stdio::null())
         .output()

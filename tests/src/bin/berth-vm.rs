@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use berth_tests::accel;
-use berth_tests::vm::{Vm, VmConfig};
+use berth_tests::vm::{Firmware, Vm, VmConfig};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -33,9 +33,14 @@ enum Cmd {
         kernel: PathBuf,
         #[arg(long)]
         initrd: PathBuf,
-        /// Extra kernel command line.
+        /// Extra kernel command line (direct boots only).
         #[arg(long, default_value = "")]
         append: String,
+        /// Boot this disk image (through a throwaway overlay) with the firmware.
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "uefi")]
+        firmware: FirmwareArg,
     },
     Bench {
         #[arg(long)]
@@ -52,6 +57,14 @@ enum Cmd {
     },
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FirmwareArg {
+    Uefi,
+    Bios,
+    /// QEMU loads the kernel and initramfs itself.
+    Direct,
+}
+
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -61,7 +74,20 @@ fn main() -> ExitCode {
             kernel,
             initrd,
             append,
-        } => run(&kernel, &initrd, &append),
+            disk,
+            firmware,
+        } => {
+            let mut cfg = VmConfig::new(kernel, initrd);
+            cfg.name = "run".into();
+            cfg.append = append;
+            cfg.firmware = match (&disk, firmware) {
+                (None, _) | (_, FirmwareArg::Direct) => Firmware::Direct,
+                (Some(_), FirmwareArg::Uefi) => Firmware::Uefi,
+                (Some(_), FirmwareArg::Bios) => Firmware::Bios,
+            };
+            cfg.disk = disk;
+            run(cfg)
+        }
         Cmd::Bench {
             kernel,
             initrd,
@@ -85,36 +111,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(kernel: &Path, initrd: &Path, append: &str) -> Result<()> {
+fn run(cfg: VmConfig) -> Result<()> {
     let scripted =
         std::env::var("CI").is_ok_and(|v| v == "true") || !std::io::stdin().is_terminal();
     if !scripted {
-        let accel = accel::probe(kernel);
+        let _lock = berth_tests::lock::vm_lock()?;
+        let accel = accel::probe(&cfg.kernel);
+        let dir = berth_tests::vm::work_dir(&cfg.name)?;
         eprintln!("berth-vm: serial console follows; ctrl-a x quits, ctrl-a c is QEMU's monitor");
-        let err = std::process::Command::new("qemu-system-x86_64")
-            .args(accel.qemu_args())
-            .args([
-                "-machine",
-                "q35",
-                "-m",
-                "512",
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-            ])
-            .args(["-serial", "mon:stdio", "-kernel"])
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initrd)
-            .arg("-append")
-            .arg(format!("console=ttyS0 {append}").trim())
+        let err = berth_tests::vm::qemu_command(&cfg, accel, &dir)?
+            .args(["-serial", "mon:stdio"])
             .exec();
         bail!("starting qemu-system-x86_64: {err}");
     }
-    let mut cfg = VmConfig::new(kernel.to_path_buf(), initrd.to_path_buf());
-    cfg.name = "run".into();
-    cfg.append = append.to_string();
     let mut vm = Vm::boot(cfg)?;
     let ready = vm.wait_for_line("berth: ready", BOOT_TIMEOUT);
     print!("{}", vm.console());
