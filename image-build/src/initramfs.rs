@@ -32,6 +32,8 @@ pub struct Inputs {
     pub bin_dir: PathBuf,
     /// busybox-static's binary, for the test variant.
     pub busybox: Option<PathBuf>,
+    /// mkfs.btrfs from Debian's btrfs-progs: first boot formats DATA with it.
+    pub mkfs_btrfs: PathBuf,
 }
 
 /// What went in, for the manifest.
@@ -67,7 +69,8 @@ pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
     let init = inputs.bin_dir.join("init");
     a.add_host_file("init", 0o755, &init)?;
     a.add_symlink("usr/sbin/modprobe", "/init")?;
-    let mut binaries = vec![init];
+    a.add_host_file("usr/sbin/mkfs.btrfs", 0o755, &inputs.mkfs_btrfs)?;
+    let mut binaries = vec![init, inputs.mkfs_btrfs.clone()];
 
     if inputs.variant == Variant::Test {
         add_test_tools(&mut a, inputs, &mut binaries)?;

@@ -86,10 +86,12 @@ fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> 
         Variant::Test => Some(busybox(cache)?),
         Variant::Prod => None,
     };
+    let mkfs_btrfs = deb_file(cache, "btrfs-progs", "sbin/mkfs.btrfs")?;
     let inputs = Inputs {
         variant,
         bin_dir,
         busybox,
+        mkfs_btrfs,
     };
     let (archive, contents) = initramfs::build(&kernel, &inputs)?;
     let initrd = archive.to_zstd(ZSTD_LEVEL)?;
@@ -223,15 +225,20 @@ fn build_floor(cache: &Path, out: &Path) -> Result<()> {
 
 /// busybox from Debian's busybox-static package (fetched, not installed).
 fn busybox(cache: &Path) -> Result<PathBuf> {
-    let pkg = debs::resolve("busybox-static")?;
+    deb_file(cache, "busybox-static", "bin/busybox")
+}
+
+/// One file out of a Debian package, fetched and unpacked into the cache.
+fn deb_file(cache: &Path, package: &str, path: &str) -> Result<PathBuf> {
+    let pkg = debs::resolve(package)?;
     let deb = debs::download(&pkg, cache)?;
     let root = cache
         .join("unpacked")
         .join(format!("{}_{}", pkg.name, pkg.version));
     debs::extract(&deb, &root)?;
-    let path = root.join("bin/busybox");
-    anyhow::ensure!(path.exists(), "busybox-static unpacked without bin/busybox");
-    Ok(path)
+    let file = root.join(path);
+    anyhow::ensure!(file.exists(), "{package} unpacked without {path}");
+    Ok(file)
 }
 
 /// Writes through a temporary file and a rename, so a failed build leaves no half file.

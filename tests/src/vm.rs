@@ -36,6 +36,9 @@ pub struct VmConfig {
     /// itself is never written).
     pub disk: Option<PathBuf>,
     pub disk_bus: DiskBus,
+    /// Attach `disk` itself (a qcow2 the test owns and boots again) instead of a
+    /// throwaway overlay.
+    pub disk_persistent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,7 @@ impl VmConfig {
             firmware: Firmware::Direct,
             disk: None,
             disk_bus: DiskBus::Virtio,
+            disk_persistent: false,
         }
     }
 }
@@ -321,7 +325,14 @@ pub fn qemu_command(cfg: &VmConfig, accel: Accel, dir: &Path) -> Result<Command>
     }
     boot_args(&mut cmd, cfg, dir)?;
     if let Some(image) = &cfg.disk {
-        disk_args(&mut cmd, image, cfg.disk_bus, dir)?;
+        let attached = if cfg.disk_persistent {
+            image.clone()
+        } else {
+            let overlay = dir.join("disk.qcow2");
+            create_overlay(image, &overlay, None)?;
+            overlay
+        };
+        disk_args(&mut cmd, &attached, cfg.disk_bus);
     }
     Ok(cmd)
 }
@@ -351,9 +362,9 @@ fn boot_args(cmd: &mut Command, cfg: &VmConfig, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Attaches `image` through a fresh qcow2 overlay on the chosen bus.
-fn disk_args(cmd: &mut Command, image: &Path, bus: DiskBus, dir: &Path) -> Result<()> {
-    let overlay = dir.join("disk.qcow2");
+/// A qcow2 overlay of `image` (raw or qcow2) at `overlay`; `size` (e.g. "2G") makes the
+/// virtual disk larger than the image, as clouds do.
+pub fn create_overlay(image: &Path, overlay: &Path, size: Option<&str>) -> Result<()> {
     let image =
         std::fs::canonicalize(image).with_context(|| format!("disk image {}", image.display()))?;
     let format = if image.extension().is_some_and(|e| e == "qcow2") {
@@ -364,7 +375,8 @@ fn disk_args(cmd: &mut Command, image: &Path, bus: DiskBus, dir: &Path) -> Resul
     let status = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(&image)
-        .arg(&overlay)
+        .arg(overlay)
+        .args(size)
         .status()
         .context("running qemu-img")?;
     if !status.success() {
@@ -373,9 +385,14 @@ fn disk_args(cmd: &mut Command, image: &Path, bus: DiskBus, dir: &Path) -> Resul
             image.display()
         );
     }
+    Ok(())
+}
+
+/// Attaches a qcow2 file on the chosen bus.
+fn disk_args(cmd: &mut Command, qcow2: &Path, bus: DiskBus) {
     cmd.arg("-drive").arg(format!(
         "file={},if=none,id=disk0,format=qcow2",
-        overlay.display()
+        qcow2.display()
     ));
     match bus {
         DiskBus::Virtio => cmd.args(["-device", "virtio-blk-pci,drive=disk0"]),
@@ -387,7 +404,6 @@ fn disk_args(cmd: &mut Command, image: &Path, bus: DiskBus, dir: &Path) -> Resul
             "scsi-hd,drive=disk0,bus=scsi0.0",
         ]),
     };
-    Ok(())
 }
 
 /// A fresh directory under the system temp dir, kept after the run for inspection.

@@ -9,23 +9,10 @@ use std::time::Duration;
 
 use berth_tests::testd::TestdClient;
 use berth_tests::vm::{DiskBus, Firmware, Vm, VmConfig};
-use common::{boot, config, image_dir, manifest, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use common::{boot, config, disk_cmdline, image_dir, manifest, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 fn raw_disk() -> PathBuf {
     image_dir().join("berth.raw")
-}
-
-/// The kernel command line the image's bootloaders pass, for direct-kernel boots of the
-/// disk (the harness adds its own console=).
-fn disk_cmdline() -> String {
-    let m = manifest();
-    let c = m["disk"]["cmdline"]
-        .as_str()
-        .expect("disk.cmdline in the manifest");
-    c.split_whitespace()
-        .filter(|w| !w.starts_with("console="))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn firmware_config(name: &str, firmware: Firmware) -> VmConfig {

@@ -4,6 +4,7 @@
 pub mod etc;
 pub mod power_button;
 pub mod services;
+pub mod storage;
 pub mod supervise;
 
 use std::path::Path;
@@ -23,12 +24,20 @@ pub const SERVICES_DIR: &str = "/usr/lib/berth/services";
 pub const ETC_DEFAULTS: &str = "/usr/share/berth/etc";
 
 /// The root is read-only: /etc is a tmpfs seeded from the image's defaults (so a boot
-/// always starts from known configuration), /tmp a tmpfs, and /var a tmpfs until the
-/// DATA partition exists (first-boot storage).
-fn writable_dirs() {
+/// always starts from known configuration), /tmp a tmpfs, and /var the DATA partition
+/// when booted from a disk (a tmpfs otherwise, or when DATA cannot be used; said loudly).
+fn writable_dirs(root_label: Option<&str>) {
     use nix::mount::{mount, MsFlags};
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let var_on_disk = root_label.is_some_and(|label| {
+        let result = storage::mount_var(label);
+        storage::report(&result);
+        result.is_ok()
+    });
     for (target, mode) in [("/etc", "0755"), ("/tmp", "1777"), ("/var", "0755")] {
+        if target == "/var" && var_on_disk {
+            continue;
+        }
         let data = format!("mode={mode}");
         if let Err(e) = mount(
             Some("tmpfs"),
@@ -55,11 +64,11 @@ fn loaded_modules() -> usize {
 
 /// Brings the system up and prints `berth: ready`; returns the supervisor to run.
 pub fn run(stage1: Stage1, signals: SignalFd) -> Supervisor {
-    writable_dirs();
     let cmdline = Cmdline::read(Path::new("/proc/cmdline")).unwrap_or_else(|e| {
         warn!("reading /proc/cmdline: {e}");
         Cmdline::default()
     });
+    writable_dirs(cmdline.root.as_deref());
     let hostname = cmdline.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     match nix::unistd::sethostname(hostname) {
         Ok(()) => info!("hostname {hostname}"),

@@ -1,6 +1,8 @@
 //! The few syscalls init makes that neither nix nor std wrap. Every `unsafe` block in
 //! init lives here.
 
+pub mod blkpg;
+pub mod btrfs;
 pub mod dm;
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};

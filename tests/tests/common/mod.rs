@@ -51,3 +51,16 @@ pub fn boot(cfg: VmConfig) -> Vm {
         .expect("booting to `berth: ready`");
     vm
 }
+
+/// The kernel command line the image's bootloaders pass, for direct-kernel boots of the
+/// disk (the harness adds its own console=).
+pub fn disk_cmdline() -> String {
+    let m = manifest();
+    let c = m["disk"]["cmdline"]
+        .as_str()
+        .expect("disk.cmdline in the manifest");
+    c.split_whitespace()
+        .filter(|w| !w.starts_with("console="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
