@@ -47,7 +47,8 @@ test: lint image-test floor
 
 bench: image floor
 	$(BIN)/berth-vm bench --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img \
-		--floor-initrd $(OUT)/floor/initrd.img --runs 3 --json $(OUT)/bench.json
+		--floor-initrd $(OUT)/floor/initrd.img --disk $(OUT)/berth.raw \
+		--floor-disk $(OUT)/floor/floor.raw --firmware $(FIRMWARE) --runs 3 --json $(OUT)/bench.json
 
 clean:
 	rm -rf $(OUT)

@@ -219,7 +219,33 @@ fn build_floor(cache: &Path, out: &Path) -> Result<()> {
         .with_context(|| format!("reading {}", kernel.vmlinuz().display()))?;
     write(&out.join("vmlinuz"), &vmlinuz)?;
     write(&out.join("initrd.img"), &archive.to_zstd(ZSTD_LEVEL)?)?;
-    eprintln!("image-build: floor initramfs in {}", out.display());
+    // The same firmware path as Berth's disk: an ESP with the same bootloaders and
+    // kernel, the floor initramfs in place of Berth's.
+    let staging = out.join(".build");
+    std::fs::create_dir_all(&staging)?;
+    let seed = archive.digest();
+    let entry = esp::BootEntry {
+        vmlinuz: &kernel.vmlinuz(),
+        initrd: &out.join("initrd.img"),
+        cmdline: "console=ttyS0",
+    };
+    let volume_id = u32::from_be_bytes(digest(&[&seed, b"esp-volume-id"])[..4].try_into()?);
+    esp::build(
+        &staging.join("esp.img"),
+        disk::ESP_MIB,
+        volume_id,
+        &entry,
+        &staging,
+    )?;
+    disk::assemble(
+        &out.join("floor.raw"),
+        &seed,
+        &[disk::esp_partition(&staging.join("esp.img"))],
+    )?;
+    eprintln!(
+        "image-build: floor initramfs and floor.raw in {}",
+        out.display()
+    );
     Ok(())
 }
 

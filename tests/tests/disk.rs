@@ -253,3 +253,31 @@ fn image_sizes_are_in_bounds() {
     assert!(listing.contains("disk.raw"), "{listing}");
     assert_eq!(size % (1024 * 1024 * 1024), 0, "{listing}");
 }
+
+#[test]
+fn two_disks_with_berth_partitions_stop_the_boot_instead_of_guessing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let second = scratch.path().join("second.qcow2");
+    berth_tests::vm::create_overlay(&raw_disk(), &second, None).unwrap();
+    let mut cfg = direct_disk_config("two-disks", DiskBus::Virtio);
+    cfg.testd = false;
+    cfg.extra_args = vec![
+        "-drive".into(),
+        format!("file={},if=none,id=disk1,format=qcow2", second.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=disk1".into(),
+    ];
+    let vm = Vm::boot(cfg).unwrap();
+    let fatal = vm
+        .wait_for_line("berth: fatal:", BOOT_TIMEOUT)
+        .expect("a fatal line when two disks carry Berth partitions");
+    assert!(fatal.line.contains("refusing to guess"), "{}", fatal.line);
+    assert!(
+        fatal.line.contains("vda") && fatal.line.contains("vdb"),
+        "{}",
+        fatal.line
+    );
+    let console = vm.console();
+    assert!(!console.contains("berth: ready"), "{console}");
+    assert!(!console.contains("mounted read-only"), "{console}");
+}

@@ -51,6 +51,14 @@ enum Cmd {
         floor_initrd: PathBuf,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Boot Berth's disk and the floor's disk through the firmware instead of
+        /// `-kernel` (both or neither).
+        #[arg(long, requires = "floor_disk")]
+        disk: Option<PathBuf>,
+        #[arg(long, requires = "disk")]
+        floor_disk: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "uefi")]
+        firmware: FirmwareArg,
         /// Also write the results here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -94,13 +102,23 @@ fn main() -> ExitCode {
             floor_initrd,
             runs,
             json,
-        } => bench(
-            &kernel,
-            &initrd,
-            &floor_initrd,
-            runs.max(1),
-            json.as_deref(),
-        ),
+            disk,
+            floor_disk,
+            firmware,
+        } => {
+            let setup = Bench {
+                kernel,
+                initrd,
+                floor_initrd,
+                disks: disk.zip(floor_disk),
+                firmware: match firmware {
+                    FirmwareArg::Uefi => Firmware::Uefi,
+                    FirmwareArg::Bios => Firmware::Bios,
+                    FirmwareArg::Direct => Firmware::Direct,
+                },
+            };
+            bench(&setup, runs.max(1), json.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -151,10 +169,18 @@ fn run(cfg: VmConfig) -> Result<()> {
     Ok(())
 }
 
+/// What `bench` boots.
+struct Bench {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    floor_initrd: PathBuf,
+    /// (Berth's disk, the floor's disk) for firmware boots.
+    disks: Option<(PathBuf, PathBuf)>,
+    firmware: Firmware,
+}
+
 /// Seconds from QEMU start to the line, for one boot.
-fn boot_time(kernel: &Path, initrd: &Path, line: &str, power_off: bool) -> Result<f64> {
-    let mut cfg = VmConfig::new(kernel.to_path_buf(), initrd.to_path_buf());
-    cfg.name = "bench".into();
+fn boot_time(cfg: VmConfig, line: &str, power_off: bool) -> Result<f64> {
     let mut vm = Vm::boot(cfg)?;
     let seen = vm.wait_for_line(line, BOOT_TIMEOUT)?;
     if power_off {
@@ -164,19 +190,38 @@ fn boot_time(kernel: &Path, initrd: &Path, line: &str, power_off: bool) -> Resul
     Ok(seen.at.as_secs_f64())
 }
 
-fn bench(
-    kernel: &Path,
-    initrd: &Path,
-    floor: &Path,
-    runs: usize,
-    json: Option<&Path>,
-) -> Result<()> {
-    let accel = accel::probe(kernel);
+/// The two VM configurations: direct kernel boots, or both disks through the same
+/// firmware and bootloader. Berth's disk is a 2 GiB overlay that has done its first boot
+/// already (DATA exists), as every boot after the first finds it.
+fn bench_configs(b: &Bench, scratch: &Path) -> Result<(VmConfig, VmConfig)> {
+    let mut floor = VmConfig::new(b.kernel.clone(), b.floor_initrd.clone());
+    let mut berth = VmConfig::new(b.kernel.clone(), b.initrd.clone());
+    floor.name = "bench-floor".into();
+    berth.name = "bench-berth".into();
+    if let Some((disk, floor_disk)) = &b.disks {
+        floor.firmware = b.firmware;
+        floor.disk = Some(floor_disk.clone());
+        berth.firmware = b.firmware;
+        let warm = scratch.join("berth-warm.qcow2");
+        berth_tests::vm::create_overlay(disk, &warm, Some("2G"))?;
+        berth.disk = Some(warm);
+        berth.disk_persistent = true;
+        eprintln!("berth-vm: first boot of Berth's disk (not measured)");
+        boot_time(berth.clone(), "berth: ready", true).context("Berth's first boot")?;
+    }
+    Ok((floor, berth))
+}
+
+fn bench(b: &Bench, runs: usize, json: Option<&Path>) -> Result<()> {
+    let accel = accel::probe(&b.kernel);
+    let scratch = berth_tests::vm::work_dir("bench")?;
+    let (floor_cfg, berth_cfg) = bench_configs(b, &scratch)?;
     let mut floor_times = Vec::new();
     let mut berth_times = Vec::new();
     for i in 0..runs {
-        floor_times.push(boot_time(kernel, floor, "floor: ready", false).context("floor boot")?);
-        berth_times.push(boot_time(kernel, initrd, "berth: ready", true).context("Berth boot")?);
+        floor_times
+            .push(boot_time(floor_cfg.clone(), "floor: ready", false).context("floor boot")?);
+        berth_times.push(boot_time(berth_cfg.clone(), "berth: ready", true).context("Berth boot")?);
         eprintln!(
             "berth-vm: run {}/{runs}: floor {:.2} s, berth {:.2} s",
             i + 1,
@@ -187,8 +232,13 @@ fn bench(
     let (fm, bm) = (median(&mut floor_times), median(&mut berth_times));
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let how = match (&b.disks, b.firmware) {
+        (None, _) | (_, Firmware::Direct) => "-kernel",
+        (Some(_), Firmware::Uefi) => "disk through OVMF + systemd-boot",
+        (Some(_), Firmware::Bios) => "disk through SeaBIOS + syslinux",
+    };
     println!(
-        "boot to ready under {} ({runs} runs each, QEMU start to console line)",
+        "boot to ready under {}, {how} ({runs} runs each, QEMU start to console line)",
         accel.name()
     );
     println!("  {:<28} {:>8} {:>8}", "", "median", "min");
@@ -210,33 +260,30 @@ fn bench(
         bm - fm
     );
     println!("sizes");
-    println!(
-        "  kernel        {:>9} bytes  {:>6.2} MiB",
-        size(kernel),
-        mib(size(kernel))
-    );
-    println!(
-        "  initramfs     {:>9} bytes  {:>6.2} MiB",
-        size(initrd),
-        mib(size(initrd))
-    );
-    println!(
-        "  floor initrd  {:>9} bytes  {:>6.2} MiB",
-        size(floor),
-        mib(size(floor))
-    );
+    for (name, p) in [
+        ("kernel", &b.kernel),
+        ("initramfs", &b.initrd),
+        ("floor initrd", &b.floor_initrd),
+    ] {
+        println!(
+            "  {name:<13} {:>9} bytes  {:>6.2} MiB",
+            size(p),
+            mib(size(p))
+        );
+    }
     if let Some(path) = json {
         let doc = serde_json::json!({
             "accel": accel.name(),
+            "boot": how,
             "runs": runs,
             "floor_seconds": floor_times,
             "berth_seconds": berth_times,
             "floor_median_seconds": fm,
             "berth_median_seconds": bm,
             "ratio": bm / fm,
-            "kernel_bytes": size(kernel),
-            "initramfs_bytes": size(initrd),
-            "floor_initramfs_bytes": size(floor),
+            "kernel_bytes": size(&b.kernel),
+            "initramfs_bytes": size(&b.initrd),
+            "floor_initramfs_bytes": size(&b.floor_initrd),
         });
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
