@@ -275,4 +275,9 @@ fn berth_vm_run_without_a_terminal_boots_and_powers_off() {
     assert!(stdout.contains("berth: ready"), "{stdout}");
     assert!(stdout.contains("shutdown: powering off"), "{stdout}");
     assert!(stdout.contains("berth-vm: powered off cleanly"), "{stdout}");
+    // make run gives the disk room to grow, so the demo's first boot makes /var.
+    assert!(
+        stdout.contains("/var: btrfs on /dev/vda4, DATA partition created, formatted"),
+        "{stdout}"
+    );
 }

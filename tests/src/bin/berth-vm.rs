@@ -129,7 +129,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: VmConfig) -> Result<()> {
+fn run(mut cfg: VmConfig) -> Result<()> {
+    // A disk larger than the image, as clouds give, so first boot creates DATA for /var.
+    if let Some(image) = cfg.disk.take() {
+        let overlay = berth_tests::vm::work_dir("run-disk")?.join("disk.qcow2");
+        berth_tests::vm::create_overlay(&image, &overlay, Some("4G"))?;
+        cfg.disk = Some(overlay);
+        cfg.disk_persistent = true;
+    }
     let scripted =
         std::env::var("CI").is_ok_and(|v| v == "true") || !std::io::stdin().is_terminal();
     if !scripted {
