@@ -88,6 +88,17 @@ fn find_deb(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// Fetches `pkg` and unpacks it under `cache/unpacked/<name>_<version>` (both once);
+/// returns that directory.
+pub fn fetch_unpacked(pkg: &Package, cache: &Path) -> Result<PathBuf> {
+    let deb = download(pkg, cache)?;
+    let root = cache
+        .join("unpacked")
+        .join(format!("{}_{}", pkg.name, pkg.version));
+    extract(&deb, &root)?;
+    Ok(root)
+}
+
 /// Unpacks `deb` into `dest` (once: a `.done` marker records a complete extraction).
 pub fn extract(deb: &Path, dest: &Path) -> Result<()> {
     let marker = dest.join(".done");

@@ -22,11 +22,12 @@ pub struct BootEntry<'a> {
     pub cmdline: &'a str,
 }
 
-/// Builds the ESP image at `out` (`size_mib` MiB, volume id fixed by `volume_id`).
+/// Builds the ESP image at `out` (`size_mib` MiB; the FAT volume id derived from `seed`,
+/// a digest of the inputs).
 pub fn build(
     out: &Path,
     size_mib: u64,
-    volume_id: u32,
+    seed: &[u8; 32],
     entry: &BootEntry<'_>,
     staging: &Path,
 ) -> Result<()> {
@@ -73,6 +74,8 @@ pub fn build(
     put("berth/a/vmlinuz", &read(entry.vmlinuz)?)?;
     put("berth/a/initrd.img", &read(entry.initrd)?)?;
 
+    let id = crate::digest(&[seed, b"esp-volume-id"]);
+    let volume_id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
     let _ = std::fs::remove_file(out);
     run(Command::new("mkfs.vfat")
         .args([

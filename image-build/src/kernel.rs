@@ -40,11 +40,7 @@ impl Kernel {
 /// Resolves, fetches, unpacks and indexes the current kernel.
 pub fn prepare(cache: &Path) -> Result<Kernel> {
     let package = debs::resolve_kernel(METAPACKAGE)?;
-    let deb = debs::download(&package, cache)?;
-    let root = cache
-        .join("unpacked")
-        .join(format!("{}_{}", package.name, package.version));
-    debs::extract(&deb, &root)?;
+    let root = debs::fetch_unpacked(&package, cache)?;
     let release = find_release(&root)?;
     let kernel = Kernel {
         package,

@@ -170,11 +170,10 @@ fn build_disk(
         initrd,
         cmdline: &cmdline,
     };
-    let volume_id = u32::from_be_bytes(digest(&[&seed, b"esp-volume-id"])[..4].try_into()?);
     esp::build(
         &staging.join("esp.img"),
         disk::ESP_MIB,
-        volume_id,
+        &seed,
         &entry,
         &staging,
     )?;
@@ -229,11 +228,10 @@ fn build_floor(cache: &Path, out: &Path) -> Result<()> {
         initrd: &out.join("initrd.img"),
         cmdline: "console=ttyS0",
     };
-    let volume_id = u32::from_be_bytes(digest(&[&seed, b"esp-volume-id"])[..4].try_into()?);
     esp::build(
         &staging.join("esp.img"),
         disk::ESP_MIB,
-        volume_id,
+        &seed,
         &entry,
         &staging,
     )?;
@@ -256,12 +254,7 @@ fn busybox(cache: &Path) -> Result<PathBuf> {
 
 /// One file out of a Debian package, fetched and unpacked into the cache.
 fn deb_file(cache: &Path, package: &str, path: &str) -> Result<PathBuf> {
-    let pkg = debs::resolve(package)?;
-    let deb = debs::download(&pkg, cache)?;
-    let root = cache
-        .join("unpacked")
-        .join(format!("{}_{}", pkg.name, pkg.version));
-    debs::extract(&deb, &root)?;
+    let root = debs::fetch_unpacked(&debs::resolve(package)?, cache)?;
     let file = root.join(path);
     anyhow::ensure!(file.exists(), "{package} unpacked without {path}");
     Ok(file)

@@ -150,7 +150,7 @@ fn update_table(
         / gpt.sector_size;
     let mut outcome = Outcome::default();
     let mut changed = false;
-    if gpt.header.backup_lba != sectors - 1 {
+    if gpt.header.backup_lba != sectors.saturating_sub(1) {
         gpt.header
             .update_from(disk, gpt.sector_size)
             .map_err(gpt_err)?;
@@ -196,7 +196,7 @@ fn update_table(
         })?;
         let entry = &gpt[number];
         let start = entry.starting_lba * gpt.sector_size;
-        let len = (entry.ending_lba + 1 - entry.starting_lba) * gpt.sector_size;
+        let len = (entry.ending_lba + 1).saturating_sub(entry.starting_lba) * gpt.sector_size;
         let result = if outcome.created {
             blkpg::add_partition(disk, number, start, len)
         } else {
@@ -395,19 +395,24 @@ mod tests {
     use super::*;
     use std::io::Cursor;
 
-    /// A 64 MiB image with one partition in its first 8 MiB, as the shipped image has
-    /// ESP and root slots; then the "disk" grows to 128 MiB.
-    fn image() -> Cursor<Vec<u8>> {
-        let mut cur = Cursor::new(vec![0u8; 64 << 20]);
-        let mut gpt = GPT::new_from(&mut cur, 512, [1; 16]).unwrap();
-        gpt[1] = GPTPartitionEntry {
+    /// ROOT-A in the first 8 MiB, as in the shipped image's layout.
+    fn root_a() -> GPTPartitionEntry {
+        GPTPartitionEntry {
             partition_type_guid: [2; 16],
             unique_partition_guid: [3; 16],
             starting_lba: 2048,
             ending_lba: 16383,
             attribute_bits: 0,
             partition_name: "ROOT-A".into(),
-        };
+        }
+    }
+
+    /// A 64 MiB image with one partition in its first 8 MiB, as the shipped image has
+    /// ESP and root slots; then the "disk" grows to 128 MiB.
+    fn image() -> Cursor<Vec<u8>> {
+        let mut cur = Cursor::new(vec![0u8; 64 << 20]);
+        let mut gpt = GPT::new_from(&mut cur, 512, [1; 16]).unwrap();
+        gpt[1] = root_a();
         gpt.write_into(&mut cur).unwrap();
         cur
     }
@@ -443,14 +448,7 @@ mod tests {
     fn refuses_when_there_is_no_room() {
         let mut cur = Cursor::new(vec![0u8; 9 << 20]);
         let mut gpt = GPT::new_from(&mut cur, 512, [1; 16]).unwrap();
-        gpt[1] = GPTPartitionEntry {
-            partition_type_guid: [2; 16],
-            unique_partition_guid: [3; 16],
-            starting_lba: 2048,
-            ending_lba: 16383,
-            attribute_bits: 0,
-            partition_name: "ROOT-A".into(),
-        };
+        gpt[1] = root_a();
         assert!(matches!(
             create_data_entry(&mut gpt),
             Err(StorageError::Layout(_))
