@@ -42,7 +42,7 @@ lint: deps
 
 # Unit and host tests, then the QEMU tests against the real test image.
 test: lint image-test floor
-	BERTH_TEST_IMAGE=$(CURDIR)/$(OUT)/test \
+	BERTH_TEST_IMAGE=$(CURDIR)/$(OUT)/test BERTH_KERNEL=$(CURDIR)/$(OUT)/test/vmlinuz \
 		$(CARGO) test --release --workspace
 
 bench: image floor

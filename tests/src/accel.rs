@@ -62,64 +62,87 @@ fn decide(kernel: &Path) -> (Accel, String) {
         .and_then(|p| std::fs::read_to_string(p).ok())
     {
         match cached.trim() {
-            "kvm" => return (Accel::Kvm, "cached probe".into()),
+            "kvm" => return (Accel::Kvm, "cached probe: KVM booted here".into()),
             "tcg" => return (Accel::Tcg, "cached probe: KVM hung here".into()),
             _ => {}
         }
     }
-    let works = kvm_boots(kernel);
-    let accel = if works { Accel::Kvm } else { Accel::Tcg };
-    if let Some(p) = cache {
-        let _ = std::fs::write(p, accel.name());
-    }
-    let why = if works {
-        "a probe boot under KVM finished".to_string()
-    } else {
-        format!(
-            "a probe boot under KVM did not finish in {} s",
-            PROBE_TIMEOUT.as_secs()
-        )
+    let (accel, why) = match kvm_probe(kernel) {
+        Probe::Finished(t) => (
+            Accel::Kvm,
+            format!(
+                "a probe boot under KVM reached its panic in {:.1} s",
+                t.as_secs_f64()
+            ),
+        ),
+        Probe::Hung => (
+            Accel::Tcg,
+            format!(
+                "a probe boot under KVM did not finish in {} s",
+                PROBE_TIMEOUT.as_secs()
+            ),
+        ),
+        // Says nothing about KVM (a wrong kernel path, say): not cached.
+        Probe::Failed(why) => return (Accel::Tcg, format!("the KVM probe failed: {why}")),
     };
+    if let Some(p) = cache {
+        write_cache(&p, accel);
+    }
     (accel, why)
 }
 
-/// Boots the kernel with no root under KVM: it panics ("VFS: Unable to mount root fs")
-/// and, with panic=-1 and -no-reboot, QEMU exits. A working KVM does this in about a
-/// second; a hanging one never does.
-fn kvm_boots(kernel: &Path) -> bool {
+enum Probe {
+    Finished(Duration),
+    Hung,
+    Failed(String),
+}
+
+/// Boots the kernel with no initramfs and no root under KVM: it panics ("VFS: Unable to
+/// mount root fs") and, with panic=-1 and -no-reboot, QEMU exits. A working KVM does
+/// this in about a second; a hanging one never prints a thing. The console goes to a
+/// file in the temp dir, for whoever wonders what the probe saw.
+fn kvm_probe(kernel: &Path) -> Probe {
+    if !kernel.is_file() {
+        return Probe::Failed(format!("no kernel at {}", kernel.display()));
+    }
+    let log = std::env::temp_dir().join("berth-kvm-probe.log");
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(Accel::Kvm.qemu_args())
-        .args([
-            "-m",
-            "256",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .args(["-serial", "null", "-kernel"])
+        .args(["-m", "256", "-nodefaults", "-no-user-config"])
+        .args(["-display", "none", "-no-reboot", "-serial"])
+        .arg(format!("file:{}", log.display()))
+        .arg("-kernel")
         .arg(kernel)
-        .args([
-            "-append",
-            "panic=-1 rdinit=/nonexistent root=/dev/nonexistent",
-        ])
+        .args(["-append", "console=ttyS0 panic=-1 rdinit=/nonexistent"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let Ok(mut child) = cmd.spawn() else {
-        return false;
+        .stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Probe::Failed(format!("starting qemu-system-x86_64: {e}")),
     };
     let start = Instant::now();
     while start.elapsed() < PROBE_TIMEOUT {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.success();
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Probe::Finished(start.elapsed()),
+            Ok(Some(status)) => return Probe::Failed(qemu_error(&mut child, status)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Probe::Failed(format!("waiting for QEMU: {e}")),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
-    false
+    Probe::Hung
+}
+
+/// QEMU's last stderr line ("failed to initialize kvm: ...").
+fn qemu_error(child: &mut std::process::Child, status: std::process::ExitStatus) -> String {
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    let last = stderr.lines().last().unwrap_or("no message");
+    format!("QEMU exited with {status}: {last}")
 }
 
 /// Keyed by the host's boot: whether KVM works is a property of the host (nested
@@ -127,4 +150,12 @@ fn kvm_boots(kernel: &Path) -> bool {
 fn cache_file() -> Option<PathBuf> {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     Some(std::env::temp_dir().join(format!("berth-accel-{}", boot_id.trim())))
+}
+
+/// Written aside and renamed, so a process reading it meanwhile never sees half of it.
+fn write_cache(path: &Path, accel: Accel) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, accel.name()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
 }

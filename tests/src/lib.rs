@@ -3,6 +3,7 @@
 //! on a unix socket, and (for the test image) berth-testd on a virtio-serial port.
 
 pub mod accel;
+pub mod console;
 pub mod lock;
 pub mod qmp;
 pub mod testd;

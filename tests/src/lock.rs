@@ -5,14 +5,25 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, Flock, FlockArg};
 
 pub const DEFAULT_LOCK: &str = "/tmp/berth-vm.lock";
 
 /// Held while a VM runs; dropping it releases the flock.
 pub struct VmLock {
-    _lock: Flock<File>,
+    lock: Flock<File>,
     pub path: PathBuf,
+}
+
+impl VmLock {
+    /// For a process about to exec QEMU in its place (`berth-vm run` on a terminal):
+    /// Rust opens files close-on-exec, which would drop the lock at exec. Cleared, the
+    /// descriptor lives on in QEMU and the lock ends when QEMU does.
+    pub fn keep_across_exec(&self) -> Result<()> {
+        fcntl(&*self.lock, FcntlArg::F_SETFD(FdFlag::empty()))
+            .with_context(|| format!("clearing close-on-exec on {}", self.path.display()))?;
+        Ok(())
+    }
 }
 
 /// Blocks until the machine-wide VM lock is ours. Every call opens the file anew: flock
@@ -33,7 +44,7 @@ pub fn lock_file(path: &Path) -> Result<VmLock> {
         .map_err(|(_, e)| e)
         .with_context(|| format!("locking {}", path.display()))?;
     Ok(VmLock {
-        _lock: lock,
+        lock,
         path: path.to_path_buf(),
     })
 }
@@ -63,5 +74,24 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(5))
             .expect("second lock after release");
         t.join().unwrap();
+    }
+
+    #[test]
+    fn another_process_cannot_take_it_while_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let try_lock = || {
+            std::process::Command::new("flock")
+                .args(["--nonblock", "--conflict-exit-code", "7"])
+                .arg(&path)
+                .arg("true")
+                .status()
+                .expect("running flock(1)")
+                .code()
+        };
+        let held = lock_file(&path).unwrap();
+        assert_eq!(try_lock(), Some(7));
+        drop(held);
+        assert_eq!(try_lock(), Some(0));
     }
 }

@@ -27,8 +27,8 @@ impl Qmp {
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                // QEMU creates the socket a moment after it starts.
+                Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => {
@@ -37,8 +37,10 @@ impl Qmp {
                 }
             }
         };
-        stream.set_read_timeout(Some(READ_TIMEOUT))?;
-        let writer = stream.try_clone()?;
+        stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .context("setting the QMP read timeout")?;
+        let writer = stream.try_clone().context("cloning the QMP socket")?;
         let mut qmp = Qmp {
             reader: BufReader::new(stream),
             writer,
@@ -83,6 +85,11 @@ impl Qmp {
     /// Events seen so far.
     pub fn events(&self) -> &[Value] {
         &self.events
+    }
+
+    /// QEMU closed the socket (it exited).
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// `reason` of every SHUTDOWN event seen so far.

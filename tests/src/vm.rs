@@ -7,9 +7,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::accel::{self, Accel};
+use crate::console::Console;
 use crate::lock::{vm_lock, VmLock};
 use crate::qmp::Qmp;
 use crate::testd::{TestdClient, PORT_NAME};
@@ -84,12 +87,7 @@ impl VmConfig {
     }
 }
 
-/// A console line and when it first appeared, counted from QEMU's start.
-#[derive(Debug, Clone)]
-pub struct LineSeen {
-    pub line: String,
-    pub at: Duration,
-}
+pub use crate::console::LineSeen;
 
 #[derive(Debug)]
 pub struct ExitReport {
@@ -102,7 +100,7 @@ pub struct ExitReport {
 pub struct Vm {
     child: Child,
     dir: PathBuf,
-    console_path: PathBuf,
+    console: Console,
     testd_socket: Option<PathBuf>,
     qmp: Qmp,
     started: Instant,
@@ -111,13 +109,18 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// Starts QEMU (after taking the VM lock, which the Vm holds until dropped) and
+    /// connects to its QMP socket. The work directory is kept and its path printed, so a
+    /// failed test leaves its console log behind.
     pub fn boot(cfg: VmConfig) -> Result<Vm> {
         let lock = vm_lock()?;
         let accel = accel::probe(&cfg.kernel);
         let dir = work_dir(&cfg.name)?;
+        eprintln!("berth-tests: VM {} in {}", cfg.name, dir.display());
         let console_path = dir.join("console.log");
         let qmp_path = dir.join("qmp.sock");
         let testd_socket = cfg.testd.then(|| dir.join("testd.sock"));
+        let stderr_path = dir.join("qemu.stderr");
         let mut cmd = qemu_command(&cfg, accel, &dir)?;
         cmd.arg("-serial")
             .arg(format!("file:{}", console_path.display()))
@@ -125,18 +128,12 @@ impl Vm {
             .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.stderr"))?);
+            .stderr(
+                std::fs::File::create(&stderr_path)
+                    .with_context(|| format!("creating {}", stderr_path.display()))?,
+            );
         if let Some(sock) = &testd_socket {
-            cmd.args(["-device", "virtio-serial-pci,id=vser"])
-                .arg("-chardev")
-                .arg(format!(
-                    "socket,id=testd,path={},server=on,wait=off",
-                    sock.display()
-                ))
-                .arg("-device")
-                .arg(format!(
-                    "virtserialport,bus=vser.0,chardev=testd,name={PORT_NAME}"
-                ));
+            testd_args(&mut cmd, sock);
         }
         let started = Instant::now();
         let mut child = cmd
@@ -146,14 +143,19 @@ impl Vm {
             Ok(q) => q,
             Err(e) => {
                 let _ = child.kill();
-                let stderr = std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default();
-                return Err(e).context(format!("QEMU did not come up: {stderr}"));
+                let _ = child.wait();
+                let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                return Err(e).context(format!(
+                    "QEMU did not come up (work dir {}): {}",
+                    dir.display(),
+                    stderr.trim()
+                ));
             }
         };
         Ok(Vm {
             child,
             dir,
-            console_path,
+            console: Console::new(console_path, started),
             testd_socket,
             qmp,
             started,
@@ -166,17 +168,21 @@ impl Vm {
         &self.dir
     }
 
+    pub fn console_path(&self) -> &Path {
+        self.console.path()
+    }
+
+    /// The whole serial console so far.
     pub fn console(&self) -> String {
-        std::fs::read(&self.console_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        self.console.read()
     }
 
     pub fn elapsed_since_start(&self) -> Duration {
         self.started.elapsed()
     }
 
-    /// Waits for a console line containing `pattern`.
+    /// Waits for a console line containing `pattern` (a prefix is a substring too); the
+    /// answer says when it was first seen, from QEMU's start.
     pub fn wait_for_line(&self, pattern: &str, timeout: Duration) -> Result<LineSeen> {
         self.wait_for_line_count(pattern, 1, timeout)
     }
@@ -188,44 +194,21 @@ impl Vm {
         n: usize,
         timeout: Duration,
     ) -> Result<LineSeen> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let console = self.console();
-            if let Some(line) = console
-                .lines()
-                .filter(|l| l.contains(pattern))
-                .nth(n.saturating_sub(1))
-            {
-                return Ok(LineSeen {
-                    line: line.trim_end_matches('\r').to_string(),
-                    at: self.started.elapsed(),
-                });
-            }
-            let exited = self.qemu_exited();
-            if exited || Instant::now() >= deadline {
-                let tail: Vec<&str> = console.lines().rev().take(40).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                bail!(
-                    "no console line with {pattern:?} (#{n}) after {:.1} s{}; console in {}, last lines:\n{}",
-                    self.started.elapsed().as_secs_f64(),
-                    if exited { ", QEMU exited" } else { "" },
-                    self.console_path.display(),
-                    tail.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.console
+            .wait_for_line_count(pattern, n, timeout, || self.qemu_exited())
     }
 
+    /// Asked without reaping (WNOWAIT), so `wait_exit` still gets the status and this
+    /// works through `&self`.
     fn qemu_exited(&self) -> bool {
-        // /proc/<pid> of an unreaped child stays until wait; its state tells.
-        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true)
+        let Ok(pid) = i32::try_from(self.child.id()) else {
+            return true;
+        };
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        !matches!(
+            waitid(Id::Pid(Pid::from_raw(pid)), flags),
+            Ok(WaitStatus::StillAlive)
+        )
     }
 
     pub fn qmp(&mut self) -> &mut Qmp {
@@ -246,11 +229,13 @@ impl Vm {
         self.qmp.execute("send-key", Some(keys)).map(drop)
     }
 
-    /// Waits for QEMU to exit by itself.
+    /// Waits for QEMU to exit by itself (after the guest powered off, or reset under
+    /// `no_reboot`).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitReport> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            let exited = self.child.try_wait().context("waiting for QEMU")?;
+            if let Some(status) = exited {
                 let after = self.started.elapsed();
                 self.qmp.drain(Duration::from_secs(2));
                 return Ok(ExitReport {
@@ -260,25 +245,24 @@ impl Vm {
                 });
             }
             if Instant::now() >= deadline {
-                let tail: Vec<String> = self
-                    .console()
-                    .lines()
-                    .rev()
-                    .take(30)
-                    .map(String::from)
-                    .collect();
                 bail!(
-                    "QEMU still running {} s after asking; last console lines (newest first):\n{}",
+                    "QEMU still running {} s after asking; console in {}, last lines:\n{}",
                     timeout.as_secs(),
-                    tail.join("\n")
+                    self.console.path().display(),
+                    self.console.tail(30)
                 );
             }
             // Keep reading QMP so its events are not lost when QEMU closes the socket.
-            self.qmp.drain(Duration::from_millis(50));
+            // Once closed, draining returns at once: sleep instead of spinning.
+            if self.qmp.is_closed() {
+                std::thread::sleep(Duration::from_millis(20));
+            } else {
+                self.qmp.drain(Duration::from_millis(50));
+            }
         }
     }
 
-    /// Power cut.
+    /// Power cut: SIGKILL, no chance for the guest to sync.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -291,6 +275,21 @@ impl Vm {
             .context("this VM was booted without testd (VmConfig::testd)")?;
         TestdClient::connect(sock)
     }
+}
+
+/// A virtio-serial controller with one port, named for testd, on a unix socket QEMU
+/// listens on; wait=off so QEMU boots without the harness connected.
+fn testd_args(cmd: &mut Command, sock: &Path) {
+    cmd.args(["-device", "virtio-serial-pci,id=vser"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=testd,path={},server=on,wait=off",
+            sock.display()
+        ))
+        .arg("-device")
+        .arg(format!(
+            "virtserialport,bus=vser.0,chardev=testd,name={PORT_NAME}"
+        ));
 }
 
 impl Drop for Vm {

@@ -1,36 +1,31 @@
 //! berth-testd: the test image's way in (never in the shipped image). Runs the commands
 //! the QEMU harness sends over the virtio-serial port named `org.berth.testd` and
-//! answers with their exit status and output, one request at a time.
+//! answers with their exit status and output, one request at a time
+//! (`berth_tests::testd::exec` does the running).
 //!
 //! virtio-serial facts this relies on: without udev the port is /dev/vportNpM, found by
-//! its name in /sys/class/virtio-ports; read() returns 0 while the host end is not
+//! its name in /sys/class/virtio-ports, and it appears only once virtio_console is
+//! loaded, possibly after testd started; read() returns 0 while the host end is not
 //! connected (so EOF means "wait", not "quit").
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::ExitStatusExt;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use berth_tests::testd::{Request, Response, PORT_NAME};
+use berth_tests::testd::{exec, PORT_NAME};
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often to look for the port again, and to read again while the host end is away.
+const PORT_POLL: Duration = Duration::from_millis(100);
+const HOST_POLL: Duration = Duration::from_millis(50);
 
 fn main() {
     say(&format!(
         "berth-testd: started, looking for virtio port {PORT_NAME}"
     ));
-    let mut announced = false;
+    let dev = wait_for_port(Path::new("/sys/class/virtio-ports"), Path::new("/dev"));
+    say(&format!("berth-testd: serving on {}", dev.display()));
     loop {
-        let Some(dev) = find_port(Path::new("/sys/class/virtio-ports")) else {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        };
-        if !announced {
-            say(&format!("berth-testd: serving on {}", dev.display()));
-            announced = true;
-        }
         if let Err(e) = serve(&dev) {
             say(&format!("berth-testd: {}: {e}; reopening", dev.display()));
             std::thread::sleep(Duration::from_millis(200));
@@ -38,112 +33,72 @@ fn main() {
     }
 }
 
+/// One line on the console (stdout is the console; Rust flushes it at each newline).
 fn say(msg: &str) {
     let _ = writeln!(std::io::stdout(), "{msg}");
 }
 
-/// /dev/<vportNpM> whose sysfs `name` is ours.
-fn find_port(sys: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(sys).ok()?.flatten().find_map(|e| {
-        let name = std::fs::read_to_string(e.path().join("name")).ok()?;
-        let dev = Path::new("/dev").join(e.file_name());
-        (name.trim() == PORT_NAME && dev.exists()).then_some(dev)
+fn wait_for_port(sys: &Path, dev: &Path) -> PathBuf {
+    loop {
+        if let Some(port) = find_port(sys, dev) {
+            return port;
+        }
+        std::thread::sleep(PORT_POLL);
+    }
+}
+
+/// `dev`/<vportNpM> whose sysfs `name` is ours, once devtmpfs made the node.
+fn find_port(sys: &Path, dev: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(sys).ok()?.flatten().find_map(|entry| {
+        let name = std::fs::read_to_string(entry.path().join("name")).ok()?;
+        let node = dev.join(entry.file_name());
+        (name.trim() == PORT_NAME && node.exists()).then_some(node)
     })
 }
 
+/// Answers request lines until reading fails; a bad line gets an error answer.
 fn serve(dev: &Path) -> std::io::Result<()> {
     let port = File::options().read(true).write(true).open(dev)?;
     let mut writer = port.try_clone()?;
     let mut reader = BufReader::new(port);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            // Host end not connected: wait for it.
-            std::thread::sleep(Duration::from_millis(50));
+        reader.read_until(b'\n', &mut line)?;
+        if line.last() != Some(&b'\n') {
+            // EOF: the host end is not connected. A line it left unfinished will never
+            // be, and must not be glued to the next connection's first request.
+            line.clear();
+            std::thread::sleep(HOST_POLL);
             continue;
         }
-        let response = match serde_json::from_str::<Request>(line.trim()) {
-            Ok(req) => run(req),
-            Err(e) => Response {
-                error: Some(format!("bad request: {e}")),
-                ..Response::default()
-            },
-        };
+        let response = exec::answer(&line);
+        line.clear();
         let mut out = serde_json::to_vec(&response).unwrap_or_default();
         out.push(b'\n');
-        // The host may have gone away; the next request will come on a new connection.
+        // The host may have gone away; the harness's next connection skips stale
+        // answers by id.
         let _ = writer.write_all(&out);
     }
 }
 
-fn run(req: Request) -> Response {
-    let mut response = Response {
-        id: req.id,
-        ..Response::default()
-    };
-    let Some((program, args)) = req.argv.split_first() else {
-        response.error = Some("empty argv".into());
-        return response;
-    };
-    let spawned = Command::new(program)
-        .args(args)
-        .stdin(if req.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            response.error = Some(format!("spawning {program}: {e}"));
-            return response;
-        }
-    };
-    if let (Some(input), Some(mut stdin)) = (req.stdin, child.stdin.take()) {
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(input.as_bytes());
-        });
-    }
-    let stdout = child.stdout.take().map(reader_thread);
-    let stderr = child.stderr.take().map(reader_thread);
-    let timeout = req
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(DEFAULT_TIMEOUT);
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                response.error = Some(format!("timed out after {} ms", timeout.as_millis()));
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => {
-                response.error = Some(format!("waiting for {program}: {e}"));
-                break None;
-            }
-        }
-    };
-    if let Some(status) = status {
-        response.exit_code = status.code();
-        response.signal = status.signal();
-    }
-    response.stdout = stdout.and_then(|t| t.join().ok()).unwrap_or_default();
-    response.stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
-    response
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn reader_thread(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
+    #[test]
+    fn finds_the_port_by_name_once_its_node_exists() {
+        let root = tempfile::tempdir().unwrap();
+        let (sys, dev) = (root.path().join("sys"), root.path().join("dev"));
+        for (port, name) in [
+            ("vport0p1", "org.qemu.guest_agent.0"),
+            ("vport1p1", PORT_NAME),
+        ] {
+            std::fs::create_dir_all(sys.join(port)).unwrap();
+            std::fs::write(sys.join(port).join("name"), format!("{name}\n")).unwrap();
+        }
+        std::fs::create_dir_all(&dev).unwrap();
+        assert_eq!(find_port(&sys, &dev), None, "no device node yet");
+        std::fs::write(dev.join("vport1p1"), "").unwrap();
+        assert_eq!(find_port(&sys, &dev), Some(dev.join("vport1p1")));
+    }
 }

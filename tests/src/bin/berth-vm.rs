@@ -140,7 +140,8 @@ fn run(mut cfg: VmConfig) -> Result<()> {
     let scripted =
         std::env::var("CI").is_ok_and(|v| v == "true") || !std::io::stdin().is_terminal();
     if !scripted {
-        let _lock = berth_tests::lock::vm_lock()?;
+        let lock = berth_tests::lock::vm_lock()?;
+        lock.keep_across_exec()?;
         let accel = accel::probe(&cfg.kernel);
         let dir = berth_tests::vm::work_dir(&cfg.name)?;
         eprintln!("berth-vm: serial console follows; ctrl-a x quits, ctrl-a c is QEMU's monitor");
@@ -287,6 +288,8 @@ fn bench(b: &Bench, runs: usize, json: Option<&Path>) -> Result<()> {
             "berth_seconds": berth_times,
             "floor_median_seconds": fm,
             "berth_median_seconds": bm,
+            "floor_min_seconds": min(&floor_times),
+            "berth_min_seconds": min(&berth_times),
             "ratio": bm / fm,
             "kernel_bytes": size(&b.kernel),
             "initramfs_bytes": size(&b.initrd),

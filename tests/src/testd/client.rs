@@ -1,7 +1,6 @@
-//! The test channel: berth-testd in the guest runs commands the harness sends over a
-//! virtio-serial port and answers with their output and exit status. JSON lines both
-//! ways; each response carries its request's id, so a late answer to an abandoned
-//! request is recognised and skipped.
+//! The harness's end of the test channel: QEMU's unix socket behind the guest's
+//! virtio-serial port. Each response carries its request's id, so a late answer to an
+//! abandoned request (or to a ping sent before testd was up) is recognised and skipped.
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
@@ -9,51 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
-/// The virtio-serial port name testd looks for in /sys/class/virtio-ports/*/name.
-pub const PORT_NAME: &str = "org.berth.testd";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    pub id: u64,
-    pub argv: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdin: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    pub id: u64,
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-    #[serde(default)]
-    pub signal: Option<i32>,
-    #[serde(default)]
-    pub stdout: String,
-    #[serde(default)]
-    pub stderr: String,
-    /// Set when the command could not run or timed out.
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-/// A finished command, as the harness sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Output {
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Output {
-    pub fn success(&self) -> bool {
-        self.exit_code == Some(0)
-    }
-}
+use super::{Output, Request, Response};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,7 +23,9 @@ pub struct TestdClient {
 
 impl TestdClient {
     /// Connects to QEMU's end of the port and waits until testd answers a ping: the
-    /// guest may not have started testd, or loaded virtio_console, yet.
+    /// guest may not have started testd, or loaded virtio_console, yet. Until the guest
+    /// opens the port QEMU leaves what we write in the socket, so the pings queue up and
+    /// testd answers them all; the late answers to older pings are skipped by id.
     pub fn connect(socket: &Path) -> Result<Self> {
         let stream = UnixStream::connect(socket)
             .with_context(|| format!("connecting to the testd socket {}", socket.display()))?;
@@ -79,7 +37,7 @@ impl TestdClient {
         };
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         loop {
-            let id = client.send(&["true"], None)?;
+            let id = client.send(&["true"], None, PING_INTERVAL)?;
             match client.receive(id, PING_INTERVAL) {
                 Ok(_) => return Ok(client),
                 Err(e) if Instant::now() >= deadline => {
@@ -93,6 +51,8 @@ impl TestdClient {
         }
     }
 
+    /// Runs `argv` in the guest with no stdin and the default timeout (60 s), after
+    /// which testd kills it and this fails.
     pub fn run(&mut self, argv: &[&str]) -> Result<Output> {
         self.run_with(argv, None, COMMAND_TIMEOUT)
     }
@@ -102,16 +62,22 @@ impl TestdClient {
         self.run(&["/bin/sh", "-c", script])
     }
 
+    /// `timeout` bounds the command in the guest (testd kills it then); the harness
+    /// waits a little longer for the answer, which says so.
     pub fn run_with(
         &mut self,
         argv: &[&str],
         stdin: Option<&str>,
         timeout: Duration,
     ) -> Result<Output> {
-        let id = self.send(argv, stdin.map(String::from))?;
+        let id = self.send(argv, stdin.map(String::from), timeout)?;
         let r = self.receive(id, timeout + Duration::from_secs(5))?;
         if let Some(e) = r.error {
-            bail!("testd could not run {argv:?}: {e}");
+            bail!(
+                "testd could not run {argv:?}: {e}\nstdout: {}\nstderr: {}",
+                r.stdout,
+                r.stderr
+            );
         }
         Ok(Output {
             exit_code: r.exit_code,
@@ -121,14 +87,14 @@ impl TestdClient {
         })
     }
 
-    fn send(&mut self, argv: &[&str], stdin: Option<String>) -> Result<u64> {
+    fn send(&mut self, argv: &[&str], stdin: Option<String>, timeout: Duration) -> Result<u64> {
         let id = self.next_id;
         self.next_id += 1;
         let req = Request {
             id,
             argv: argv.iter().map(|s| s.to_string()).collect(),
             stdin,
-            timeout_ms: Some(u64::try_from(COMMAND_TIMEOUT.as_millis()).unwrap_or(u64::MAX)),
+            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
         };
         let mut line = serde_json::to_vec(&req)?;
         line.push(b'\n');
@@ -172,22 +138,50 @@ impl TestdClient {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
 
+    use super::*;
+    use crate::testd::exec;
+
+    /// A guest whose testd opens the port only after a few pings went unanswered, then
+    /// answers everything queued, as berth-testd would.
     #[test]
-    fn protocol_round_trip() {
-        let req = Request {
-            id: 7,
-            argv: vec!["echo".into(), "hi".into()],
-            stdin: None,
-            timeout_ms: Some(5),
-        };
-        let text = serde_json::to_string(&req).unwrap();
-        assert_eq!(text, r#"{"id":7,"argv":["echo","hi"],"timeout_ms":5}"#);
-        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
-        let resp: Response =
-            serde_json::from_str(r#"{"id":7,"exit_code":0,"stdout":"hi\n"}"#).unwrap();
-        assert_eq!(resp.stdout, "hi\n");
-        assert_eq!(resp.signal, None);
+    fn connects_to_a_late_testd_and_runs_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("testd.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            std::thread::sleep(PING_INTERVAL + Duration::from_millis(500));
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            let mut answered = 0;
+            while reader.read_until(b'\n', &mut line).unwrap() > 0 {
+                let mut out = serde_json::to_vec(&exec::answer(&line)).unwrap();
+                out.push(b'\n');
+                writer.write_all(&out).unwrap();
+                line.clear();
+                answered += 1;
+            }
+            answered
+        });
+        let mut client = TestdClient::connect(&path).unwrap();
+        let out = client.sh("echo hello; exit 2").unwrap();
+        assert_eq!((out.stdout.as_str(), out.exit_code), ("hello\n", Some(2)));
+        assert!(!out.success());
+        let out = client
+            .run_with(&["cat"], Some("in"), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(out.stdout, "in");
+        let err = client
+            .run_with(&["sleep", "5"], None, Duration::from_millis(100))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timed out"), "{err}");
+        drop(client);
+        // Two pings (one late), then the three commands.
+        assert!(guest.join().unwrap() >= 4);
     }
 }
