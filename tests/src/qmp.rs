@@ -47,11 +47,19 @@ impl Qmp {
             events: Vec::new(),
             closed: false,
         };
-        let greeting = qmp
-            .read_message()?
-            .context("QMP closed before its greeting")?;
-        if greeting.get("QMP").is_none() {
-            bail!("unexpected QMP greeting: {greeting}");
+        // QEMU can send an event (RESUME as the guest starts) ahead of the greeting when
+        // a client connects during startup: keep such events, then expect the greeting.
+        loop {
+            let msg = qmp
+                .read_message()?
+                .context("QMP closed before its greeting")?;
+            if msg.get("QMP").is_some() {
+                break;
+            }
+            if msg.get("event").is_none() {
+                bail!("unexpected QMP greeting: {msg}");
+            }
+            qmp.events.push(msg);
         }
         qmp.execute("qmp_capabilities", None)?;
         Ok(qmp)
