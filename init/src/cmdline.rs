@@ -15,6 +15,9 @@ pub struct Cmdline {
     pub verity_salt: Option<String>,
     /// `berth.verity.blocks=N`: 4 KiB data blocks; the hash tree follows them.
     pub verity_blocks: Option<u64>,
+    /// `berth.start=NAME[,NAME...]` (repeatable): also start these services at boot
+    /// though their definitions say `autostart = false` (like systemd.wants=).
+    pub start: Vec<String>,
 }
 
 impl Cmdline {
@@ -38,6 +41,9 @@ impl Cmdline {
                 "berth.verity.salt" => cmdline.verity_salt = value(v),
                 // A malformed number is kept as None; stage 1 then says what is missing.
                 "berth.verity.blocks" => cmdline.verity_blocks = v.parse().ok(),
+                "berth.start" => cmdline
+                    .start
+                    .extend(v.split(',').filter(|n| !n.is_empty()).map(String::from)),
                 _ => {}
             }
         }
@@ -65,6 +71,12 @@ mod tests {
         assert_eq!(c.verity_salt.as_deref(), Some("00ff"));
         assert_eq!(c.verity_blocks, Some(4365));
         assert_eq!(Cmdline::parse("berth.verity.blocks=x").verity_blocks, None);
+    }
+
+    #[test]
+    fn start_accumulates() {
+        let c = Cmdline::parse("berth.start=a,b berth.start=c berth.start=");
+        assert_eq!(c.start, ["a", "b", "c"]);
     }
 
     #[test]

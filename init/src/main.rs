@@ -19,6 +19,7 @@ mod shutdown;
 mod stage1;
 mod stage2;
 mod sys;
+mod timeline;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -29,7 +30,7 @@ use nix::sys::signal::SigSet;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use stage2::power_button::PowerButtons;
-use stage2::services::Services;
+use stage2::services::Manager;
 use stage2::supervise::Supervisor;
 
 fn main() -> ExitCode {
@@ -75,7 +76,7 @@ fn pid1(stage2: bool) -> ! {
             Err(_) => warn!("supervisor loop panicked; resuming"),
         }
     };
-    shutdown::run(action, &mut supervisor.services)
+    supervisor.shutdown(action)
 }
 
 fn boot(stage2: bool) -> Result<Supervisor, stage1::Fatal> {
@@ -106,7 +107,9 @@ fn emergency(reason: &str) -> Supervisor {
                     uevents: None,
                     loader: None,
                     buttons,
-                    services: Services::default(),
+                    services: Manager::new(Vec::new(), &[], None),
+                    control: None,
+                    pending_ready: None,
                 };
             }
             Err(e) => {

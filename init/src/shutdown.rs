@@ -1,6 +1,6 @@
-//! Orderly shutdown: stop services, end every other process, sync, unmount, then the
-//! reboot(2) call. Every wait is bounded, so a process stuck in D state (uninterruptible
-//! I/O) delays shutdown by seconds, never forever.
+//! Orderly shutdown, once the supervisor has stopped the services: end every other
+//! process, sync, unmount, then the reboot(2) call. Every wait is bounded, so a process
+//! stuck in D state (uninterruptible I/O) delays shutdown by seconds, never forever.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::stage2::services::Services;
 use crate::{info, warn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,29 +48,17 @@ impl std::fmt::Display for Action {
     }
 }
 
-const SERVICE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const TERM_TIMEOUT: Duration = Duration::from_secs(3);
 const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Never returns: ends in reboot(2), or, if the kernel refuses, waits forever (PID 1
-/// must not exit).
-pub fn run(action: Action, services: &mut Services) -> ! {
-    info!("shutdown: {action}: stopping services");
-    let stopping = services.signal_all(Signal::SIGTERM);
-    if stopping > 0 {
-        reap_until(SERVICE_STOP_TIMEOUT, |s| s.running() == 0, services);
-        if services.running() > 0 {
-            warn!(
-                "shutdown: {} service(s) still running after {} s",
-                services.running(),
-                SERVICE_STOP_TIMEOUT.as_secs()
-            );
-        }
-    }
+/// After the services have stopped (the supervisor stops them in order): ends every
+/// other process, syncs, unmounts, and calls reboot(2). Never returns: if the kernel
+/// refuses, it waits forever (PID 1 must not exit).
+pub fn finish(action: Action) -> ! {
     info!("shutdown: sending SIGTERM to all processes");
-    end_all(Signal::SIGTERM, TERM_TIMEOUT, services);
+    end_all(Signal::SIGTERM, TERM_TIMEOUT);
     info!("shutdown: sending SIGKILL to all processes");
-    end_all(Signal::SIGKILL, KILL_TIMEOUT, services);
+    end_all(Signal::SIGKILL, KILL_TIMEOUT);
     info!("shutdown: syncing filesystems");
     nix::unistd::sync();
     unmount_all();
@@ -88,13 +75,13 @@ pub fn run(action: Action, services: &mut Services) -> ! {
 
 /// kill(-1, sig) reaches every process but init itself; then reap until none is left
 /// (ECHILD: every process ends up as init's child) or the timeout.
-fn end_all(signal: Signal, timeout: Duration, services: &mut Services) {
+fn end_all(signal: Signal, timeout: Duration) {
     match kill(Pid::from_raw(-1), signal) {
         Ok(()) => {}
         Err(Errno::ESRCH) => return,
         Err(e) => warn!("shutdown: kill(-1, {signal}): {e}"),
     }
-    let none_left = reap_until(timeout, |_| false, services);
+    let none_left = reap_until(timeout);
     if !none_left {
         warn!(
             "shutdown: processes left after {signal} and {} s; going on",
@@ -103,31 +90,20 @@ fn end_all(signal: Signal, timeout: Duration, services: &mut Services) {
     }
 }
 
-/// Reaps children until `done` holds, there are no children, or the timeout passes.
-/// Returns true when no children are left.
-fn reap_until(
-    timeout: Duration,
-    done: impl Fn(&Services) -> bool,
-    services: &mut Services,
-) -> bool {
+/// Reaps children until there are none or the timeout passes; true when none are left.
+fn reap_until(timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {}
-            Ok(status) => {
-                if let Some(pid) = status.pid() {
-                    services.on_exit(pid, status, true);
-                }
-                continue;
-            }
+            Ok(_) | Err(Errno::EINTR) => continue,
             Err(Errno::ECHILD) => return true,
-            Err(Errno::EINTR) => continue,
             Err(e) => {
                 warn!("shutdown: waitpid: {e}");
                 return false;
             }
         }
-        if done(services) || Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));

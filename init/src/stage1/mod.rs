@@ -42,6 +42,9 @@ const ROOT_WAIT: Duration = Duration::from_secs(30);
 pub fn run(stage2: bool) -> Result<Stage1, Fatal> {
     if !stage2 {
         mount_api_filesystems()?;
+        crate::timeline::mark("kernel");
+    } else {
+        crate::timeline::mark("switch-root");
     }
     ensure_console();
     if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
@@ -58,6 +61,7 @@ pub fn run(stage2: bool) -> Result<Stage1, Fatal> {
     }
     register_modprobe_helper();
     let mut stage1 = load_modules(&release);
+    crate::timeline::mark(if stage2 { "modules" } else { "initramfs" });
     if !stage2 {
         let cmdline = Cmdline::read(Path::new("/proc/cmdline"))
             .map_err(|e| Fatal(format!("reading /proc/cmdline: {e}")))?;
@@ -124,6 +128,7 @@ fn boot_root(label: &str, cmdline: &Cmdline, stage1: &mut Stage1) -> Result<(), 
         "root {label} verified by dm-verity ({}), mounted read-only; switching to it",
         dev.display()
     );
+    crate::timeline::mark("root");
     match switch_root::switch_root() {
         Ok(never) => match never {},
         Err(e) => Err(Fatal(e.to_string())),

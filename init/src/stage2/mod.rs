@@ -1,6 +1,7 @@
-//! Stage 2: the running system: hostname, loopback, services, then supervision until
-//! shutdown. (Storage, /etc and the real root come with the disk image, issue 3.)
+//! Stage 2: the running system: /var, /etc and /tmp, hostname, loopback, the control
+//! API, services, then supervision until shutdown.
 
+pub mod control;
 pub mod etc;
 pub mod power_button;
 pub mod services;
@@ -13,13 +14,12 @@ use nix::sys::signalfd::SignalFd;
 
 use crate::cmdline::Cmdline;
 use crate::stage1::Stage1;
-use crate::{info, log, sys, warn};
+use crate::{info, sys, warn};
 use power_button::PowerButtons;
-use services::Services;
+use services::Manager;
 use supervise::Supervisor;
 
 pub const DEFAULT_HOSTNAME: &str = "berth";
-pub const SERVICES_DIR: &str = "/usr/lib/berth/services";
 /// The image's defaults for /etc, copied into the tmpfs /etc at every boot.
 pub const ETC_DEFAULTS: &str = "/usr/share/berth/etc";
 
@@ -69,6 +69,7 @@ pub fn run(stage1: Stage1, signals: SignalFd) -> Supervisor {
         Cmdline::default()
     });
     writable_dirs(cmdline.root.as_deref());
+    crate::timeline::mark("storage");
     let hostname = cmdline.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     match nix::unistd::sethostname(hostname) {
         Ok(()) => info!("hostname {hostname}"),
@@ -82,26 +83,25 @@ pub fn run(stage1: Stage1, signals: SignalFd) -> Supervisor {
     for name in buttons.refresh(Path::new("/sys/class/input"), Path::new("/dev/input")) {
         info!("power button on /dev/input/{name}");
     }
-    let (configs, errors) = services::load_dir(Path::new(SERVICES_DIR));
-    for e in errors {
-        warn!("{e}; skipped");
-    }
-    let mut services = Services::new(configs);
-    services.start_all();
-    let up = log::uptime();
-    log::bare(format_args!(
-        "berth: ready (berth {}, up {}.{:03} s, hostname {hostname}, {} modules, {} services)",
-        env!("CARGO_PKG_VERSION"),
-        up.as_secs(),
-        up.subsec_millis(),
+    let control = control::start(
+        Path::new(berth_control::INIT_SOCKET),
+        Path::new(services::LOG_DIR),
+    );
+    let cgroot = services::cgroup::setup(Path::new(services::cgroup::MOUNT));
+    let defs = services::load(Path::new(services::SERVICES_DIR));
+    info!(
+        "{} kernel modules loaded; {} services defined",
         loaded_modules(),
-        services.len()
-    ));
+        defs.len()
+    );
+    let services = Manager::new(defs, &cmdline.start, cgroot);
     Supervisor {
         signals,
         uevents: stage1.uevents,
         loader: stage1.loader,
         buttons,
         services,
+        control,
+        pending_ready: Some(hostname.to_string()),
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod blkpg;
 pub mod btrfs;
+pub mod child;
 pub mod dm;
+pub mod fdpass;
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 

@@ -1,0 +1,268 @@
+//! berthctl: the operator's command line for a Berth host.
+//!
+//! Inside the guest it talks to init on `/run/berth/init.sock`; from the host,
+//! `--vm PATH` talks through the unix socket QEMU made for the VM's virtio-serial port
+//! `org.berth.control` (`-chardev socket,id=ctl,path=PATH,server=on,wait=off -device
+//! virtserialport,chardev=ctl,name=org.berth.control`). Tables by default, `--json` for
+//! scripts.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use berth_control::{BootPhase, InitProxy, ServiceStatus};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berthctl", version, about = "Control a Berth host")]
+struct Cli {
+    /// Talk to a VM through its control port's host socket instead of the local init.
+    #[arg(long, global = true, value_name = "PATH")]
+    vm: Option<PathBuf>,
+    /// Init's socket inside the guest.
+    #[arg(long, global = true, value_name = "PATH", default_value = berth_control::INIT_SOCKET)]
+    socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List the host's services.
+    Services,
+    /// Start a service.
+    Start(Target),
+    /// Stop a service (it stays stopped until started).
+    Stop(Target),
+    /// Restart a service.
+    Restart(Target),
+    /// Show a service's log.
+    Logs {
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines to show first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+    },
+    /// Reboot the host.
+    Reboot,
+    /// Power the host off.
+    Poweroff,
+    /// How long each boot phase took.
+    BootTime,
+}
+
+#[derive(clap::Args)]
+struct Target {
+    name: String,
+    /// Return at once instead of waiting for the service to settle.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// How long start/restart wait for a service to become ready or fail.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match berth_control::zbus::block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("berthctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let conn = match &cli.vm {
+        Some(path) => {
+            let stream = UnixStream::connect(path)
+                .map_err(|e| format!("connecting to the VM's control port {}: {e}", path.display()))?;
+            berth_control::client(stream).await
+        }
+        None => berth_control::connect(&cli.socket).await,
+    }
+    .map_err(|e| e.to_string())?;
+    let init = InitProxy::new(&conn).await.map_err(|e| e.to_string())?;
+    let err = |e: berth_control::zbus::Error| match e {
+        berth_control::zbus::Error::MethodError(_, Some(msg), _) => msg,
+        other => other.to_string(),
+    };
+    match cli.command {
+        Cmd::Services => {
+            let list = init.services().await.map_err(err)?;
+            print_services(&list, cli.json);
+        }
+        Cmd::Start(t) => {
+            init.start(&t.name).await.map_err(err)?;
+            if !t.no_wait {
+                return settle(&init, &t.name, None, cli.json).await;
+            }
+        }
+        Cmd::Restart(t) => {
+            let before = find(&init, &t.name).await?;
+            init.restart(&t.name).await.map_err(err)?;
+            if !t.no_wait {
+                return settle(&init, &t.name, Some(before.restarts), cli.json).await;
+            }
+        }
+        Cmd::Stop(t) => {
+            init.stop(&t.name).await.map_err(err)?;
+            if !t.no_wait {
+                let deadline = Instant::now() + SETTLE_TIMEOUT;
+                loop {
+                    let s = find(&init, &t.name).await?;
+                    if s.pid == 0 || Instant::now() > deadline {
+                        print_services(&[s], cli.json);
+                        break;
+                    }
+                    sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Cmd::Logs {
+            name,
+            follow,
+            lines,
+        } => {
+            let first = init.read_log(&name, 0, lines.max(1)).await.map_err(err)?;
+            print_raw(&first.text);
+            let mut offset = first.next_offset;
+            while follow {
+                sleep(Duration::from_millis(250));
+                let chunk = init.read_log(&name, offset, 0).await.map_err(err)?;
+                print_raw(&chunk.text);
+                offset = chunk.next_offset;
+            }
+        }
+        Cmd::Reboot => init.reboot().await.map_err(err)?,
+        Cmd::Poweroff => init.power_off().await.map_err(err)?,
+        Cmd::BootTime => {
+            let phases = init.boot_timeline().await.map_err(err)?;
+            print_timeline(&phases, cli.json);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn find(init: &InitProxy<'_>, name: &str) -> Result<ServiceStatus, String> {
+    init.services()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| format!("no service named {name:?}"))
+}
+
+/// Waits until the service is ready (success) or failing/restarting after this request.
+async fn settle(
+    init: &InitProxy<'_>,
+    name: &str,
+    restarts_before: Option<u32>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let s = find(init, name).await?;
+        let restarted = restarts_before.is_none_or(|r| s.restarts > r);
+        let done = match s.state.as_str() {
+            "ready" => restarted,
+            "failed" | "restarting" | "inactive" => restarted,
+            _ => false,
+        };
+        if done || Instant::now() > deadline {
+            print_services(std::slice::from_ref(&s), json);
+            return Ok(if s.state == "ready" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+fn sleep(d: Duration) {
+    std::thread::sleep(d);
+}
+
+fn print_raw(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn print_services(list: &[ServiceStatus], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list).unwrap_or_default());
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.state.clone(),
+                if s.pid == 0 { "-".into() } else { s.pid.to_string() },
+                s.restarts.to_string(),
+                if s.last_exit.is_empty() { "-".into() } else { s.last_exit.clone() },
+                s.status.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "STATE", "PID", "RESTARTS", "LAST EXIT", "STATUS"], &rows);
+}
+
+fn print_timeline(phases: &[BootPhase], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(phases).unwrap_or_default());
+        return;
+    }
+    let mut prev = 0;
+    let mut rows: Vec<Vec<String>> = phases
+        .iter()
+        .map(|p| {
+            let took = p.end_ms.saturating_sub(prev);
+            prev = p.end_ms;
+            vec![p.name.clone(), format!("{took} ms"), format!("{} ms", p.end_ms)]
+        })
+        .collect();
+    rows.push(vec!["total".into(), format!("{prev} ms"), String::new()]);
+    print_table(&["PHASE", "TOOK", "ENDED AT"], &rows);
+}
+
+/// Left-aligned columns, two spaces apart (the last column unpadded).
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut text = line(header.to_vec()) + "\n";
+    for row in rows {
+        text.push_str(&line(row.iter().map(String::as_str).collect()));
+        text.push('\n');
+    }
+    print_raw(&text);
+}

@@ -1,0 +1,473 @@
+//! Init's control API: `org.berth.Init1` (see `berth-control`) served peer to peer on
+//! `/run/berth/init.sock` (root only: the socket is 0600 in a 0700 directory, and each
+//! peer's SO_PEERCRED uid must be 0), and on the virtio-serial port `org.berth.control`
+//! when the VM has one (whoever holds the host end of that port is the operator, as with
+//! the serial console).
+//!
+//! The D-Bus side runs on its own threads (one per connection, each driving zbus's
+//! single-threaded runtime), so a slow client never stalls PID 1's event loop. Reads are
+//! answered from a snapshot the loop publishes; changes go to the loop as `Request`s,
+//! with an eventfd to wake it, and are answered without waiting for the change to finish
+//! (`berthctl` polls the state when it wants to wait).
+
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use zbus::connection::{AuthMechanism, Builder};
+use zbus::{fdo, Guid};
+use berth_control::{BootPhase, ExitRecord, LogChunk, ServiceStatus, CONTROL_PORT, INIT_PATH};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+use crate::shutdown::Action;
+use crate::{info, warn};
+
+/// The most a log read returns at once.
+const MAX_LOG_CHUNK: u64 = 64 * 1024;
+
+pub enum Request {
+    Start(String, Sender<Result<(), String>>),
+    Stop(String, Sender<Result<(), String>>),
+    Restart(String, Sender<Result<(), String>>),
+    TakeExits(String, Sender<Vec<ExitRecord>>),
+    Shutdown(Action),
+}
+
+/// What the loop publishes for readers.
+#[derive(Default)]
+pub struct Snapshot {
+    pub services: Vec<ServiceStatus>,
+    pub timeline: Vec<BootPhase>,
+    pub log_dir: PathBuf,
+}
+
+/// The loop's end: requests to handle, and the eventfd that says some are waiting.
+pub struct Control {
+    pub requests: Receiver<Request>,
+    wake: Arc<EventFd>,
+    pub snapshot: Arc<Mutex<Snapshot>>,
+}
+
+impl Control {
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Clears the eventfd (it is non-blocking; nothing there is fine).
+    pub fn clear_wake(&self) {
+        let _ = self.wake.read();
+    }
+
+    pub fn publish(&self, services: Vec<ServiceStatus>, timeline: Vec<BootPhase>) {
+        if let Ok(mut s) = self.snapshot.lock() {
+            s.services = services;
+            s.timeline = timeline;
+        }
+    }
+}
+
+/// Starts serving on `socket` (and the control port when it appears); `None` if even
+/// the eventfd cannot be made (the machine then runs without its API, said loudly).
+pub fn start(socket: &Path, log_dir: &Path) -> Option<Control> {
+    let wake = match EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK) {
+        Ok(fd) => Arc::new(fd),
+        Err(e) => {
+            warn!("control API: eventfd: {e}; no control API");
+            return None;
+        }
+    };
+    let (tx, rx) = channel();
+    let snapshot = Arc::new(Mutex::new(Snapshot {
+        log_dir: log_dir.to_path_buf(),
+        ..Snapshot::default()
+    }));
+    let api = Api {
+        tx,
+        wake: wake.clone(),
+        snapshot: snapshot.clone(),
+        caller_service: None,
+    };
+    match bind(socket) {
+        Ok(listener) => {
+            let api = api.clone();
+            spawn_thread("control", move || accept_loop(listener, api));
+            info!("control API on {}", socket.display());
+        }
+        Err(e) => warn!("control API: {}: {e}", socket.display()),
+    }
+    spawn_thread("control-port", move || port_loop(api));
+    Some(Control {
+        requests: rx,
+        wake,
+        snapshot,
+    })
+}
+
+fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+        warn!("control API: starting thread {name}: {e}");
+    }
+}
+
+fn bind(socket: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn accept_loop(listener: UnixListener, api: Api) {
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("control API: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let creds = match getsockopt(&stream, PeerCredentials) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("control API: peer credentials: {e}; connection refused");
+                continue;
+            }
+        };
+        if creds.uid() != 0 {
+            warn!("control API: uid {} refused (root only)", creds.uid());
+            continue;
+        }
+        let caller_service = std::fs::read_to_string(format!("/proc/{}/cgroup", creds.pid()))
+            .ok()
+            .and_then(|t| super::services::cgroup::service_of(&t))
+            .and_then(|(name, in_main)| in_main.then_some(name));
+        let api = Api {
+            caller_service,
+            ..api.clone()
+        };
+        spawn_thread("control-conn", move || serve(stream, api));
+    }
+}
+
+/// One client, until it hangs up.
+fn serve(stream: UnixStream, api: Api) {
+    let result = zbus::block_on(async move {
+        let conn = Builder::unix_stream(stream)
+            .server(Guid::generate())
+            .p2p()
+            .auth_mechanism(AuthMechanism::Anonymous)
+            .serve_at(INIT_PATH, api)
+            .build()
+            .await?;
+        conn.closed().await;
+        Ok::<(), zbus::Error>(())
+    });
+    if let Err(e) = result {
+        warn!("control API: connection: {e}");
+    }
+}
+
+/// Bridges the virtio-serial control port to a fresh connection each time the host end
+/// connects. Without udev the port is /dev/vportNpM, found by name in sysfs; it reads 0
+/// while the host end is away, and poll says POLLHUP.
+fn port_loop(api: Api) {
+    let mut announced = false;
+    loop {
+        let Some(dev) = find_port(Path::new("/sys/class/virtio-ports"), Path::new("/dev")) else {
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        };
+        if !announced {
+            info!("control API on virtio port {CONTROL_PORT} ({})", dev.display());
+            announced = true;
+        }
+        if let Err(e) = bridge_once(&dev, &api) {
+            warn!("control port {}: {e}", dev.display());
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+fn find_port(sys: &Path, dev: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(sys).ok()?.flatten().find_map(|entry| {
+        let name = std::fs::read_to_string(entry.path().join("name")).ok()?;
+        let node = dev.join(entry.file_name());
+        (name.trim() == CONTROL_PORT && node.exists()).then_some(node)
+    })
+}
+
+/// Waits for the host to connect, then pumps bytes between the port and a socketpair
+/// whose other end is served like a local client, until the host hangs up.
+fn bridge_once(dev: &Path, api: &Api) -> std::io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::io::Write;
+    let mut port = std::fs::OpenOptions::new().read(true).write(true).open(dev)?;
+    // Host end away: POLLHUP right away. Wait until data comes.
+    loop {
+        let mut fds = [PollFd::new(port.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(200u16))?;
+        let r = fds[0].revents().unwrap_or(PollFlags::empty());
+        if r.contains(PollFlags::POLLIN) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (mut ours, theirs) = UnixStream::pair()?;
+    let server_api = api.clone();
+    spawn_thread("control-vm", move || serve(theirs, server_api));
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let mut fds = [
+            PollFd::new(port.as_fd(), PollFlags::POLLIN),
+            PollFd::new(ours.as_fd(), PollFlags::POLLIN),
+        ];
+        poll(&mut fds, PollTimeout::NONE)?;
+        let port_ev = fds[0].revents().unwrap_or(PollFlags::empty());
+        let ours_ev = fds[1].revents().unwrap_or(PollFlags::empty());
+        if port_ev.contains(PollFlags::POLLIN) {
+            let n = port.read(&mut buf)?;
+            if n == 0 {
+                return Ok(()); // host hung up: a new client starts a new conversation
+            }
+            ours.write_all(&buf[..n])?;
+        } else if port_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return Ok(());
+        }
+        if ours_ev.contains(PollFlags::POLLIN) {
+            let n = ours.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            port.write_all(&buf[..n])?;
+        } else if ours_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return Ok(());
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    tx: Sender<Request>,
+    wake: Arc<EventFd>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    /// The service the peer runs in (its main cgroup), for TakeExitStatuses.
+    caller_service: Option<String>,
+}
+
+impl Api {
+    fn send(&self, request: Request) -> fdo::Result<()> {
+        self.tx
+            .send(request)
+            .map_err(|_| fdo::Error::Failed("init is not taking requests".into()))?;
+        let _ = self.wake.write(1);
+        Ok(())
+    }
+
+    /// Sends a change and waits (briefly: the loop answers at once) for its verdict.
+    fn change(&self, make: impl FnOnce(Sender<Result<(), String>>) -> Request) -> fdo::Result<()> {
+        let (tx, rx) = channel();
+        self.send(make(tx))?;
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(fdo::Error::Failed(e)),
+            Err(_) => Err(fdo::Error::Failed("init did not answer".into())),
+        }
+    }
+
+    fn known(&self, name: &str) -> fdo::Result<PathBuf> {
+        let snap = self
+            .snapshot
+            .lock()
+            .map_err(|_| fdo::Error::Failed("state unavailable".into()))?;
+        if snap.services.iter().any(|s| s.name == name) {
+            Ok(snap.log_dir.join(format!("{name}.log")))
+        } else {
+            Err(fdo::Error::InvalidArgs(format!("no service named {name:?}")))
+        }
+    }
+}
+
+#[zbus::interface(name = "org.berth.Init1")]
+impl Api {
+    async fn services(&self) -> Vec<ServiceStatus> {
+        self.snapshot
+            .lock()
+            .map(|s| s.services.clone())
+            .unwrap_or_default()
+    }
+
+    async fn start(&self, name: String) -> fdo::Result<()> {
+        self.change(|tx| Request::Start(name, tx))
+    }
+
+    async fn stop(&self, name: String) -> fdo::Result<()> {
+        self.change(|tx| Request::Stop(name, tx))
+    }
+
+    async fn restart(&self, name: String) -> fdo::Result<()> {
+        self.change(|tx| Request::Restart(name, tx))
+    }
+
+    async fn reboot(&self) -> fdo::Result<()> {
+        self.send(Request::Shutdown(Action::Reboot))
+    }
+
+    async fn power_off(&self) -> fdo::Result<()> {
+        self.send(Request::Shutdown(Action::PowerOff))
+    }
+
+    async fn boot_timeline(&self) -> Vec<BootPhase> {
+        self.snapshot
+            .lock()
+            .map(|s| s.timeline.clone())
+            .unwrap_or_default()
+    }
+
+    async fn read_log(&self, name: String, offset: u64, tail_lines: u32) -> fdo::Result<LogChunk> {
+        let path = self.known(&name)?;
+        read_log(&path, offset, tail_lines).map_err(|e| fdo::Error::Failed(format!("{}: {e}", path.display())))
+    }
+
+    async fn take_exit_statuses(&self) -> fdo::Result<Vec<ExitRecord>> {
+        let Some(service) = self.caller_service.clone() else {
+            return Err(fdo::Error::AccessDenied(
+                "only a service's own process may take its exit statuses".into(),
+            ));
+        };
+        let (tx, rx) = channel();
+        self.send(Request::TakeExits(service, tx))?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| fdo::Error::Failed("init did not answer".into()))
+    }
+}
+
+/// A piece of a log file (see `berth_control::InitProxy::read_log`).
+pub fn read_log(path: &Path, offset: u64, tail_lines: u32) -> std::io::Result<LogChunk> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(LogChunk {
+                text: String::new(),
+                next_offset: 0,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if tail_lines > 0 {
+        // The last lines: read back at most a chunk, keep the last N lines of it.
+        let start = len.saturating_sub(MAX_LOG_CHUNK);
+        file.seek(SeekFrom::Start(start))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(tail_lines as usize);
+        let mut out = lines[from..].join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        return Ok(LogChunk {
+            text: out,
+            next_offset: len,
+        });
+    }
+    // Rotated since the last read: start the new file from its beginning.
+    let offset = if offset > len { 0 } else { offset };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_LOG_CHUNK).read_to_end(&mut bytes)?;
+    // Whole lines only, unless one line is longer than a chunk.
+    let cut = match bytes.iter().rposition(|b| *b == b'\n') {
+        Some(i) => i + 1,
+        None if bytes.len() as u64 == MAX_LOG_CHUNK => bytes.len(),
+        None => 0,
+    };
+    bytes.truncate(cut);
+    Ok(LogChunk {
+        next_offset: offset + bytes.len() as u64,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_logs_by_offset_and_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        assert_eq!(read_log(&path, 0, 0).unwrap().text, "");
+        std::fs::write(&path, "one\ntwo\nthree\npart").unwrap();
+        let all = read_log(&path, 0, 0).unwrap();
+        assert_eq!(all.text, "one\ntwo\nthree\n");
+        assert_eq!(all.next_offset, 14);
+        assert_eq!(read_log(&path, 0, 2).unwrap().text, "three\npart\n");
+        std::fs::write(&path, "new\n").unwrap();
+        let rotated = read_log(&path, all.next_offset, 0).unwrap();
+        assert_eq!(rotated.text, "new\n");
+    }
+
+    #[test]
+    fn serves_a_client_over_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("run/init.sock");
+        let control = start(&sock, dir.path()).unwrap();
+        control.publish(
+            vec![ServiceStatus {
+                name: "svc".into(),
+                state: "ready".into(),
+                pid: 7,
+                restarts: 2,
+                last_exit: String::new(),
+                status: String::new(),
+                since_ms: 1,
+                autostart: true,
+                delegate: false,
+                stored_fds: 0,
+                pending_exits: 0,
+            }],
+            vec![],
+        );
+        std::fs::write(dir.path().join("svc.log"), "hello\n").unwrap();
+        // The test runs as root in CI and here; a non-root run is refused by design.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let answer = std::thread::spawn(move || {
+            let req = control.requests.recv_timeout(Duration::from_secs(10)).unwrap();
+            match req {
+                Request::Restart(name, tx) => {
+                    tx.send(if name == "svc" { Ok(()) } else { Err("no".into()) }).unwrap()
+                }
+                _ => panic!("unexpected request"),
+            }
+        });
+        zbus::block_on(async {
+            let conn = berth_control::connect(&sock).await.unwrap();
+            let init = berth_control::InitProxy::new(&conn).await.unwrap();
+            let list = init.services().await.unwrap();
+            assert_eq!(list[0].name, "svc");
+            assert_eq!(list[0].restarts, 2);
+            assert_eq!(init.read_log("svc", 0, 0).await.unwrap().text, "hello\n");
+            assert!(init.read_log("../etc/x", 0, 0).await.is_err());
+            init.restart("svc").await.unwrap();
+            // The test process is in no service's cgroup.
+            assert!(init.take_exit_statuses().await.is_err());
+        });
+        answer.join().unwrap();
+    }
+}
