@@ -96,13 +96,18 @@ pub trait Init {
 /// to the virtio-serial port).
 /// Authentication is ANONYMOUS: who may talk is decided by the socket (root only, the
 /// server checks the peer's uid) or by who holds the VM's control port on the host.
+/// A call that gets no answer in [`CALL_TIMEOUT`] fails instead of hanging.
 pub async fn client(stream: UnixStream) -> zbus::Result<zbus::Connection> {
     Builder::unix_stream(stream)
         .p2p()
         .auth_mechanism(AuthMechanism::Anonymous)
+        .method_timeout(CALL_TIMEOUT)
         .build()
         .await
 }
+
+/// How long a client waits for an answer to one call.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Connects to a daemon's socket, e.g. [`INIT_SOCKET`].
 pub async fn connect(path: &Path) -> zbus::Result<zbus::Connection> {

@@ -27,6 +27,9 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Give up when the connection is not up after this many seconds.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30)]
+    timeout: u64,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -82,15 +85,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let connected = watchdog(Duration::from_secs(cli.timeout), cli.vm.is_some());
     let conn = match &cli.vm {
         Some(path) => {
-            let stream = UnixStream::connect(path)
-                .map_err(|e| format!("connecting to the VM's control port {}: {e}", path.display()))?;
+            let stream = UnixStream::connect(path).map_err(|e| {
+                format!(
+                    "connecting to the VM's control port {}: {e}",
+                    path.display()
+                )
+            })?;
             berth_control::client(stream).await
         }
         None => berth_control::connect(&cli.socket).await,
     }
     .map_err(|e| e.to_string())?;
+    connected.store(true, std::sync::atomic::Ordering::SeqCst);
     let init = InitProxy::new(&conn).await.map_err(|e| e.to_string())?;
     let err = |e: berth_control::zbus::Error| match e {
         berth_control::zbus::Error::MethodError(_, Some(msg), _) => msg,
@@ -136,11 +145,13 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let first = init.read_log(&name, 0, lines.max(1)).await.map_err(err)?;
             print_raw(&first.text);
             let mut offset = first.next_offset;
-            while follow {
-                sleep(Duration::from_millis(250));
-                let chunk = init.read_log(&name, offset, 0).await.map_err(err)?;
-                print_raw(&chunk.text);
-                offset = chunk.next_offset;
+            if follow {
+                loop {
+                    sleep(Duration::from_millis(250));
+                    let chunk = init.read_log(&name, offset, 0).await.map_err(err)?;
+                    print_raw(&chunk.text);
+                    offset = chunk.next_offset;
+                }
             }
         }
         Cmd::Reboot => init.reboot().await.map_err(err)?,
@@ -151,6 +162,28 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ends the process if the connection (its D-Bus handshake) is not up in time: a VM
+/// that is not running Berth, or not yet, would otherwise leave us waiting forever.
+/// (Each call has its own timeout once connected.)
+fn watchdog(timeout: Duration, vm: bool) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let connected = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = connected.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        if !flag.load(Ordering::SeqCst) {
+            let hint = if vm {
+                " (is the VM up, and running Berth?)"
+            } else {
+                ""
+            };
+            eprintln!("berthctl: no answer within {} s{hint}", timeout.as_secs());
+            std::process::exit(1);
+        }
+    });
+    connected
 }
 
 async fn find(init: &InitProxy<'_>, name: &str) -> Result<ServiceStatus, String> {
@@ -211,19 +244,33 @@ fn print_services(list: &[ServiceStatus], json: bool) {
             vec![
                 s.name.clone(),
                 s.state.clone(),
-                if s.pid == 0 { "-".into() } else { s.pid.to_string() },
+                if s.pid == 0 {
+                    "-".into()
+                } else {
+                    s.pid.to_string()
+                },
                 s.restarts.to_string(),
-                if s.last_exit.is_empty() { "-".into() } else { s.last_exit.clone() },
+                if s.last_exit.is_empty() {
+                    "-".into()
+                } else {
+                    s.last_exit.clone()
+                },
                 s.status.clone(),
             ]
         })
         .collect();
-    print_table(&["NAME", "STATE", "PID", "RESTARTS", "LAST EXIT", "STATUS"], &rows);
+    print_table(
+        &["NAME", "STATE", "PID", "RESTARTS", "LAST EXIT", "STATUS"],
+        &rows,
+    );
 }
 
 fn print_timeline(phases: &[BootPhase], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(phases).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(phases).unwrap_or_default()
+        );
         return;
     }
     let mut prev = 0;
@@ -232,7 +279,11 @@ fn print_timeline(phases: &[BootPhase], json: bool) {
         .map(|p| {
             let took = p.end_ms.saturating_sub(prev);
             prev = p.end_ms;
-            vec![p.name.clone(), format!("{took} ms"), format!("{} ms", p.end_ms)]
+            vec![
+                p.name.clone(),
+                format!("{took} ms"),
+                format!("{} ms", p.end_ms),
+            ]
         })
         .collect();
     rows.push(vec!["total".into(), format!("{prev} ms"), String::new()]);

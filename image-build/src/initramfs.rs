@@ -1,7 +1,8 @@
 //! The initramfs: init (as /init, and /usr/sbin/modprobe for the kernel's module
 //! helper), the shared libraries it loads, the kernel modules `kernel-config/` lists
 //! closed over their dependencies and softdeps with an index restricted to them, and
-//! for the test variant busybox and berth-testd as a service.
+//! berthctl, and for the test variant busybox, berth-testd and the fault-test services.
+//! Service definitions are checked here: a bad one stops the build.
 //!
 //! Layout is merged-/usr (/bin, /sbin, /lib, /lib64 link into /usr), as the read-only
 //! root will be.
@@ -70,11 +71,14 @@ pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
     a.add_host_file("init", 0o755, &init)?;
     a.add_symlink("usr/sbin/modprobe", "/init")?;
     a.add_host_file("usr/sbin/mkfs.btrfs", 0o755, &inputs.mkfs_btrfs)?;
-    let mut binaries = vec![init, inputs.mkfs_btrfs.clone()];
+    let berthctl = inputs.bin_dir.join("berthctl");
+    a.add_host_file("usr/bin/berthctl", 0o755, &berthctl)?;
+    let mut binaries = vec![init, inputs.mkfs_btrfs.clone(), berthctl];
 
     if inputs.variant == Variant::Test {
         add_test_tools(&mut a, inputs, &mut binaries)?;
     }
+    check_services(&a)?;
     contents.libraries = add_libraries(&mut a, &binaries)?;
     let (modules, early) = add_modules(&mut a, kernel)?;
     contents.modules = modules;
@@ -118,23 +122,105 @@ fn add_test_tools(a: &mut Archive, inputs: &Inputs, binaries: &mut Vec<PathBuf>)
             a.add_symlink(&path, "busybox")?;
         }
     }
-    let testd = inputs.bin_dir.join("berth-testd");
-    a.add_host_file("usr/bin/berth-testd", 0o755, &testd)?;
-    binaries.push(testd);
-    a.add_file(
-        "usr/lib/berth/services/berth-testd.toml",
-        0o644,
-        TESTD_SERVICE.as_bytes().to_vec(),
-    )?;
+    for bin in ["berth-testd", "berth-testsvc"] {
+        let host = inputs.bin_dir.join(bin);
+        a.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
+        binaries.push(host);
+    }
+    for (name, text) in TEST_SERVICES {
+        a.add_file(
+            &format!("{SERVICES_DIR}/{name}.toml"),
+            0o644,
+            text.as_bytes().to_vec(),
+        )?;
+    }
     Ok(())
 }
 
-const TESTD_SERVICE: &str = "\
-# Test image only: runs commands the QEMU harness sends over virtio-serial.
-name = \"berth-testd\"
-exec = \"/usr/bin/berth-testd\"
-restart = \"always\"
-";
+const SERVICES_DIR: &str = "usr/lib/berth/services";
+
+/// The test image's services: testd (the harness's way in) and, started only when a
+/// test names them with `berth.start=`, the misbehaving services of the supervisor's
+/// fault tests (`berth-testsvc MODE`).
+const TEST_SERVICES: &[(&str, &str)] = &[
+    (
+        "berth-testd",
+        "name = \"berth-testd\"\nexec = \"/usr/bin/berth-testd\"\nrestart = \"always\"\n",
+    ),
+    (
+        "test-notify",
+        "name = \"test-notify\"\nexec = \"/usr/bin/berth-testsvc\"\nargs = [\"notify\"]\n\
+         ready = \"notify\"\nrestart = \"always\"\nrestart_delay_ms = 50\n\
+         restart_delay_max_ms = 400\nautostart = false\n",
+    ),
+    (
+        "test-crash",
+        "name = \"test-crash\"\nexec = \"/usr/bin/berth-testsvc\"\nargs = [\"crash\"]\n\
+         ready = \"notify\"\nrestart = \"always\"\nrestart_delay_ms = 200\n\
+         restart_delay_max_ms = 1600\nautostart = false\n",
+    ),
+    (
+        "test-after-crash",
+        "name = \"test-after-crash\"\nexec = \"/usr/bin/berth-testsvc\"\nargs = [\"notify\"]\n\
+         ready = \"notify\"\nafter = [\"test-crash\"]\nautostart = false\n",
+    ),
+    (
+        "test-ignore-term",
+        "name = \"test-ignore-term\"\nexec = \"/usr/bin/berth-testsvc\"\n\
+         args = [\"ignore-term\"]\nstop_timeout_ms = 2000\nautostart = false\n",
+    ),
+    (
+        "test-delegate",
+        "name = \"test-delegate\"\nexec = \"/usr/bin/berth-testsvc\"\nargs = [\"delegate\"]\n\
+         ready = \"notify\"\ndelegate = true\nrestart = \"always\"\nrestart_delay_ms = 100\n\
+         memory_max = \"256M\"\npids_max = 64\nautostart = false\n",
+    ),
+    (
+        "test-slow",
+        "name = \"test-slow\"\nexec = \"/usr/bin/berth-testsvc\"\nargs = [\"slow\"]\n\
+         ready = \"socket:/run/test-slow.sock\"\nready_timeout_ms = 60000\nautostart = false\n",
+    ),
+];
+
+/// Refuses the image if a service definition in it is bad: it would not parse, names a
+/// missing dependency, sits in a cycle, or runs a program the image does not have.
+fn check_services(a: &Archive) -> Result<()> {
+    let prefix = format!("{SERVICES_DIR}/");
+    let mut defs = Vec::new();
+    let mut errors = Vec::new();
+    for (path, node) in a.nodes() {
+        let Some(file) = path.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Node::File { data, .. } = node else {
+            continue;
+        };
+        if !file.ends_with(".toml") || file.contains('/') {
+            continue;
+        }
+        let text = String::from_utf8_lossy(data);
+        let image_path = PathBuf::from(format!("/{path}"));
+        match berth_services::parse(&image_path, &text) {
+            Ok(def) => {
+                let exec = def.exec.to_string_lossy();
+                if !a.contains(exec.trim_start_matches('/')) {
+                    errors.push(format!(
+                        "service {}: exec {exec} is not in the image",
+                        def.name
+                    ));
+                }
+                defs.push((image_path, def));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let (_, set_errors) = berth_services::check_set(defs);
+    errors.extend(set_errors.iter().map(ToString::to_string));
+    if !errors.is_empty() {
+        bail!("bad service definitions:\n  {}", errors.join("\n  "));
+    }
+    Ok(())
+}
 
 /// Applet names as `busybox --list` prints them (busybox-static runs on the build host).
 fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
@@ -265,5 +351,63 @@ mod tests {
             "usr/lib/x/libc.so.6"
         );
         assert_eq!(image_path_in_usr("/lib/x/libc.so.6"), "usr/lib/x/libc.so.6");
+    }
+
+    fn with_service(name: &str, text: &str) -> Archive {
+        let mut a = Archive::default();
+        a.add_file("usr/bin/svc", 0o755, vec![]).unwrap();
+        a.add_file(
+            &format!("{SERVICES_DIR}/{name}.toml"),
+            0o644,
+            text.as_bytes().to_vec(),
+        )
+        .unwrap();
+        a
+    }
+
+    #[test]
+    fn the_test_services_pass_the_check() {
+        let mut a = Archive::default();
+        for bin in ["berth-testd", "berth-testsvc"] {
+            a.add_file(&format!("usr/bin/{bin}"), 0o755, vec![])
+                .unwrap();
+        }
+        for (name, text) in TEST_SERVICES {
+            a.add_file(
+                &format!("{SERVICES_DIR}/{name}.toml"),
+                0o644,
+                text.as_bytes().to_vec(),
+            )
+            .unwrap();
+        }
+        check_services(&a).unwrap();
+    }
+
+    #[test]
+    fn bad_service_definitions_stop_the_build() {
+        let ok = with_service("svc", "name = \"svc\"\nexec = \"/usr/bin/svc\"\n");
+        check_services(&ok).unwrap();
+        let cases = [
+            (
+                "name = \"svc\"\nexec = \"/usr/bin/nope\"\n",
+                "/usr/bin/nope is not in the image",
+            ),
+            (
+                "name = \"svc\"\nexec = \"/usr/bin/svc\"\nrestart = \"maybe\"\n",
+                "maybe",
+            ),
+            (
+                "name = \"svc\"\nexec = \"/usr/bin/svc\"\nrequires = [\"db\"]\n",
+                "requires names db",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = format!(
+                "{:#}",
+                check_services(&with_service("svc", text)).unwrap_err()
+            );
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(err.contains("svc"), "{err}");
+        }
     }
 }

@@ -179,9 +179,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ServiceDef, DefinitionError> {
         key,
         problem,
     };
-    let name = raw
-        .name
-        .ok_or_else(|| invalid("name", "missing".into()))?;
+    let name = raw.name.ok_or_else(|| invalid("name", "missing".into()))?;
     check_name(&name).map_err(|p| invalid("name", p))?;
     if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
         if stem != name {
@@ -191,9 +189,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ServiceDef, DefinitionError> {
             ));
         }
     }
-    let exec = raw
-        .exec
-        .ok_or_else(|| invalid("exec", "missing".into()))?;
+    let exec = raw.exec.ok_or_else(|| invalid("exec", "missing".into()))?;
     if !exec.is_absolute() {
         return Err(invalid(
             "exec",
@@ -346,7 +342,12 @@ fn parse_bytes(value: &toml::Value) -> Result<u64, String> {
                 .ok_or_else(|| format!("{n} is not a positive size"))
         }
         toml::Value::String(s) => s.trim(),
-        other => return Err(format!("a {} is not a size like \"512M\"", other.type_str())),
+        other => {
+            return Err(format!(
+                "a {} is not a size like \"512M\"",
+                other.type_str()
+            ))
+        }
     };
     let (digits, shift) = match text.char_indices().last() {
         Some((i, 'K' | 'k')) => (&text[..i], 10),
@@ -544,22 +545,46 @@ log_max_bytes = 65536
     #[test]
     fn errors_name_the_file_and_key() {
         let cases = [
-            ("name = \"a\"\nexec = \"/a\"\nrestrat = \"always\"\n", "restrat"),
+            (
+                "name = \"a\"\nexec = \"/a\"\nrestrat = \"always\"\n",
+                "restrat",
+            ),
             ("exec = \"/a\"\n", "name: missing"),
             ("name = \"a\"\n", "exec: missing"),
-            ("name = \"b\"\nexec = \"/a\"\n", "does not match the file name"),
+            (
+                "name = \"b\"\nexec = \"/a\"\n",
+                "does not match the file name",
+            ),
             ("name = \"a\"\nexec = \"a\"\n", "not an absolute path"),
-            ("name = \"a\"\nexec = \"/a\"\nready = \"socket:rel\"\n", "ready"),
-            ("name = \"a\"\nexec = \"/a\"\nstop_signal = \"SIGFOO\"\n", "stop_signal"),
-            ("name = \"a\"\nexec = \"/a\"\nmemory_max = \"lots\"\n", "memory_max"),
-            ("name = \"a\"\nexec = \"/a\"\nstop_timeout_ms = 0\n", "stop_timeout_ms"),
+            (
+                "name = \"a\"\nexec = \"/a\"\nready = \"socket:rel\"\n",
+                "ready",
+            ),
+            (
+                "name = \"a\"\nexec = \"/a\"\nstop_signal = \"SIGFOO\"\n",
+                "stop_signal",
+            ),
+            (
+                "name = \"a\"\nexec = \"/a\"\nmemory_max = \"lots\"\n",
+                "memory_max",
+            ),
+            (
+                "name = \"a\"\nexec = \"/a\"\nstop_timeout_ms = 0\n",
+                "stop_timeout_ms",
+            ),
             ("name = \"a\"\nexec = \"/a\"\nafter = [\"a\"]\n", "itself"),
-            ("name = \"a\"\nexec = \"/a\"\nrequires = [\"B!\"]\n", "not a service name"),
+            (
+                "name = \"a\"\nexec = \"/a\"\nrequires = [\"B!\"]\n",
+                "not a service name",
+            ),
             (
                 "name = \"a\"\nexec = \"/a\"\nrestart_delay_ms = 10\nrestart_delay_max_ms = 5\n",
                 "less than",
             ),
-            ("name = \"a\"\nexec = \"/a\"\nrestart = \"sometimes\"\n", "sometimes"),
+            (
+                "name = \"a\"\nexec = \"/a\"\nrestart = \"sometimes\"\n",
+                "sometimes",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(Path::new("/x/a.toml"), text).unwrap_err().to_string();
@@ -602,8 +627,14 @@ log_max_bytes = 65536
         let names: Vec<_> = order.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["d"]);
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert!(text.iter().any(|e| e.contains("cycle: a -> b -> a")), "{text:?}");
-        assert!(text.iter().any(|e| e.contains("c: requires names nope")), "{text:?}");
+        assert!(
+            text.iter().any(|e| e.contains("cycle: a -> b -> a")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.contains("c: requires names nope")),
+            "{text:?}"
+        );
     }
 
     #[test]

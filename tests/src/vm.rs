@@ -32,6 +32,9 @@ pub struct VmConfig {
     pub no_reboot: bool,
     /// Adds the virtio-serial port berth-testd talks on.
     pub testd: bool,
+    /// Adds the virtio-serial port `org.berth.control` (init's control API), so
+    /// `Vm::berthctl` works.
+    pub control: bool,
     pub extra_args: Vec<String>,
     /// How the kernel is loaded.
     pub firmware: Firmware,
@@ -78,6 +81,7 @@ impl VmConfig {
             smp: 1,
             no_reboot: false,
             testd: false,
+            control: true,
             extra_args: Vec::new(),
             firmware: Firmware::Direct,
             disk: None,
@@ -102,6 +106,7 @@ pub struct Vm {
     dir: PathBuf,
     console: Console,
     testd_socket: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
     qmp: Qmp,
     started: Instant,
     pub accel: Accel,
@@ -120,6 +125,7 @@ impl Vm {
         let console_path = dir.join("console.log");
         let qmp_path = dir.join("qmp.sock");
         let testd_socket = cfg.testd.then(|| dir.join("testd.sock"));
+        let control_socket = cfg.control.then(|| dir.join("control.sock"));
         let stderr_path = dir.join("qemu.stderr");
         let mut cmd = qemu_command(&cfg, accel, &dir)?;
         cmd.arg("-serial")
@@ -132,9 +138,7 @@ impl Vm {
                 std::fs::File::create(&stderr_path)
                     .with_context(|| format!("creating {}", stderr_path.display()))?,
             );
-        if let Some(sock) = &testd_socket {
-            testd_args(&mut cmd, sock);
-        }
+        serial_ports(&mut cmd, testd_socket.as_deref(), control_socket.as_deref());
         let started = Instant::now();
         let mut child = cmd
             .spawn()
@@ -157,6 +161,7 @@ impl Vm {
             dir,
             console: Console::new(console_path, started),
             testd_socket,
+            control_socket,
             qmp,
             started,
             accel,
@@ -268,6 +273,39 @@ impl Vm {
         let _ = self.child.wait();
     }
 
+    /// The host end of the VM's control port (`berthctl --vm PATH`).
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.control_socket.as_deref()
+    }
+
+    /// Runs `berthctl --vm <control socket> ARGS` on the host; fails unless it exits 0.
+    pub fn berthctl(&self, args: &[&str]) -> Result<String> {
+        let out = self.berthctl_output(args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "berthctl {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs berthctl against this VM and returns whatever it did.
+    pub fn berthctl_output(&self, args: &[&str]) -> Result<std::process::Output> {
+        let sock = self
+            .control_socket
+            .as_deref()
+            .context("this VM was booted without the control port (VmConfig::control)")?;
+        Command::new(berthctl_path()?)
+            .arg("--vm")
+            .arg(sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running berthctl")
+    }
+
     pub fn testd(&self) -> Result<TestdClient> {
         let sock = self
             .testd_socket
@@ -277,19 +315,47 @@ impl Vm {
     }
 }
 
-/// A virtio-serial controller with one port, named for testd, on a unix socket QEMU
-/// listens on; wait=off so QEMU boots without the harness connected.
-fn testd_args(cmd: &mut Command, sock: &Path) {
-    cmd.args(["-device", "virtio-serial-pci,id=vser"])
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=testd,path={},server=on,wait=off",
-            sock.display()
-        ))
-        .arg("-device")
-        .arg(format!(
-            "virtserialport,bus=vser.0,chardev=testd,name={PORT_NAME}"
-        ));
+/// A virtio-serial controller with the ports asked for (testd's, init's control port),
+/// each on a unix socket QEMU listens on; wait=off so QEMU boots without the harness
+/// connected.
+pub fn serial_ports(cmd: &mut Command, testd: Option<&Path>, control: Option<&Path>) {
+    let ports = [
+        ("testd", testd, PORT_NAME),
+        ("control", control, CONTROL_PORT),
+    ];
+    if ports.iter().all(|(_, sock, _)| sock.is_none()) {
+        return;
+    }
+    cmd.args(["-device", "virtio-serial-pci,id=vser"]);
+    for (id, sock, name) in ports {
+        let Some(sock) = sock else { continue };
+        cmd.arg("-chardev")
+            .arg(format!(
+                "socket,id={id},path={},server=on,wait=off",
+                sock.display()
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtserialport,bus=vser.0,chardev={id},name={name}"
+            ));
+    }
+}
+
+/// The name init's control port has in the guest (berth_control::CONTROL_PORT).
+pub const CONTROL_PORT: &str = "org.berth.control";
+
+/// The built `berthctl` (beside this test binary's directory, as cargo lays them out).
+pub fn berthctl_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BERTHCTL") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("finding the test binary")?;
+    exe.ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join("berthctl"))
+        .find(|p| p.is_file())
+        .context("berthctl is not built (cargo build --release -p berth-ctl), or set BERTHCTL")
 }
 
 impl Drop for Vm {

@@ -19,11 +19,11 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use zbus::connection::{AuthMechanism, Builder};
-use zbus::{fdo, Guid};
 use berth_control::{BootPhase, ExitRecord, LogChunk, ServiceStatus, CONTROL_PORT, INIT_PATH};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use zbus::connection::{AuthMechanism, Builder};
+use zbus::{fdo, Guid};
 
 use crate::shutdown::Action;
 use crate::{info, warn};
@@ -188,7 +188,10 @@ fn port_loop(api: Api) {
             continue;
         };
         if !announced {
-            info!("control API on virtio port {CONTROL_PORT} ({})", dev.display());
+            info!(
+                "control API on virtio port {CONTROL_PORT} ({})",
+                dev.display()
+            );
             announced = true;
         }
         if let Err(e) = bridge_once(&dev, &api) {
@@ -206,51 +209,70 @@ fn find_port(sys: &Path, dev: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Waits for the host to connect, then pumps bytes between the port and a socketpair
-/// whose other end is served like a local client, until the host hangs up.
+/// Whether a chunk from the host is a D-Bus client's first bytes: the credentials NUL,
+/// then its AUTH command (possibly in the next chunk).
+fn is_client_hello(data: &[u8]) -> bool {
+    data.first() == Some(&0) && (data.len() == 1 || data[1..].starts_with(b"AUTH"))
+}
+
+/// Pumps bytes between the port and a socketpair whose other end is served like a local
+/// client. Every host client begins with a D-Bus hello, which starts a new session (and
+/// ends the previous one). A hang-up is not trusted to end a session: virtio-serial can
+/// report the host end as away (read 0, POLLHUP) for a moment after a client connected and
+/// sent its first bytes, before the port-open notice reaches the guest.
 fn bridge_once(dev: &Path, api: &Api) -> std::io::Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::io::Write;
-    let mut port = std::fs::OpenOptions::new().read(true).write(true).open(dev)?;
-    // Host end away: POLLHUP right away. Wait until data comes.
-    loop {
-        let mut fds = [PollFd::new(port.as_fd(), PollFlags::POLLIN)];
-        poll(&mut fds, PollTimeout::from(200u16))?;
-        let r = fds[0].revents().unwrap_or(PollFlags::empty());
-        if r.contains(PollFlags::POLLIN) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (mut ours, theirs) = UnixStream::pair()?;
-    let server_api = api.clone();
-    spawn_thread("control-vm", move || serve(theirs, server_api));
+    let mut port = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)?;
+    let mut session: Option<UnixStream> = None;
     let mut buf = [0u8; 16 * 1024];
     loop {
-        let mut fds = [
-            PollFd::new(port.as_fd(), PollFlags::POLLIN),
-            PollFd::new(ours.as_fd(), PollFlags::POLLIN),
-        ];
-        poll(&mut fds, PollTimeout::NONE)?;
+        let mut fds = vec![PollFd::new(port.as_fd(), PollFlags::POLLIN)];
+        if let Some(s) = &session {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        poll(&mut fds, PollTimeout::from(1000u16))?;
         let port_ev = fds[0].revents().unwrap_or(PollFlags::empty());
-        let ours_ev = fds[1].revents().unwrap_or(PollFlags::empty());
+        let ours_ev = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .unwrap_or(PollFlags::empty());
+        if ours_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+            if let Some(s) = &mut session {
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        if port.write_all(&buf[..n]).is_err() {
+                            session = None; // host gone mid-answer
+                        }
+                    }
+                    _ => session = None, // the server ended the conversation
+                }
+            }
+        }
         if port_ev.contains(PollFlags::POLLIN) {
             let n = port.read(&mut buf)?;
             if n == 0 {
-                return Ok(()); // host hung up: a new client starts a new conversation
+                // Host end away (or not yet announced): nothing to read; don't spin.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
-            ours.write_all(&buf[..n])?;
-        } else if port_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-            return Ok(());
-        }
-        if ours_ev.contains(PollFlags::POLLIN) {
-            let n = ours.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
+            let data = &buf[..n];
+            if session.is_none() || is_client_hello(data) {
+                let (ours, theirs) = UnixStream::pair()?;
+                let server_api = api.clone();
+                spawn_thread("control-vm", move || serve(theirs, server_api));
+                session = Some(ours);
             }
-            port.write_all(&buf[..n])?;
-        } else if ours_ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-            return Ok(());
+            if let Some(s) = &mut session {
+                if s.write_all(data).is_err() {
+                    session = None;
+                }
+            }
+        } else if port_ev.contains(PollFlags::POLLHUP) {
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -292,7 +314,9 @@ impl Api {
         if snap.services.iter().any(|s| s.name == name) {
             Ok(snap.log_dir.join(format!("{name}.log")))
         } else {
-            Err(fdo::Error::InvalidArgs(format!("no service named {name:?}")))
+            Err(fdo::Error::InvalidArgs(format!(
+                "no service named {name:?}"
+            )))
         }
     }
 }
@@ -335,7 +359,8 @@ impl Api {
 
     async fn read_log(&self, name: String, offset: u64, tail_lines: u32) -> fdo::Result<LogChunk> {
         let path = self.known(&name)?;
-        read_log(&path, offset, tail_lines).map_err(|e| fdo::Error::Failed(format!("{}: {e}", path.display())))
+        read_log(&path, offset, tail_lines)
+            .map_err(|e| fdo::Error::Failed(format!("{}: {e}", path.display())))
     }
 
     async fn take_exit_statuses(&self) -> fdo::Result<Vec<ExitRecord>> {
@@ -406,6 +431,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn recognises_a_new_client() {
+        assert!(is_client_hello(b"\0"));
+        assert!(is_client_hello(b"\0AUTH ANONYMOUS\r\n"));
+        assert!(!is_client_hello(b"l\x01\0\x01"));
+        assert!(!is_client_hello(b"\0\0\0"));
+    }
+
+    #[test]
     fn reads_logs_by_offset_and_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
@@ -448,11 +481,18 @@ mod tests {
             return;
         }
         let answer = std::thread::spawn(move || {
-            let req = control.requests.recv_timeout(Duration::from_secs(10)).unwrap();
+            let req = control
+                .requests
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap();
             match req {
-                Request::Restart(name, tx) => {
-                    tx.send(if name == "svc" { Ok(()) } else { Err("no".into()) }).unwrap()
-                }
+                Request::Restart(name, tx) => tx
+                    .send(if name == "svc" {
+                        Ok(())
+                    } else {
+                        Err("no".into())
+                    })
+                    .unwrap(),
                 _ => panic!("unexpected request"),
             }
         });

@@ -8,12 +8,15 @@ use std::process::Command;
 /// The first fd a service receives from the fd store (systemd's SD_LISTEN_FDS_START).
 pub const LISTEN_FDS_START: i32 = 3;
 
-/// Makes the child a session leader (so a stop signal to its group reaches its helpers),
+/// Unblocks every signal (init blocks them all), makes the child a session leader (so a stop signal to its group reaches its helpers),
 /// moves it into its cgroup by writing "0" to `cgroup_procs` (an open `cgroup.procs`),
 /// and puts `fds` at 3, 4, ... without close-on-exec. `fds` must not be numbered below
 /// `3 + fds.len()` (take them with `dup_high`), so no dup2 overwrites one still to move.
 pub fn prepare(cmd: &mut Command, cgroup_procs: Option<OwnedFd>, fds: Vec<OwnedFd>) {
     let hook = move || -> std::io::Result<()> {
+        // PID 1 blocks every signal (they reach it through a signalfd) and the mask is
+        // inherited: a service must start with none blocked, or SIGTERM would not stop it.
+        nix::sys::signal::SigSet::empty().thread_set_mask()?;
         nix::unistd::setsid()?;
         if let Some(procs) = &cgroup_procs {
             nix::unistd::write(procs, b"0")?;
@@ -27,7 +30,8 @@ pub fn prepare(cmd: &mut Command, cgroup_procs: Option<OwnedFd>, fds: Vec<OwnedF
         }
         Ok(())
     };
-    // SAFETY: the hook makes only async-signal-safe system calls (setsid, write, dup2)
+    // SAFETY: the hook makes only async-signal-safe system calls (sigprocmask, setsid,
+    // write, dup2)
     // on values it owns; it does not allocate or take locks.
     unsafe {
         cmd.pre_exec(hook);

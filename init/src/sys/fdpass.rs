@@ -27,7 +27,10 @@ pub fn recv_with_fds(socket: &UnixDatagram, buf: &mut [u8]) -> Option<(usize, Ve
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: SCM_RIGHTS installed these descriptors in our table just now;
                 // nothing else owns them.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
     }

@@ -144,10 +144,15 @@ fn run(mut cfg: VmConfig) -> Result<()> {
         lock.keep_across_exec()?;
         let accel = accel::probe(&cfg.kernel);
         let dir = berth_tests::vm::work_dir(&cfg.name)?;
+        let control = dir.join("control.sock");
+        eprintln!(
+            "berth-vm: control: target/release/berthctl --vm {} services",
+            control.display()
+        );
         eprintln!("berth-vm: serial console follows; ctrl-a x quits, ctrl-a c is QEMU's monitor");
-        let err = berth_tests::vm::qemu_command(&cfg, accel, &dir)?
-            .args(["-serial", "mon:stdio"])
-            .exec();
+        let mut cmd = berth_tests::vm::qemu_command(&cfg, accel, &dir)?;
+        berth_tests::vm::serial_ports(&mut cmd, None, cfg.control.then_some(control.as_path()));
+        let err = cmd.args(["-serial", "mon:stdio"]).exec();
         bail!("starting qemu-system-x86_64: {err}");
     }
     let mut vm = Vm::boot(cfg)?;

@@ -56,7 +56,10 @@ fn enable_controllers(dir: &Path) -> Vec<CgroupError> {
 /// `/sys/fs/cgroup/berth`, made ready for services; `None` without cgroup2 (reported).
 pub fn setup(mount: &Path) -> Option<PathBuf> {
     if !mount.join("cgroup.controllers").exists() {
-        crate::warn!("no cgroup2 at {}: services run without cgroups", mount.display());
+        crate::warn!(
+            "no cgroup2 at {}: services run without cgroups",
+            mount.display()
+        );
         return None;
     }
     let root = mount.join("berth");
@@ -185,7 +188,10 @@ mod tests {
             Some(("rt".into(), false))
         );
         assert_eq!(service_of("0::/berth/rt/main\n"), Some(("rt".into(), true)));
-        assert_eq!(service_of("0::/berth/agent\n"), Some(("agent".into(), true)));
+        assert_eq!(
+            service_of("0::/berth/agent\n"),
+            Some(("agent".into(), true))
+        );
         assert_eq!(service_of("0::/\n"), None);
         assert_eq!(service_of("1:name=systemd:/berth/x\n"), None);
     }
@@ -206,8 +212,14 @@ mod tests {
         }
         let errors = cg.prepare(&def);
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(std::fs::read_to_string(cg.dir.join("memory.max")).unwrap(), "1048576");
-        assert_eq!(std::fs::read_to_string(cg.dir.join("cpu.max")).unwrap(), "50000 100000");
+        assert_eq!(
+            std::fs::read_to_string(cg.dir.join("memory.max")).unwrap(),
+            "1048576"
+        );
+        assert_eq!(
+            std::fs::read_to_string(cg.dir.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
         assert!(cg.main.ends_with("rt/main") && cg.main.is_dir());
         assert_eq!(cg.procs_file(), dir.path().join("rt/main/cgroup.procs"));
     }

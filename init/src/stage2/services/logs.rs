@@ -131,7 +131,10 @@ impl ServiceLog {
         }
         if self.file.is_none() {
             if let Err(e) = self.open() {
-                crate::warn!("log {}: {e}; keeping only the last lines in memory", self.path.display());
+                crate::warn!(
+                    "log {}: {e}; keeping only the last lines in memory",
+                    self.path.display()
+                );
                 self.broken = true;
                 return;
             }
@@ -165,6 +168,11 @@ impl ServiceLog {
             crate::warn!("rotating {}: {e}", self.path.display());
         }
         self.size = 0;
+    }
+
+    /// Forgets the remembered lines (a new run of the service begins).
+    pub fn clear_tail(&mut self) {
+        self.tail.clear();
     }
 
     /// The last lines, oldest first.
@@ -230,7 +238,10 @@ mod tests {
         assert!(lines[0].ends_with("Z stderr one"), "{text}");
         assert!(lines[2].ends_with(" stderr thr"), "{text}");
         for i in 0..200 {
-            log.line(Stream::Stdout, format!("line {i} of some length").as_bytes());
+            log.line(
+                Stream::Stdout,
+                format!("line {i} of some length").as_bytes(),
+            );
         }
         let rotated = dir.path().join("log/svc.log.1");
         assert!(rotated.exists());

@@ -122,7 +122,13 @@ impl Manager {
     /// `defs` in start order (`berth_services::check_set`); `also_start` names services
     /// without `autostart` to start anyway (the `berth.start=` kernel parameter).
     pub fn new(defs: Vec<ServiceDef>, also_start: &[String], cgroot: Option<PathBuf>) -> Self {
-        Self::with_dirs(defs, also_start, cgroot, Path::new(NOTIFY_DIR), Path::new(LOG_DIR))
+        Self::with_dirs(
+            defs,
+            also_start,
+            cgroot,
+            Path::new(NOTIFY_DIR),
+            Path::new(LOG_DIR),
+        )
     }
 
     fn with_dirs(
@@ -147,7 +153,11 @@ impl Manager {
                         log_dir.join(format!("{}.log", def.name)),
                         def.log_max_bytes,
                     ),
-                    state: if wanted { State::Waiting } else { State::Inactive },
+                    state: if wanted {
+                        State::Waiting
+                    } else {
+                        State::Inactive
+                    },
                     wanted,
                     settled: !wanted,
                     def,
@@ -206,9 +216,10 @@ impl Manager {
             self.tick_one(i, now);
         }
         let mut next = self.services.iter().filter_map(|s| s.deadline).min();
-        let polling = self.services.iter().any(|s| {
-            s.state == State::Starting && matches!(s.def.ready, Readiness::Socket(_))
-        });
+        let polling = self
+            .services
+            .iter()
+            .any(|s| s.state == State::Starting && matches!(s.def.ready, Readiness::Socket(_)));
         if polling {
             let poll_at = now + SOCKET_POLL;
             next = Some(next.map_or(poll_at, |n| n.min(poll_at)));
@@ -268,6 +279,7 @@ impl Manager {
                 Err(e) => crate::warn!("service {}: notify socket: {e}", s.def.name),
             }
         }
+        s.log.clear_tail();
         match spawn(s) {
             Ok(pid) => {
                 crate::info!("service {} started (pid {pid})", s.def.name);
@@ -293,7 +305,11 @@ impl Manager {
     fn stop(&mut self, i: usize, now: Instant) {
         let s = &mut self.services[i];
         let Some(pid) = s.pid else {
-            s.state = if s.state == State::Failed { State::Failed } else { State::Inactive };
+            s.state = if s.state == State::Failed {
+                State::Failed
+            } else {
+                State::Inactive
+            };
             s.deadline = None;
             return;
         };
@@ -360,7 +376,9 @@ impl Manager {
         if s.state == State::Stopping {
             self.after_stop(i, now);
         } else {
-            if s.started_at.is_some_and(|t| now.duration_since(t) >= STABLE_AFTER) {
+            if s.started_at
+                .is_some_and(|t| now.duration_since(t) >= STABLE_AFTER)
+            {
                 s.failures = 0;
             }
             self.after_death(i, now, clean);
@@ -375,7 +393,11 @@ impl Manager {
         s.deadline = None;
         if let Some(cg) = &s.cgroup {
             // The rest of its processes go with it; a delegated subtree only at the end.
-            let dir = if shutting_down || !s.def.delegate { &cg.dir } else { &cg.main };
+            let dir = if shutting_down || !s.def.delegate {
+                &cg.dir
+            } else {
+                &cg.main
+            };
             if cgroup::populated(dir) {
                 let _ = cgroup::kill(dir);
             }
@@ -414,12 +436,20 @@ impl Manager {
             s.failures = s.failures.saturating_add(1);
             s.restarts = s.restarts.saturating_add(1);
             let delay = s.def.backoff(s.failures);
-            crate::info!("service {} restarts in {} ms", s.def.name, delay.as_millis());
+            crate::info!(
+                "service {} restarts in {} ms",
+                s.def.name,
+                delay.as_millis()
+            );
             s.state = State::Backoff;
             s.deadline = Some(now + delay);
         } else {
             s.failures = s.failures.saturating_add(u32::from(!clean));
-            s.state = if clean { State::Inactive } else { State::Failed };
+            s.state = if clean {
+                State::Inactive
+            } else {
+                State::Failed
+            };
             s.deadline = None;
         }
     }
@@ -556,7 +586,11 @@ impl Manager {
         if failing.is_empty() {
             format!("{ready}/{} ready", wanted.len())
         } else {
-            format!("{ready}/{} ready; not ready: {}", wanted.len(), failing.join(" "))
+            format!(
+                "{ready}/{} ready; not ready: {}",
+                wanted.len(),
+                failing.join(" ")
+            )
         }
     }
 
@@ -639,7 +673,8 @@ impl Manager {
         if self.shutting_down {
             return Err("the machine is shutting down".into());
         }
-        self.index(name).ok_or_else(|| format!("no service named {name:?}"))
+        self.index(name)
+            .ok_or_else(|| format!("no service named {name:?}"))
     }
 
     /// Final stop: nothing starts any more; services stop in reverse dependency order,
@@ -667,16 +702,15 @@ impl Manager {
         }
         self.tick(now);
         self.services.iter().all(|s| {
-            s.pid.is_none()
-                && !matches!(s.state, State::Starting | State::Ready | State::Stopping)
+            s.pid.is_none() && !matches!(s.state, State::Starting | State::Ready | State::Stopping)
         })
     }
 
     fn has_running_dependents(&self, i: usize) -> bool {
         let name = &self.services[i].def.name;
-        self.services.iter().any(|s| {
-            s.pid.is_some() && s.def.dependencies().any(|d| d == name)
-        })
+        self.services
+            .iter()
+            .any(|s| s.pid.is_some() && s.def.dependencies().any(|d| d == name))
     }
 
     /// What is left in the services' cgroups once their main processes are gone (the
@@ -721,7 +755,11 @@ fn print_tail(s: &Service) {
     if lines.is_empty() {
         return;
     }
-    crate::info!("service {} failed; its last lines ({}):", s.def.name, s.log.path.display());
+    crate::info!(
+        "service {} failed; its last lines ({}):",
+        s.def.name,
+        s.log.path.display()
+    );
     for l in lines {
         crate::info!("  {}: {l}", s.def.name);
     }
@@ -804,7 +842,10 @@ pub fn describe(status: WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exited with status {code}"),
         WaitStatus::Signaled(_, sig, core) => {
-            format!("killed by {sig}{}", if core { " (core dumped)" } else { "" })
+            format!(
+                "killed by {sig}{}",
+                if core { " (core dumped)" } else { "" }
+            )
         }
         other => format!("changed state: {other:?}"),
     }
@@ -820,7 +861,6 @@ pub fn load(dir: &Path) -> Vec<ServiceDef> {
     }
     order
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -83,8 +83,8 @@ impl Drop for NotifySocket {
 mod tests {
     use super::*;
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    use std::os::fd::AsRawFd;
     use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn parses_keys() {

@@ -34,8 +34,18 @@ fn reap(m: &mut Manager, name: &str) {
 }
 
 fn notify(m: &Manager, name: &str, text: &str) {
-    let path = m.state_of(name).unwrap().notify.as_ref().unwrap().path.clone();
-    UnixDatagram::unbound().unwrap().send_to(text.as_bytes(), path).unwrap();
+    let path = m
+        .state_of(name)
+        .unwrap()
+        .notify
+        .as_ref()
+        .unwrap()
+        .path
+        .clone();
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to(text.as_bytes(), path)
+        .unwrap();
 }
 
 fn read_log(dir: &Path, name: &str) -> String {
@@ -47,8 +57,14 @@ fn starts_in_dependency_order_after_readiness() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = manager(
         vec![
-            def("a", "exec = \"/bin/sleep\"\nargs = [\"30\"]\nready = \"notify\"\n"),
-            def("b", "exec = \"/bin/sleep\"\nargs = [\"30\"]\nrequires = [\"a\"]\n"),
+            def(
+                "a",
+                "exec = \"/bin/sleep\"\nargs = [\"30\"]\nready = \"notify\"\n",
+            ),
+            def(
+                "b",
+                "exec = \"/bin/sleep\"\nargs = [\"30\"]\nrequires = [\"a\"]\n",
+            ),
         ],
         dir.path(),
     );
@@ -150,7 +166,14 @@ fn stored_fds_come_back_at_the_next_start() {
     );
     m.tick(Instant::now());
     let (r, w) = nix::unistd::pipe().unwrap();
-    let path = m.state_of("e").unwrap().notify.as_ref().unwrap().path.clone();
+    let path = m
+        .state_of("e")
+        .unwrap()
+        .notify
+        .as_ref()
+        .unwrap()
+        .path
+        .clone();
     let client = UnixDatagram::unbound().unwrap();
     client.connect(path).unwrap();
     let fds = [std::os::fd::AsRawFd::as_raw_fd(&r)];
@@ -182,9 +205,18 @@ fn a_crash_loop_holds_neither_the_others_nor_the_ready_line() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = manager(
         vec![
-            def("bad", "exec = \"/bin/false\"\nrestart = \"always\"\nready = \"notify\"\n"),
-            def("good", "exec = \"/bin/sleep\"\nargs = [\"30\"]\nafter = [\"bad\"]\n"),
-            def("needs-bad", "exec = \"/bin/sleep\"\nargs = [\"30\"]\nrequires = [\"bad\"]\n"),
+            def(
+                "bad",
+                "exec = \"/bin/false\"\nrestart = \"always\"\nready = \"notify\"\n",
+            ),
+            def(
+                "good",
+                "exec = \"/bin/sleep\"\nargs = [\"30\"]\nafter = [\"bad\"]\n",
+            ),
+            def(
+                "needs-bad",
+                "exec = \"/bin/sleep\"\nargs = [\"30\"]\nrequires = [\"bad\"]\n",
+            ),
         ],
         dir.path(),
     );
@@ -195,7 +227,11 @@ fn a_crash_loop_holds_neither_the_others_nor_the_ready_line() {
     assert_eq!(state(&m, "good"), State::Ready);
     assert_eq!(state(&m, "needs-bad"), State::Waiting);
     assert!(m.all_settled());
-    assert!(m.summary().contains("1/3 ready; not ready: bad needs-bad"), "{}", m.summary());
+    assert!(
+        m.summary().contains("1/3 ready; not ready: bad needs-bad"),
+        "{}",
+        m.summary()
+    );
     m.request_stop("good", Instant::now()).unwrap();
     reap(&mut m, "good");
     m.request_stop("bad", Instant::now()).unwrap();
@@ -206,7 +242,10 @@ fn keeps_exit_statuses_of_delegated_orphans() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = manager(
         vec![
-            def("rt", "exec = \"/bin/true\"\ndelegate = true\nautostart = false\n"),
+            def(
+                "rt",
+                "exec = \"/bin/true\"\ndelegate = true\nautostart = false\n",
+            ),
             def("plain", "exec = \"/bin/true\"\nautostart = false\n"),
         ],
         dir.path(),
@@ -229,9 +268,39 @@ fn keeps_exit_statuses_of_delegated_orphans() {
 #[test]
 fn requests_name_unknown_services() {
     let dir = tempfile::tempdir().unwrap();
-    let mut m = manager(vec![def("x", "exec = \"/bin/true\"\nautostart = false\n")], dir.path());
-    assert!(m.request_start("nope", Instant::now()).unwrap_err().contains("nope"));
+    let mut m = manager(
+        vec![def("x", "exec = \"/bin/true\"\nautostart = false\n")],
+        dir.path(),
+    );
+    assert!(m
+        .request_start("nope", Instant::now())
+        .unwrap_err()
+        .contains("nope"));
     assert_eq!(state(&m, "x"), State::Inactive);
     m.begin_shutdown();
-    assert!(m.request_start("x", Instant::now()).unwrap_err().contains("shutting down"));
+    assert!(m
+        .request_start("x", Instant::now())
+        .unwrap_err()
+        .contains("shutting down"));
+}
+
+#[test]
+fn services_start_with_no_signal_blocked() {
+    use nix::sys::signal::{SigSet, SigmaskHow};
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(
+        vec![def("f", "exec = \"/bin/sleep\"\nargs = [\"30\"]\n")],
+        dir.path(),
+    );
+    // As in PID 1, which blocks every signal and reads them from a signalfd.
+    let mut old = SigSet::empty();
+    SigSet::all()
+        .thread_swap_mask(SigmaskHow::SIG_SETMASK)
+        .map(|o| old = o)
+        .unwrap();
+    m.tick(Instant::now());
+    old.thread_set_mask().unwrap();
+    m.request_stop("f", Instant::now()).unwrap();
+    reap(&mut m, "f");
+    assert_eq!(m.statuses()[0].last_exit, "killed by SIGTERM");
 }
