@@ -69,6 +69,27 @@ fn ifreq_for(name: &str) -> Result<libc::ifreq, Errno> {
     Ok(req)
 }
 
+/// Whether something listens on the unix stream socket at `path`. The connect is
+/// non-blocking, so a full backlog (EAGAIN: it listens, just busy) cannot stall PID 1.
+pub fn unix_socket_listens(path: &std::path::Path) -> bool {
+    use nix::sys::socket::{connect, UnixAddr};
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    let Ok(sock) = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    ) else {
+        return false;
+    };
+    matches!(
+        connect(sock.as_raw_fd(), &addr),
+        Ok(()) | Err(Errno::EAGAIN) | Err(Errno::EINPROGRESS)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

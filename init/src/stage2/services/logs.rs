@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 /// Lines kept for the console when a service fails.
 pub const TAIL_LINES: usize = 10;
+/// What one wakeup reads from one pipe; the rest waits for the next turn of the loop.
+const MAX_READ_PER_WAKEUP: usize = 64 * 1024;
 /// A line longer than this is cut (and continued on the next line).
 const MAX_LINE: usize = 16 * 1024;
 
@@ -50,10 +52,13 @@ impl Pipe {
         self.fd.as_fd()
     }
 
-    /// Reads what is there (the fd is non-blocking) into `log`; false at end of file.
+    /// Reads what is there (the fd is non-blocking) into `log`, at most
+    /// `MAX_READ_PER_WAKEUP` so a chatty service cannot keep PID 1 from its other work;
+    /// false at end of file.
     pub fn drain(&mut self, log: &mut ServiceLog) -> bool {
         let mut buf = [0u8; 8192];
-        loop {
+        let mut taken = 0;
+        while taken < MAX_READ_PER_WAKEUP {
             match nix::unistd::read(&self.fd, &mut buf) {
                 Ok(0) => {
                     if !self.partial.is_empty() {
@@ -62,12 +67,16 @@ impl Pipe {
                     }
                     return false;
                 }
-                Ok(n) => self.take(&buf[..n], log),
+                Ok(n) => {
+                    taken += n;
+                    self.take(&buf[..n], log);
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return true,
                 Err(_) => return false,
             }
         }
+        true
     }
 
     fn take(&mut self, mut data: &[u8], log: &mut ServiceLog) {

@@ -13,7 +13,6 @@ pub mod logs;
 pub mod notify;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -235,7 +234,7 @@ impl Manager {
             State::Starting => {
                 let s = &mut self.services[i];
                 if let Readiness::Socket(path) = &s.def.ready {
-                    if UnixStream::connect(path).is_ok() {
+                    if crate::sys::unix_socket_listens(path) {
                         self.set_ready(i);
                         return;
                     }

@@ -304,3 +304,30 @@ fn services_start_with_no_signal_blocked() {
     reap(&mut m, "f");
     assert_eq!(m.statuses()[0].last_exit, "killed by SIGTERM");
 }
+
+#[test]
+fn socket_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("svc.sock");
+    let mut m = manager(
+        vec![def(
+            "g",
+            &format!(
+                "exec = \"/bin/sleep\"\nargs = [\"30\"]\nready = \"socket:{}\"\n",
+                sock.display()
+            ),
+        )],
+        dir.path(),
+    );
+    let next = m.tick(Instant::now()).unwrap();
+    assert_eq!(state(&m, "g"), State::Starting);
+    assert!(
+        next <= Instant::now() + SOCKET_POLL,
+        "socket readiness is polled"
+    );
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    m.tick(Instant::now());
+    assert_eq!(state(&m, "g"), State::Ready);
+    m.request_stop("g", Instant::now()).unwrap();
+    reap(&mut m, "g");
+}
