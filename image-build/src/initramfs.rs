@@ -1,7 +1,7 @@
 //! The initramfs: init (as /init, and /usr/sbin/modprobe for the kernel's module
 //! helper), the shared libraries it loads, the kernel modules `kernel-config/` lists
 //! closed over their dependencies and softdeps with an index restricted to them, and
-//! berthctl, and for the test variant busybox, berth-testd and the fault-test services.
+//! berthctl (init again, by another name), and for the test variant busybox, berth-testd and the fault-test services.
 //! Service definitions are checked here: a bad one stops the build.
 //!
 //! Layout is merged-/usr (/bin, /sbin, /lib, /lib64 link into /usr), as the read-only
@@ -71,9 +71,8 @@ pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
     a.add_host_file("init", 0o755, &init)?;
     a.add_symlink("usr/sbin/modprobe", "/init")?;
     a.add_host_file("usr/sbin/mkfs.btrfs", 0o755, &inputs.mkfs_btrfs)?;
-    let berthctl = inputs.bin_dir.join("berthctl");
-    a.add_host_file("usr/bin/berthctl", 0o755, &berthctl)?;
-    let mut binaries = vec![init, inputs.mkfs_btrfs.clone(), berthctl];
+    a.add_symlink("usr/bin/berthctl", "/init")?;
+    let mut binaries = vec![init, inputs.mkfs_btrfs.clone()];
 
     if inputs.variant == Variant::Test {
         add_test_tools(&mut a, inputs, &mut binaries)?;

@@ -1,11 +1,13 @@
 //! Berth's PID 1.
 //!
-//! One binary, two roles: run as process 1 it boots and supervises the machine; run as
-//! `modprobe` (the kernel's module helper, linked to it) it loads a module. As PID 1 it
-//! must never exit or panic (either is a kernel panic): every step reports its errors on
-//! the console and goes on, a failure that leaves nothing to do is one `berth: fatal:`
-//! line followed by emergency mode, and each phase runs under `catch_unwind` so even a
-//! bug ends in emergency mode.
+//! One binary, three roles: run as process 1 it boots and supervises the machine; run as
+//! `modprobe` (the kernel's module helper, linked to it) it loads a module; run as
+//! `berthctl` (linked to it too) it is the operator's command line (`berth-ctl`).
+//!
+//! As PID 1 it must never exit or panic (either is a kernel panic): every step reports
+//! its errors on the console and goes on, a failure that leaves nothing to do is one
+//! `berth: fatal:` line followed by emergency mode, and each phase runs under
+//! `catch_unwind` so even a bug ends in emergency mode.
 //!
 //! Emergency mode keeps the machine up with no services: the console stays readable, and
 //! the power button, ctrl-alt-del and shutdown signals still work. We chose this over
@@ -36,11 +38,11 @@ use stage2::supervise::Supervisor;
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
-    if Path::new(&argv0)
-        .file_name()
-        .is_some_and(|n| n == "modprobe")
-    {
-        return modprobe::main(args);
+    match Path::new(&argv0).file_name().and_then(|n| n.to_str()) {
+        Some("modprobe") => return modprobe::main(args),
+        // One copy of the control API's client code in the image, not two.
+        Some("berthctl") => return berth_ctl::main(std::env::args_os()),
+        _ => {}
     }
     let first = args.next();
     if std::process::id() != 1 {
@@ -49,7 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         log::bare(format_args!(
-            "init: Berth's PID 1; the kernel runs it as init, or as modprobe through a link named modprobe"
+            "init: Berth's PID 1; the kernel runs it as init, or as modprobe, and operators as berthctl, through links of those names"
         ));
         return ExitCode::from(2);
     }

@@ -1,5 +1,9 @@
 //! berthctl: the operator's command line for a Berth host.
 //!
+//! A library so the image needs no second copy of the D-Bus code: there, berthctl is a
+//! link to init, which runs [`main`] when called by that name. The `berthctl` binary
+//! built here is the same thing for the host side.
+//!
 //! Inside the guest it talks to init on `/run/berth/init.sock`; from the host,
 //! `--vm PATH` talks through the unix socket QEMU made for the VM's virtio-serial port
 //! `org.berth.control` (`-chardev socket,id=ctl,path=PATH,server=on,wait=off -device
@@ -73,8 +77,9 @@ struct Target {
 /// How long start/restart wait for a service to become ready or fail.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Runs berthctl with these arguments (the first is the program name).
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = Cli::parse_from(args);
     match berth_control::zbus::block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
