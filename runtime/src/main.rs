@@ -1,21 +1,230 @@
-//! `berth-runtime`: the container runtime. Only `--version` exists yet; the OCI core, the
-//! image store and the daemon arrive with their issues (5, 6, 7).
+//! `berth-runtime`: runc's command line over Berth's OCI runtime, as podman and
+//! containerd call it (`create --bundle B --pid-file P ID`, `start ID`, `state ID`,
+//! `kill ID [SIGNAL]`, `delete [--force] ID`, `run`, `list`, `features`).
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use berth_runtime::container::{self, CreateOptions};
+use berth_runtime::state::{self, Saved};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berth-runtime",
+    version,
+    about = "Berth's OCI container runtime"
+)]
+struct Cli {
+    /// Where container state lives.
+    #[arg(long, global = true, default_value = state::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Also write errors to this file (runc's --log).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// text or json (runc's --log-format).
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[arg(long, global = true)]
+    debug: bool,
+    /// cgroupsPath is systemd's slice:prefix:name (mapped to a cgroupfs path).
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a container from a bundle; it waits for `start`.
+    Create(CreateArgs),
+    /// Run a created container's program.
+    Start { id: String },
+    /// Print a container's OCI state.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to a container.
+    Kill {
+        id: String,
+        signal: Option<String>,
+        #[arg(long = "signal", short = 's')]
+        signal_flag: Option<String>,
+        /// Every process in the container's cgroup.
+        #[arg(long, short = 'a')]
+        all: bool,
+    },
+    /// Remove a stopped container.
+    Delete {
+        id: String,
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Create, start and wait; exits with the container's status.
+    Run(CreateArgs),
+    /// List containers.
+    List {
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// What this runtime supports (runtime-spec features.json).
+    Features,
+}
+
+#[derive(clap::Args)]
+struct CreateArgs {
+    id: String,
+    #[arg(long, short = 'b', default_value = ".")]
+    bundle: PathBuf,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Not supported yet: refused when the config asks for a terminal.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility (detached is how create always works).
+    #[arg(long, short = 'd')]
+    detach: bool,
+    #[arg(long)]
+    no_pivot: bool,
+    #[arg(long)]
+    no_new_keyring: bool,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-v") => {
-            println!("berth-runtime {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        other => {
-            eprintln!(
-                "berth-runtime: {} is not implemented yet",
-                other.unwrap_or("(no command)")
-            );
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            report(&cli, &e.to_string());
+            ExitCode::FAILURE
         }
     }
+}
+
+/// On stderr, and in --log in the requested format (conmon and podman read it).
+fn report(cli: &Cli, msg: &str) {
+    eprintln!("berth-runtime: {msg}");
+    if let Some(path) = &cli.log {
+        let line = if cli.log_format == "json" {
+            serde_json::json!({"level": "error", "msg": msg}).to_string()
+        } else {
+            format!("level=error msg={msg:?}")
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn run(cli: &Cli) -> berth_runtime::Result<ExitCode> {
+    let root = cli.root.as_path();
+    match &cli.command {
+        Cmd::Create(a) => {
+            container::create(&options(cli, a))?;
+        }
+        Cmd::Run(a) => {
+            let code = container::run(&options(cli, a))?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
+        }
+        Cmd::Start { id } => container::start(root, id)?,
+        Cmd::State { id } => {
+            let saved = Saved::load(root, id)?;
+            let status = saved.status(root);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&saved.oci(status)).unwrap_or_default()
+            );
+        }
+        Cmd::Kill {
+            id,
+            signal,
+            signal_flag,
+            all,
+        } => {
+            let name = signal_flag
+                .as_deref()
+                .or(signal.as_deref())
+                .unwrap_or("SIGTERM");
+            container::kill_container(root, id, container::parse_signal(name)?, *all)?;
+        }
+        Cmd::Delete { id, force } => container::delete(root, id, *force)?,
+        Cmd::List { format, quiet } => list(root, format, *quiet),
+        Cmd::Features => println!("{}", features()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn options<'a>(cli: &'a Cli, a: &'a CreateArgs) -> CreateOptions<'a> {
+    CreateOptions {
+        root: &cli.root,
+        id: &a.id,
+        bundle: &a.bundle,
+        pid_file: a.pid_file.as_deref(),
+        systemd_cgroup: cli.systemd_cgroup,
+    }
+}
+
+fn list(root: &std::path::Path, format: &str, quiet: bool) {
+    let all = state::list(root);
+    if quiet {
+        for s in &all {
+            println!("{}", s.id);
+        }
+    } else if format == "json" {
+        let states: Vec<_> = all.iter().map(|s| s.oci(s.status(root))).collect();
+        println!("{}", serde_json::to_string(&states).unwrap_or_default());
+    } else {
+        println!(
+            "{:<20} {:<8} {:<10} {:<40} CREATED",
+            "ID", "PID", "STATUS", "BUNDLE"
+        );
+        for s in &all {
+            let st = s.status(root);
+            let pid = if st == state::Status::Stopped {
+                0
+            } else {
+                s.pid
+            };
+            println!(
+                "{:<20} {:<8} {:<10} {:<40} {}",
+                s.id,
+                pid,
+                st.as_str(),
+                s.bundle.display(),
+                s.created
+            );
+        }
+    }
+}
+
+/// runtime-spec features.json: what this build implements (the rest is refused).
+fn features() -> String {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": oci_spec_version(),
+        "hooks": [],
+        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
+            "sync", "async", "dirsync", "remount", "mand", "nomand", "atime", "noatime",
+            "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",
+            "bind", "rbind", "private", "rprivate", "slave", "rslave", "shared", "rshared",
+            "unbindable", "runbindable"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "cgroup": {"v1": false, "v2": true, "systemd": false},
+            "seccomp": {"enabled": false},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        }
+    })
+    .to_string()
+}
+
+fn oci_spec_version() -> &'static str {
+    oci_spec::runtime::VERSION
 }

@@ -1,0 +1,220 @@
+//! cgroup v2 for a container: its directory from linux.cgroupsPath and the resources
+//! the spec sets. Berth is cgroup-v2 only: where the host has no usable v2 controllers
+//! (a v1/hybrid machine) a container asking for resources is refused, saying so.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxResources, Spec};
+
+use crate::error::{io, Error, Result};
+
+pub const MOUNT: &str = "/sys/fs/cgroup";
+
+/// Whether /sys/fs/cgroup is a cgroup2 hierarchy (it has cgroup.controllers).
+pub fn v2_available() -> bool {
+    Path::new(MOUNT).join("cgroup.controllers").exists()
+}
+
+/// `slice:prefix:name` (systemd's form, which conmon passes with --systemd-cgroup) to a
+/// cgroupfs path: `machine.slice:libpod:abc` → `machine.slice/libpod-abc.scope`.
+pub fn systemd_path(path: &str) -> Option<PathBuf> {
+    let mut parts = path.split(':');
+    let (slice, prefix, name) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || name.is_empty() {
+        return None;
+    }
+    let slice = if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    };
+    // Nested slices: a-b.slice lives in a.slice/a-b.slice.
+    let mut dir = PathBuf::new();
+    let stem = slice.trim_end_matches(".slice");
+    let mut acc = String::new();
+    for (i, part) in stem.split('-').enumerate() {
+        if i > 0 {
+            acc.push('-');
+        }
+        acc.push_str(part);
+        dir.push(format!("{acc}.slice"));
+    }
+    let unit = if name.ends_with(".slice") {
+        name.to_string()
+    } else if prefix.is_empty() {
+        format!("{name}.scope")
+    } else {
+        format!("{prefix}-{name}.scope")
+    };
+    dir.push(unit);
+    Some(dir)
+}
+
+fn has_resources(r: &LinuxResources) -> bool {
+    r.memory().is_some()
+        || r.cpu().is_some()
+        || r.pids().is_some()
+        || r.block_io().is_some()
+        || r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
+        || r.devices().as_ref().is_some_and(|d| !d.is_empty())
+}
+
+/// The container's cgroup directory, or None when the spec asks for none and this host
+/// has no cgroup v2.
+pub fn plan(spec: &Spec, id: &str, systemd: bool) -> Result<Option<PathBuf>> {
+    let linux = spec.linux().as_ref();
+    let wanted = linux.and_then(|l| l.cgroups_path().clone());
+    let resources = linux.and_then(|l| l.resources().as_ref());
+    if !v2_available() {
+        if resources.is_some_and(has_resources) {
+            return Err(Error::Unsupported(format!(
+                "linux.resources needs cgroup v2 controllers, and {MOUNT} is not a cgroup2 hierarchy here (a v1 or hybrid host): run without resource limits, or on a cgroup-v2 host such as Berth"
+            )));
+        }
+        return Ok(None);
+    }
+    let rel = match wanted {
+        Some(p) if systemd => systemd_path(&p.to_string_lossy()).ok_or_else(|| {
+            crate::error::config(
+                "linux.cgroupsPath",
+                format!("{} is not slice:prefix:name", p.display()),
+            )
+        })?,
+        Some(p) => p.strip_prefix("/").map(Path::to_path_buf).unwrap_or(p),
+        None => PathBuf::from("berth-runtime").join(id),
+    };
+    if rel
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(crate::error::config(
+            "linux.cgroupsPath",
+            "may not contain ..",
+        ));
+    }
+    Ok(Some(Path::new(MOUNT).join(rel)))
+}
+
+/// Creates the directory (enabling controllers on the way down) and writes the limits.
+pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
+    let rel = dir.strip_prefix(MOUNT).unwrap_or(dir);
+    let mut cur = PathBuf::from(MOUNT);
+    for part in rel.components() {
+        let offered = std::fs::read_to_string(cur.join("cgroup.controllers")).unwrap_or_default();
+        for c in offered.split_whitespace() {
+            if ["cpu", "memory", "pids", "io", "hugetlb"].contains(&c) {
+                let _ = std::fs::write(cur.join("cgroup.subtree_control"), format!("+{c}"));
+            }
+        }
+        cur.push(part);
+        match std::fs::create_dir(&cur) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(&cur)(e)),
+            _ => {}
+        }
+    }
+    let Some(r) = resources else { return Ok(()) };
+    let mut writes: Vec<(&str, String)> = Vec::new();
+    if let Some(m) = r.memory() {
+        if let Some(limit) = m.limit() {
+            writes.push((
+                "memory.max",
+                if limit < 0 {
+                    "max".into()
+                } else {
+                    limit.to_string()
+                },
+            ));
+        }
+        if let Some(swap) = m.swap() {
+            // OCI's swap is memory+swap; v2's memory.swap.max is swap alone.
+            let limit = m.limit().unwrap_or(-1);
+            if swap >= 0 && limit >= 0 {
+                writes.push(("memory.swap.max", (swap - limit).max(0).to_string()));
+            }
+        }
+    }
+    if let Some(p) = r.pids() {
+        let l = p.limit();
+        writes.push((
+            "pids.max",
+            if l <= 0 { "max".into() } else { l.to_string() },
+        ));
+    }
+    if let Some(c) = r.cpu() {
+        if let Some(shares) = c.shares() {
+            // The conversion runc and crun use (cgroup v1 shares 2..262144 → weight 1..10000).
+            let weight = 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
+            writes.push(("cpu.weight", weight.to_string()));
+        }
+        if c.quota().is_some() || c.period().is_some() {
+            let quota = c
+                .quota()
+                .filter(|q| *q > 0)
+                .map_or("max".to_string(), |q| q.to_string());
+            writes.push((
+                "cpu.max",
+                format!("{quota} {}", c.period().unwrap_or(100_000)),
+            ));
+        }
+    }
+    if r.devices()
+        .as_ref()
+        .is_some_and(|d| d.iter().any(|d| !d.allow()))
+    {
+        // Device rules on v2 need an eBPF program; not applying them would be silent.
+        return Err(Error::Unsupported(
+            "linux.resources.devices: device cgroup rules (an eBPF program on cgroup v2) are not supported yet".into(),
+        ));
+    }
+    for (file, value) in writes {
+        let path = dir.join(file);
+        std::fs::write(&path, &value).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+pub fn add(dir: &Path, pid: i32) -> Result<()> {
+    let path = dir.join("cgroup.procs");
+    std::fs::write(&path, pid.to_string()).map_err(io(&path))
+}
+
+/// Kills what is left and removes the directory (bounded wait for it to empty).
+pub fn remove(dir: &Path) {
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+pub fn pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_paths() {
+        assert_eq!(
+            systemd_path("machine.slice:libpod:abc").unwrap(),
+            PathBuf::from("machine.slice/libpod-abc.scope")
+        );
+        assert_eq!(
+            systemd_path("user-1000.slice:podman:x").unwrap(),
+            PathBuf::from("user.slice/user-1000.slice/podman-x.scope")
+        );
+        assert_eq!(
+            systemd_path(":p:n").unwrap(),
+            PathBuf::from("system.slice/p-n.scope")
+        );
+        assert!(systemd_path("a:b").is_none());
+    }
+}

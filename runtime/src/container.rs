@@ -1,0 +1,501 @@
+//! The OCI lifecycle (runtime-spec "Lifecycle"): create, start, state, kill, delete.
+//!
+//! `create` forks the container's init: it enters its namespaces, builds its root, and
+//! then blocks opening `<root>/<id>/exec.fifo` for writing. `start` opens the FIFO for
+//! reading, which lets it exec the program; the FIFO's removal marks it running. The
+//! two processes report to each other over pipes: the parent learns of any setup error
+//! with its message, removes what it made, and exits non-zero.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+
+use crate::error::{config, io, sys, Error, Result};
+use crate::state::{self, Saved, Status, EXEC_FIFO};
+use crate::{cgroup, mounts, process};
+
+pub struct CreateOptions<'a> {
+    pub root: &'a Path,
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub pid_file: Option<&'a Path>,
+    pub systemd_cgroup: bool,
+}
+
+/// The bundle's config.json, checked for what this runtime cannot do.
+pub fn load_spec(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    // serde_json directly (not Spec::load) for its line and column in errors.
+    let text = std::fs::read(&path).map_err(io(&path))?;
+    let spec: Spec = serde_json::from_slice(&text).map_err(|e| Error::Json {
+        path: path.clone(),
+        source: e,
+    })?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| config("process", "missing"))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(config("process.args", "missing or empty"));
+    }
+    if process.terminal() == Some(true) {
+        return Err(Error::Unsupported(
+            "process.terminal: a console (--console-socket) is not supported yet".into(),
+        ));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| config("root", "missing"))?;
+    let rootfs = bundle.join(root.path());
+    if !rootfs.is_dir() {
+        return Err(config(
+            "root.path",
+            format!("{} is not a directory", rootfs.display()),
+        ));
+    }
+    for ns in namespaces(&spec) {
+        match ns.typ() {
+            LinuxNamespaceType::User => {
+                return Err(Error::Unsupported(
+                    "linux.namespaces: user namespaces are not supported yet".into(),
+                ))
+            }
+            LinuxNamespaceType::Time => {
+                return Err(Error::Unsupported(
+                    "linux.namespaces: time namespaces are not supported yet".into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    if spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .is_some()
+    {
+        return Err(Error::Unsupported(
+            "linux.seccomp: seccomp filters are not supported yet".into(),
+        ));
+    }
+    if spec.hooks().is_some() {
+        return Err(Error::Unsupported("hooks are not supported yet".into()));
+    }
+    Ok(spec)
+}
+
+fn namespaces(spec: &Spec) -> &[LinuxNamespace] {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_deref())
+        .unwrap_or_default()
+}
+
+fn clone_flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => CloneFlags::empty(),
+    }
+}
+
+fn join(ns: &LinuxNamespace) -> Result<()> {
+    let Some(path) = ns.path() else { return Ok(()) };
+    let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys(format!("opening namespace {}", path.display())))?;
+    nix::sched::setns(fd, clone_flag(ns.typ()))
+        .map_err(sys(format!("joining namespace {}", path.display())))
+}
+
+fn now_rfc3339() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%NZ"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => String::new(),
+    }
+}
+
+/// `create`: returns the container init's pid once it waits for `start`.
+pub fn create(opts: &CreateOptions<'_>) -> Result<i32> {
+    state::check_id(opts.id)?;
+    let bundle = std::fs::canonicalize(opts.bundle).map_err(io(opts.bundle))?;
+    let spec = load_spec(&bundle)?;
+    let rootfs = bundle.join(
+        spec.root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_default(),
+    );
+    let rootfs = std::fs::canonicalize(&rootfs).map_err(io(&rootfs))?;
+    let cgroup_dir = cgroup::plan(&spec, opts.id, opts.systemd_cgroup)?;
+    std::fs::create_dir_all(opts.root).map_err(io(opts.root))?;
+    let dir = state::dir(opts.root, opts.id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::Exists(opts.id.to_string()))
+        }
+        Err(e) => return Err(io(&dir)(e)),
+    }
+    let result = create_in(opts, &spec, &bundle, &rootfs, cgroup_dir.as_deref(), &dir);
+    if result.is_err() {
+        if let Some(cg) = &cgroup_dir {
+            cgroup::remove(cg);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn create_in(
+    opts: &CreateOptions<'_>,
+    spec: &Spec,
+    bundle: &Path,
+    rootfs: &Path,
+    cgroup_dir: Option<&Path>,
+    dir: &Path,
+) -> Result<i32> {
+    let fifo = dir.join(EXEC_FIFO);
+    nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
+        .map_err(sys(format!("mkfifo {}", fifo.display())))?;
+    // Writable by the container's user (it opens it after dropping to that user), as
+    // runc's is; only root can read it, which is what `start` does. Set past the umask.
+    std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .map_err(io(&fifo))?;
+    if let Some(cg) = cgroup_dir {
+        let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        cgroup::create(cg, resources)?;
+    }
+    let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    // A new pid namespace applies to the children of whoever unshares it.
+    let nss = namespaces(spec);
+    if let Some(pid_ns) = nss.iter().find(|n| n.typ() == LinuxNamespaceType::Pid) {
+        if pid_ns.path().is_some() {
+            join(pid_ns)?;
+        } else {
+            nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unshare(CLONE_NEWPID)"))?;
+        }
+    }
+    match crate::sys::fork().map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(report_r);
+            drop(go_w);
+            let err = child(
+                spec,
+                rootfs,
+                &fifo,
+                go_r,
+                &report_w,
+                cgroup_dir.is_some() || cgroup::v2_available(),
+            )
+            .err()
+            .map_or_else(|| "exec returned".to_string(), |e| e.to_string());
+            // Before "ok" the parent reads this and reports it; after, only the
+            // container's stderr can tell.
+            let mut w = std::fs::File::from(report_w);
+            if w.write_all(format!("error: {err}").as_bytes()).is_err() || started_waiting() {
+                eprintln!("berth-runtime: container init: {err}");
+            }
+            std::process::exit(1);
+        }
+        ForkResult::Parent { child } => {
+            drop(report_w);
+            drop(go_r);
+            let pid = child.as_raw();
+            let placed = cgroup_dir.map_or(Ok(()), |cg| cgroup::add(cg, pid));
+            let mut go = std::fs::File::from(go_w);
+            if let Err(e) = placed {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(e);
+            }
+            let _ = go.write_all(b"1");
+            drop(go);
+            // "ok" while the child waits for `start` (the pipe stays open until its exec),
+            // or an error message and end of file when it failed.
+            let mut report = std::fs::File::from(report_r);
+            let mut head = [0u8; 2];
+            let answer = match report.read_exact(&mut head) {
+                Ok(()) if &head == b"ok" => "ok".to_string(),
+                Ok(()) => {
+                    let mut rest = String::new();
+                    let _ = report.read_to_string(&mut rest);
+                    format!("{}{rest}", String::from_utf8_lossy(&head))
+                }
+                Err(_) => String::new(),
+            };
+            if answer != "ok" {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                let msg = answer
+                    .strip_prefix("error: ")
+                    .unwrap_or(&answer)
+                    .to_string();
+                return Err(Error::Setup(if msg.is_empty() {
+                    "the container's init died".into()
+                } else {
+                    msg
+                }));
+            }
+            let annotations: BTreeMap<String, String> = spec
+                .annotations()
+                .clone()
+                .map(|a| a.into_iter().collect())
+                .unwrap_or_default();
+            let saved = Saved {
+                id: opts.id.to_string(),
+                pid,
+                pid_start_time: state::start_time(pid).unwrap_or(0),
+                bundle: bundle.to_path_buf(),
+                rootfs: rootfs.to_path_buf(),
+                created: now_rfc3339(),
+                annotations,
+                cgroup: cgroup_dir.map(Path::to_path_buf),
+            };
+            saved.save(opts.root)?;
+            if let Some(pf) = opts.pid_file {
+                std::fs::write(pf, pid.to_string()).map_err(io(pf))?;
+            }
+            Ok(pid)
+        }
+    }
+}
+
+/// The container's init, between fork and exec. Reports "ok" on `report` (kept open
+/// until exec closes it) once it waits for `start`.
+fn child(
+    spec: &Spec,
+    rootfs: &Path,
+    fifo: &Path,
+    go: OwnedFd,
+    report: &OwnedFd,
+    cgroup_v2: bool,
+) -> Result<std::convert::Infallible> {
+    // Wait until the parent has put us in our cgroup.
+    let mut byte = [0u8; 1];
+    let _ = std::fs::File::from(go).read(&mut byte);
+    nix::unistd::setsid().map_err(sys("setsid"))?;
+    let nss = namespaces(spec);
+    let mut unshare = CloneFlags::empty();
+    for ns in nss.iter().filter(|n| n.typ() != LinuxNamespaceType::Pid) {
+        if ns.path().is_some() {
+            join(ns)?;
+        } else {
+            unshare |= clone_flag(ns.typ());
+        }
+    }
+    nix::sched::unshare(unshare).map_err(sys(format!("unshare({unshare:?})")))?;
+    // The FIFO is reachable by path only from the host's root: hold it before pivoting.
+    let fifo_fd = nix::fcntl::open(fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys(format!("opening {}", fifo.display())))?;
+    let has = |t| nss.iter().any(|n: &LinuxNamespace| n.typ() == t);
+    if has(LinuxNamespaceType::Mount) {
+        mounts::prepare_rootfs(spec, rootfs, cgroup_v2)?;
+        mounts::pivot(rootfs)?;
+        let linux = spec.linux().as_ref();
+        mounts::mask(
+            linux
+                .and_then(|l| l.masked_paths().as_deref())
+                .unwrap_or_default(),
+        )?;
+        mounts::read_only(
+            linux
+                .and_then(|l| l.readonly_paths().as_deref())
+                .unwrap_or_default(),
+        )?;
+        if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+            mounts::root_read_only()?;
+        }
+    } else {
+        nix::unistd::chroot(rootfs).map_err(sys("chroot"))?;
+        nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+    }
+    if let Some(name) = spec.hostname() {
+        if !has(LinuxNamespaceType::Uts) {
+            return Err(config("hostname", "needs a uts namespace"));
+        }
+        nix::unistd::sethostname(name).map_err(sys(format!("sethostname {name}")))?;
+    }
+    if let Some(name) = spec.domainname() {
+        set_domainname(name)?;
+    }
+    for (key, value) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default()
+    {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(io(&path))?;
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| config("process", "missing"))?;
+    process::rlimits(process)?;
+    process::oom_score_adj(process)?;
+    let caps = process.capabilities().as_ref();
+    process::bounding(caps)?;
+    process::user(process)?;
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
+    // Set up: tell the parent, then wait for `start` (opening the FIFO for writing
+    // blocks until a reader comes).
+    nix::unistd::write(report, b"ok").map_err(sys("reporting to the parent"))?;
+    WAITING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reopen = format!("/proc/self/fd/{}", fifo_fd.as_raw_fd());
+    let mut fifo_w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&reopen)
+        .map_err(io(&reopen))?;
+    let _ = fifo_w.write_all(b"0");
+    drop(fifo_w);
+    drop(fifo_fd);
+    process::no_new_privileges(process)?;
+    process::capabilities(caps)?;
+    process::exec(process)
+}
+
+/// Set in the container's init once the parent has its "ok": later errors go to stderr.
+static WAITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn started_waiting() -> bool {
+    WAITING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn set_domainname(name: &str) -> Result<()> {
+    let path = Path::new("/proc/sys/kernel/domainname");
+    std::fs::write(path, name).map_err(io(path))
+}
+
+/// `start`: lets a created container exec its program.
+pub fn start(root: &Path, id: &str) -> Result<()> {
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if status != Status::Created {
+        return Err(Error::WrongState {
+            id: id.into(),
+            status: status.as_str(),
+            action: "start",
+            needed: "created",
+        });
+    }
+    let fifo = state::dir(root, id).join(EXEC_FIFO);
+    let mut f = std::fs::File::open(&fifo).map_err(io(&fifo))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).map_err(io(&fifo))?;
+    std::fs::remove_file(&fifo).map_err(io(&fifo))?;
+    if buf.is_empty() {
+        return Err(Error::Setup(
+            "the container's init exited before it could start".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn parse_signal(text: &str) -> Result<Signal> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| config("signal", format!("{n} is not a signal")));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| config("signal", format!("{text:?} is not a signal name")))
+}
+
+/// `kill`: a signal to the container's init (or, with `all`, every process in its cgroup).
+pub fn kill_container(root: &Path, id: &str, signal: Signal, all: bool) -> Result<()> {
+    let saved = Saved::load(root, id)?;
+    let status = saved.status(root);
+    if status == Status::Stopped {
+        return Err(Error::WrongState {
+            id: id.into(),
+            status: status.as_str(),
+            action: "kill",
+            needed: "created or running",
+        });
+    }
+    let mut pids = vec![saved.pid];
+    if all {
+        if let Some(cg) = &saved.cgroup {
+            pids.extend(cgroup::pids(cg));
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    for p in pids {
+        match kill(Pid::from_raw(p), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(sys(format!("kill {p} {signal}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// `delete`: removes a stopped container (with `force`, kills it first).
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    let saved = match Saved::load(root, id) {
+        Ok(s) => s,
+        Err(Error::NotFound(_)) if force => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let status = saved.status(root);
+    if status != Status::Stopped {
+        if !force && status == Status::Running {
+            return Err(Error::WrongState {
+                id: id.into(),
+                status: status.as_str(),
+                action: "delete",
+                needed: "stopped (or --force)",
+            });
+        }
+        let _ = kill(Pid::from_raw(saved.pid), Signal::SIGKILL);
+        for _ in 0..200 {
+            if !saved.alive() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    if let Some(cg) = &saved.cgroup {
+        cgroup::remove(cg);
+    }
+    let dir = state::dir(root, id);
+    std::fs::remove_dir_all(&dir).map_err(io(&dir))
+}
+
+/// `run`: create, start, and wait; the container's exit code (128+signal if killed).
+pub fn run(opts: &CreateOptions<'_>) -> Result<i32> {
+    let pid = Pid::from_raw(create(opts)?);
+    let started = start(opts.root, opts.id);
+    let code = match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, c)) => c,
+        Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+        _ => 255,
+    };
+    let _ = delete(opts.root, opts.id, true);
+    started.map(|()| code)
+}

@@ -1,0 +1,13 @@
+//! Berth's container runtime: an OCI runtime (runtime-spec 1.x) with runc's command line,
+//! so podman and containerd can drive it. The CLI is in `main.rs`; this library is what
+//! the daemon (issue 7) will call.
+
+pub mod cgroup;
+pub mod container;
+pub mod error;
+pub mod mounts;
+pub mod process;
+pub mod state;
+mod sys;
+
+pub use error::{Error, Result};

@@ -1,0 +1,377 @@
+//! berth-runtime on the build machine (root; namespaces work here, cgroup v2 controllers
+//! do not): containers from a busybox rootfs made from Debian's busybox-static, each
+//! property checked from inside the container.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+struct Bundle {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Bundle {
+    /// A bundle with a busybox rootfs and `runc spec`'s defaults, `args` as the process.
+    fn new(args: &[&str]) -> Self {
+        assert!(
+            Path::new(BUSYBOX).exists(),
+            "{BUSYBOX} missing: `make deps` installs busybox-static"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "ls", "cat", "hostname", "mount", "id", "echo", "sleep", "grep", "wc", "ps",
+            "pwd", "touch", "head", "readlink",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let root = dir.path().join("state");
+        let b = Bundle { dir, root };
+        b.write(default_config(args));
+        b
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, config: Value) {
+        std::fs::write(self.path().join("config.json"), config.to_string()).unwrap();
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let mut c: Value =
+            serde_json::from_slice(&std::fs::read(self.path().join("config.json")).unwrap())
+                .unwrap();
+        f(&mut c);
+        self.write(c);
+    }
+
+    fn runtime(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_berth-runtime"))
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .unwrap()
+    }
+
+    /// For commands that leave a container process behind holding their stdio (create):
+    /// the output goes to files, so waiting for the command does not wait for it.
+    fn runtime_detached(&self, args: &[&str]) -> (bool, String) {
+        let err_path = self.path().join("stderr.txt");
+        let status = Command::new(env!("CARGO_BIN_EXE_berth-runtime"))
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .current_dir(self.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .status()
+            .unwrap();
+        (
+            status.success(),
+            std::fs::read_to_string(&err_path).unwrap_or_default(),
+        )
+    }
+
+    /// `run` in the foreground; (exit code, stdout, stderr).
+    fn run(&self, id: &str) -> (i32, String, String) {
+        let out = self.runtime(&["run", "--bundle", ".", id]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn state(&self, id: &str) -> Value {
+        let out = self.runtime(&["state", id]);
+        assert!(
+            out.status.success(),
+            "state {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Nothing left under the state root.
+    fn assert_clean(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.root)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
+
+fn default_config(args: &[&str]) -> Value {
+    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "berthbox",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                           {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/timer_list",
+                            "/proc/sysrq-trigger", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"]
+        }
+    })
+}
+
+fn sh(script: &str) -> Bundle {
+    Bundle::new(&["sh", "-c", script])
+}
+
+#[test]
+fn the_process_is_isolated_as_configured() {
+    let b = sh(concat!(
+        "echo pid=$$; echo host=$(hostname); ",
+        "grep -E '^Cap(Eff|Bnd)' /proc/self/status; ",
+        "mount -t tmpfs none /mnt 2>/dev/null && echo mount=ok || echo mount=denied; ",
+        "echo keys=$(cat /proc/keys | wc -c); echo acpi=$(ls /proc/acpi | wc -l); ",
+        "grep -q ' /proc/kcore ' /proc/self/mountinfo && echo kcore=masked; ",
+        "(echo x > /proc/sys/kernel/hostname) 2>/dev/null && echo procsys=rw || echo procsys=ro; ",
+        "touch /bin/x 2>/dev/null && echo root=rw || echo root=ro; ",
+        "touch /tmp/x && echo tmp=rw; ",
+        "echo root: $(ls /); echo procs=$(ls /proc | grep -c '^[0-9]'); ",
+        "grep -q NoNewPrivs:.*1 /proc/self/status && echo nnp=1"
+    ));
+    let (code, out, err) = b.run("iso");
+    assert_eq!(code, 0, "{out}{err}");
+    let has = |s: &str| assert!(out.lines().any(|l| l == s), "{s:?} not in:\n{out}{err}");
+    has("pid=1");
+    has("host=berthbox");
+    // CAP_AUDIT_WRITE (29), CAP_KILL (5), CAP_NET_BIND_SERVICE (10).
+    has("CapEff:\t0000000020000420");
+    has("CapBnd:\t0000000020000420");
+    has("mount=denied");
+    has("keys=0");
+    has("acpi=0");
+    has("procsys=ro");
+    has("root=ro");
+    has("tmp=rw");
+    has("root: bin dev etc proc sys tmp");
+    has("nnp=1");
+    // Only the container's own processes (sh and its children) in its /proc.
+    let procs: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(procs <= 4, "{out}");
+    b.assert_clean();
+}
+
+#[test]
+fn user_groups_rlimits_env_and_cwd() {
+    let b = sh("id; ulimit -n; ulimit -Hn; pwd; echo $GREETING; umask");
+    b.edit(|c| {
+        c["process"]["user"] =
+            json!({"uid": 1000, "gid": 1001, "additionalGids": [10, 20], "umask": 23});
+        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 456, "soft": 123}]);
+        c["process"]["cwd"] = json!("/tmp");
+        c["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("GREETING=hello"));
+    });
+    let (code, out, err) = b.run("user");
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "uid=1000 gid=1001 groups=10,20", "{out}");
+    assert_eq!(
+        &lines[1..],
+        ["123", "456", "/tmp", "hello", "0027"],
+        "{out}"
+    );
+}
+
+#[test]
+fn exit_codes_come_through() {
+    let b = sh("exit 7");
+    assert_eq!(b.run("code").0, 7);
+    // A pid namespace's init ignores SIGKILL from inside; without one, sh can die by it.
+    let b = sh("kill -9 $$");
+    b.edit(|c| c["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "uts"}]));
+    assert_eq!(b.run("signal").0, 128 + 9);
+    b.assert_clean();
+}
+
+#[test]
+fn lifecycle_created_running_stopped() {
+    let b = Bundle::new(&["sleep", "30"]);
+    let pid_file = b.path().join("pid");
+    let (ok, err) = b.runtime_detached(&[
+        "create",
+        "--bundle",
+        ".",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "life",
+    ]);
+    assert!(ok, "{err}");
+    let st = b.state("life");
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["id"], "life");
+    let pid = st["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    // The created process has not run the program yet.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).starts_with("sleep"));
+    let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "life"]);
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+    let list = b.runtime(&["list", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "life");
+
+    assert!(b.runtime(&["start", "life"]).status.success());
+    assert_eq!(b.state("life")["status"], "running");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).starts_with("sleep"));
+    let refused = b.runtime(&["delete", "life"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("running"));
+
+    assert!(b.runtime(&["kill", "life", "KILL"]).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while b.state("life")["status"] != "stopped" {
+        assert!(std::time::Instant::now() < deadline, "not stopped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(b.runtime(&["delete", "life"]).status.success());
+    let gone = b.runtime(&["state", "life"]);
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("does not exist"));
+    b.assert_clean();
+}
+
+/// Spoils a bundle in one way.
+type Breaker = Box<dyn Fn(&Bundle)>;
+
+#[test]
+fn bad_input_is_refused_naming_the_problem_and_leaves_nothing() {
+    let cases: Vec<(&str, Breaker)> = vec![
+        (
+            "config.json",
+            Box::new(|b: &Bundle| {
+                std::fs::write(b.path().join("config.json"), "{ not json").unwrap();
+            }),
+        ),
+        (
+            "root.path",
+            Box::new(|b: &Bundle| b.edit(|c| c["root"]["path"] = json!("nope"))),
+        ),
+        (
+            "unknown variant `bogus`",
+            Box::new(|b: &Bundle| {
+                b.edit(|c| {
+                    c["linux"]["namespaces"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({"type": "bogus"}))
+                })
+            }),
+        ),
+        (
+            "/tmp",
+            Box::new(|b: &Bundle| {
+                b.edit(|c| c["mounts"].as_array_mut().unwrap().push(
+                json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["size=lots"]})))
+            }),
+        ),
+        (
+            "process.args",
+            Box::new(|b: &Bundle| b.edit(|c| c["process"]["args"] = json!([]))),
+        ),
+        (
+            "not found",
+            Box::new(|b: &Bundle| b.edit(|c| c["process"]["args"] = json!(["no-such-program"]))),
+        ),
+    ];
+    for (want, break_it) in cases {
+        let b = Bundle::new(&["true"]);
+        break_it(&b);
+        let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "bad"]);
+        if want == "not found" {
+            // Found only when the process execs: create succeeds; the container stops
+            // with the reason on its stderr.
+            assert!(ok, "{err}");
+            assert!(b.runtime(&["start", "bad"]).status.success());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while b.state("bad")["status"] != "stopped" {
+                assert!(std::time::Instant::now() < deadline);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert!(b.runtime(&["delete", "bad"]).status.success());
+            let (_, stderr) = b.runtime_detached(&["run", "--bundle", ".", "bad2"]);
+            assert!(stderr.contains("no-such-program: not found"), "{stderr}");
+            b.assert_clean();
+            continue;
+        }
+        assert!(!ok, "{want}: accepted");
+        assert!(err.contains(want), "{want}: {err}");
+        b.assert_clean();
+    }
+    let b = Bundle::new(&["true"]);
+    let bad_id = b.runtime(&["create", "--bundle", ".", "../x"]);
+    assert!(String::from_utf8_lossy(&bad_id.stderr).contains("not a container ID"));
+}
+
+#[test]
+fn resources_need_cgroup_v2() {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        return; // a v2 host: the QEMU tests cover limits
+    }
+    let b = Bundle::new(&["true"]);
+    b.edit(|c| c["linux"]["resources"] = json!({"memory": {"limit": 67108864}}));
+    let out = b.runtime(&["create", "--bundle", ".", "mem"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cgroup v2"));
+    b.assert_clean();
+}
+
+#[test]
+fn features_and_version() {
+    let b = Bundle::new(&["true"]);
+    let out = b.runtime(&["features"]);
+    let f: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("pid")));
+    let v = b.runtime(&["--version"]);
+    assert!(String::from_utf8_lossy(&v.stdout).contains("berth-runtime"));
+}
