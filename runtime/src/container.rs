@@ -78,16 +78,6 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
             _ => {}
         }
     }
-    if spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().as_ref())
-        .is_some()
-    {
-        return Err(Error::Unsupported(
-            "linux.seccomp: seccomp filters are not supported yet".into(),
-        ));
-    }
     if spec.hooks().is_some() {
         return Err(Error::Unsupported("hooks are not supported yet".into()));
     }
@@ -183,6 +173,11 @@ fn create_in(
         let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
         cgroup::create(cg, resources)?;
     }
+    // Compiled here, so a bad profile fails `create` before anything runs.
+    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => crate::seccomp::compile(profile)?,
+        None => Vec::new(),
+    };
     let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     // A new pid namespace applies to the children of whoever unshares it.
@@ -204,6 +199,7 @@ fn create_in(
                 &fifo,
                 go_r,
                 &report_w,
+                &seccomp,
                 cgroup_dir.is_some() || cgroup::v2_available(),
             )
             .err()
@@ -287,6 +283,7 @@ fn child(
     fifo: &Path,
     go: OwnedFd,
     report: &OwnedFd,
+    seccomp: &[seccompiler::BpfProgram],
     cgroup_v2: bool,
 ) -> Result<std::convert::Infallible> {
     // Wait until the parent has put us in our cgroup.
@@ -370,7 +367,16 @@ fn child(
     drop(fifo_w);
     drop(fifo_fd);
     process::no_new_privileges(process)?;
-    process::capabilities(caps)?;
+    // With no_new_privs the filter goes in last, so the runtime's own calls are not
+    // filtered; without it the kernel wants CAP_SYS_ADMIN, so it goes in before the
+    // capabilities are dropped.
+    if process.no_new_privileges() == Some(true) {
+        process::capabilities(caps)?;
+        crate::seccomp::install(seccomp)?;
+    } else {
+        crate::seccomp::install(seccomp)?;
+        process::capabilities(caps)?;
+    }
     process::exec(process)
 }
 

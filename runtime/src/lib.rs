@@ -7,7 +7,9 @@ pub mod container;
 pub mod error;
 pub mod mounts;
 pub mod process;
+pub mod seccomp;
 pub mod state;
 mod sys;
+mod syscalls;
 
 pub use error::{Error, Result};

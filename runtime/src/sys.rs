@@ -17,3 +17,25 @@ pub fn default_sigpipe() -> Result<(), Errno> {
     // SAFETY: SIG_DFL installs no handler code.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(|_| ())
 }
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, 0, prog): our own call rather than seccompiler's
+/// apply_filter, which would also force no_new_privs (crates.md) where the config may
+/// not ask for it.
+pub fn seccomp_set_filter(program: &[seccompiler::sock_filter]) -> Result<(), Errno> {
+    let len = u16::try_from(program.len()).map_err(|_| Errno::E2BIG)?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast_mut().cast::<libc::sock_filter>(),
+    };
+    // SAFETY: `prog` points at `program`, a valid BPF program that outlives the call;
+    // seccompiler's sock_filter has libc's layout (u16 code, u8 jt, u8 jf, u32 k).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            std::ptr::from_ref(&prog),
+        )
+    };
+    Errno::result(rc).map(|_| ())
+}

@@ -375,3 +375,30 @@ fn features_and_version() {
     let v = b.runtime(&["--version"]);
     assert!(String::from_utf8_lossy(&v.stdout).contains("berth-runtime"));
 }
+
+#[test]
+fn seccomp_denies_with_the_configured_errno() {
+    let b = sh("mkdir /tmp/a && echo made; echo still-running");
+    b.edit(|c| {
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 95}]
+        })
+    });
+    let (code, out, err) = b.run("sec");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("made"), "{out}");
+    assert!(out.contains("still-running"), "{out}");
+    assert!(err.contains("not supported"), "EOPNOTSUPP expected: {err}");
+    // Without the filter the same script makes the directory.
+    b.edit(|c| {
+        c["linux"]
+            .as_object_mut()
+            .unwrap()
+            .remove("seccomp")
+            .map(|_| ())
+            .unwrap()
+    });
+    let (_, out, _) = b.run("nosec");
+    assert!(out.contains("made"), "{out}");
+}
