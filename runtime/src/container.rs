@@ -78,9 +78,6 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
             _ => {}
         }
     }
-    if spec.hooks().is_some() {
-        return Err(Error::Unsupported("hooks are not supported yet".into()));
-    }
     Ok(spec)
 }
 
@@ -180,7 +177,15 @@ fn create_in(
     };
     let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    // A new pid namespace applies to the children of whoever unshares it.
+    // A new pid namespace applies to the children of whoever unshares it; the runtime
+    // returns to its own right after the fork, so the hooks it runs later (and its own
+    // children) are not born into the container's.
+    let own_pid_ns = nix::fcntl::open(
+        "/proc/self/ns/pid",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("opening /proc/self/ns/pid"))?;
     let nss = namespaces(spec);
     if let Some(pid_ns) = nss.iter().find(|n| n.typ() == LinuxNamespaceType::Pid) {
         if pid_ns.path().is_some() {
@@ -215,6 +220,8 @@ fn create_in(
         ForkResult::Parent { child } => {
             drop(report_w);
             drop(go_r);
+            nix::sched::setns(&own_pid_ns, CloneFlags::CLONE_NEWPID)
+                .map_err(sys("returning to the runtime's pid namespace"))?;
             let pid = child.as_raw();
             let placed = cgroup_dir.map_or(Ok(()), |cg| cgroup::add(cg, pid));
             let mut go = std::fs::File::from(go_w);
@@ -224,20 +231,39 @@ fn create_in(
                 return Err(e);
             }
             let _ = go.write_all(b"1");
+            let mut report = std::fs::File::from(report_r);
+            // "ns" once its namespaces exist: the runtime's hooks run now, in the
+            // runtime's namespaces, with the container's state on stdin.
+            let mut answer = read_report(&mut report);
+            if answer == "ns" {
+                let hooks_state = hook_state(opts.id, pid, bundle, spec, Status::Created);
+                std::fs::write(dir.join(HOOK_STATE), &hooks_state)
+                    .map_err(io(dir.join(HOOK_STATE)))?;
+                let ran = spec.hooks().as_ref().map_or(Ok(()), |h| {
+                    crate::hooks::run(
+                        "prestart",
+                        h.prestart().as_deref().unwrap_or_default(),
+                        &hooks_state,
+                    )
+                    .and_then(|()| {
+                        crate::hooks::run(
+                            "createRuntime",
+                            h.create_runtime().as_deref().unwrap_or_default(),
+                            &hooks_state,
+                        )
+                    })
+                });
+                if let Err(e) = ran {
+                    let _ = kill(child, Signal::SIGKILL);
+                    let _ = waitpid(child, None);
+                    return Err(e);
+                }
+                let _ = go.write_all(b"2");
+                answer = read_report(&mut report);
+            }
             drop(go);
             // "ok" while the child waits for `start` (the pipe stays open until its exec),
             // or an error message and end of file when it failed.
-            let mut report = std::fs::File::from(report_r);
-            let mut head = [0u8; 2];
-            let answer = match report.read_exact(&mut head) {
-                Ok(()) if &head == b"ok" => "ok".to_string(),
-                Ok(()) => {
-                    let mut rest = String::new();
-                    let _ = report.read_to_string(&mut rest);
-                    format!("{}{rest}", String::from_utf8_lossy(&head))
-                }
-                Err(_) => String::new(),
-            };
             if answer != "ok" {
                 let _ = kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);
@@ -275,6 +301,42 @@ fn create_in(
     }
 }
 
+/// Where the parent leaves the state JSON the container's own hooks get on stdin.
+const HOOK_STATE: &str = "hook-state.json";
+
+/// The OCI state document for hooks.
+fn hook_state(id: &str, pid: i32, bundle: &Path, spec: &Spec, status: Status) -> String {
+    let annotations: BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .map(|a| a.into_iter().collect())
+        .unwrap_or_default();
+    serde_json::json!({
+        "ociVersion": oci_spec::runtime::VERSION,
+        "id": id,
+        "status": status.as_str(),
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": annotations,
+    })
+    .to_string()
+}
+
+/// One message from the container's init: "ns", "ok", or "error: ..." up to end of
+/// file; empty when it died without a word.
+fn read_report(report: &mut std::fs::File) -> String {
+    let mut head = [0u8; 2];
+    match report.read_exact(&mut head) {
+        Ok(()) if &head == b"ok" || &head == b"ns" => String::from_utf8_lossy(&head).into_owned(),
+        Ok(()) => {
+            let mut rest = String::new();
+            let _ = report.read_to_string(&mut rest);
+            format!("{}{rest}", String::from_utf8_lossy(&head))
+        }
+        Err(_) => String::new(),
+    }
+}
+
 /// The container's init, between fork and exec. Reports "ok" on `report` (kept open
 /// until exec closes it) once it waits for `start`.
 fn child(
@@ -287,8 +349,9 @@ fn child(
     cgroup_v2: bool,
 ) -> Result<std::convert::Infallible> {
     // Wait until the parent has put us in our cgroup.
+    let mut go = std::fs::File::from(go);
     let mut byte = [0u8; 1];
-    let _ = std::fs::File::from(go).read(&mut byte);
+    let _ = go.read(&mut byte);
     nix::unistd::setsid().map_err(sys("setsid"))?;
     let nss = namespaces(spec);
     let mut unshare = CloneFlags::empty();
@@ -300,6 +363,22 @@ fn child(
         }
     }
     nix::sched::unshare(unshare).map_err(sys(format!("unshare({unshare:?})")))?;
+    // The runtime's hooks (prestart, createRuntime) run now, in the parent.
+    nix::unistd::write(report, b"ns").map_err(sys("reporting to the parent"))?;
+    if go.read(&mut byte).map_err(io("the parent's pipe"))? == 0 {
+        return Err(Error::Setup("the runtime went away".into()));
+    }
+    let state_dir = fifo.parent().unwrap_or(Path::new("/"));
+    let hooks_state = std::fs::read_to_string(state_dir.join(HOOK_STATE)).unwrap_or_default();
+    let hooks = spec.hooks().as_ref();
+    if let Some(h) = hooks {
+        // In the container's namespaces, before pivot_root (paths resolve in the runtime's).
+        crate::hooks::run(
+            "createContainer",
+            h.create_container().as_deref().unwrap_or_default(),
+            &hooks_state,
+        )?;
+    }
     // The FIFO is reachable by path only from the host's root: hold it before pivoting.
     let fifo_fd = nix::fcntl::open(fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(sys(format!("opening {}", fifo.display())))?;
@@ -366,6 +445,14 @@ fn child(
     let _ = fifo_w.write_all(b"0");
     drop(fifo_w);
     drop(fifo_fd);
+    if let Some(h) = hooks {
+        // After start, in the container (paths resolve in it), before the program.
+        crate::hooks::run(
+            "startContainer",
+            h.start_container().as_deref().unwrap_or_default(),
+            &hooks_state,
+        )?;
+    }
     process::no_new_privileges(process)?;
     // With no_new_privs the filter goes in last, so the runtime's own calls are not
     // filtered; without it the kernel wants CAP_SYS_ADMIN, so it goes in before the
@@ -413,6 +500,16 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         return Err(Error::Setup(
             "the container's init exited before it could start".into(),
         ));
+    }
+    // poststart: failures are warnings; the container runs on (runtime-spec).
+    if let Ok(spec) = load_spec(&saved.bundle) {
+        if let Some(h) = spec.hooks() {
+            let st = hook_state(id, saved.pid, &saved.bundle, &spec, Status::Running);
+            let hooks = h.poststart().as_deref().unwrap_or_default();
+            if let Err(e) = crate::hooks::run("poststart", hooks, &st) {
+                eprintln!("berth-runtime: warning: {e}");
+            }
+        }
     }
     Ok(())
 }
@@ -490,7 +587,19 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         cgroup::remove(cg);
     }
     let dir = state::dir(root, id);
-    std::fs::remove_dir_all(&dir).map_err(io(&dir))
+    std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    // poststop: after the container is gone; failures are warnings (runtime-spec).
+    if let Ok(spec) = load_spec(&saved.bundle) {
+        if let Some(h) = spec.hooks() {
+            let st = hook_state(id, 0, &saved.bundle, &spec, Status::Stopped);
+            if let Err(e) =
+                crate::hooks::run("poststop", h.poststop().as_deref().unwrap_or_default(), &st)
+            {
+                eprintln!("berth-runtime: warning: {e}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `run`: create, start, and wait; the container's exit code (128+signal if killed).

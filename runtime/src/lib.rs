@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod error;
+pub mod hooks;
 pub mod mounts;
 pub mod process;
 pub mod seccomp;

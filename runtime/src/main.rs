@@ -207,7 +207,7 @@ fn features() -> String {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": oci_spec_version(),
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
             "sync", "async", "dirsync", "remount", "mand", "nomand", "atime", "noatime",
             "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",

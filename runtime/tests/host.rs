@@ -402,3 +402,70 @@ fn seccomp_denies_with_the_configured_errno() {
     let (_, out, _) = b.run("nosec");
     assert!(out.contains("made"), "{out}");
 }
+
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() {
+    let b = sh("echo process >> /hooklog/order");
+    let log = b.path().join("hooklog");
+    std::fs::create_dir(&log).unwrap();
+    let host_hook = |name: &str| {
+        // Each hook checks its stdin is the container's state, then notes its turn.
+        json!({"path": BUSYBOX, "args": ["sh", "-c",
+            format!("grep -q '\"id\":\"hk\"' && echo {name} >> {}/order", log.display())]})
+    };
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/hooklog", "type": "bind", "source": log, "options": ["rbind", "rw"]}));
+        c["hooks"] = json!({
+            "prestart": [host_hook("prestart")],
+            "createRuntime": [host_hook("createRuntime")],
+            "createContainer": [host_hook("createContainer")],
+            // Resolved in the container: its own busybox, and the bind mount.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+                "grep -q '\"id\":\"hk\"' && echo startContainer >> /hooklog/order"]}],
+            "poststart": [host_hook("poststart")],
+            "poststop": [host_hook("poststop")]
+        });
+    });
+    let (code, out, err) = b.run("hk");
+    assert_eq!(code, 0, "{out}{err}");
+    let order = std::fs::read_to_string(log.join("order")).unwrap();
+    let order: Vec<&str> = order.lines().collect();
+    // poststart runs once the program started: it may note its turn before or after it.
+    assert_eq!(
+        order
+            .iter()
+            .filter(|l| **l != "poststart")
+            .copied()
+            .collect::<Vec<_>>(),
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "process",
+            "poststop"
+        ],
+        "{order:?} {err}"
+    );
+    assert!(order.contains(&"poststart"), "{order:?}");
+    assert_eq!(order.last(), Some(&"poststop"));
+
+    // A failing createRuntime hook stops the create and leaves nothing.
+    b.edit(|c| c["hooks"] = json!({"createRuntime": [{"path": BUSYBOX, "args": ["sh", "-c", "echo nope >&2; exit 3"]}]}));
+    let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "hk2"]);
+    assert!(!ok);
+    assert!(
+        err.contains("createRuntime hook") && err.contains("nope"),
+        "{err}"
+    );
+    b.assert_clean();
+    // A hook past its timeout is killed and fails.
+    b.edit(|c| {
+        c["hooks"] = json!({"prestart": [{"path": BUSYBOX, "args": ["sleep", "30"], "timeout": 1}]})
+    });
+    let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "hk3"]);
+    assert!(!ok);
+    assert!(err.contains("timed out after 1 s"), "{err}");
+    b.assert_clean();
+}
