@@ -121,7 +121,9 @@ fn add_test_tools(a: &mut Archive, inputs: &Inputs, binaries: &mut Vec<PathBuf>)
             a.add_symlink(&path, "busybox")?;
         }
     }
-    for bin in ["berth-testd", "berth-testsvc"] {
+    // The runtime rides in the test image for its cgroup-v2 tests; the production image
+    // gets it with the daemon (issue 7), on the root only rather than the initramfs.
+    for bin in ["berth-testd", "berth-testsvc", "berth-runtime"] {
         let host = inputs.bin_dir.join(bin);
         a.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
         binaries.push(host);
@@ -367,7 +369,9 @@ mod tests {
     #[test]
     fn the_test_services_pass_the_check() {
         let mut a = Archive::default();
-        for bin in ["berth-testd", "berth-testsvc"] {
+        // The runtime rides in the test image for its cgroup-v2 tests; the production image
+        // gets it with the daemon (issue 7), on the root only rather than the initramfs.
+        for bin in ["berth-testd", "berth-testsvc", "berth-runtime"] {
             a.add_file(&format!("usr/bin/{bin}"), 0o755, vec![])
                 .unwrap();
         }

@@ -603,6 +603,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
 }
 
 /// `run`: create, start, and wait; the container's exit code (128+signal if killed).
+/// An OOM kill is said on stderr (the cgroup's memory.events counts it).
 pub fn run(opts: &CreateOptions<'_>) -> Result<i32> {
     let pid = Pid::from_raw(create(opts)?);
     let started = start(opts.root, opts.id);
@@ -611,6 +612,19 @@ pub fn run(opts: &CreateOptions<'_>) -> Result<i32> {
         Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
         _ => 255,
     };
+    if let Ok(saved) = Saved::load(opts.root, opts.id) {
+        if let Some(n) = saved
+            .cgroup
+            .as_deref()
+            .and_then(cgroup::oom_kills)
+            .filter(|n| *n > 0)
+        {
+            eprintln!(
+                "berth-runtime: container {} hit its memory limit: {n} process(es) OOM-killed",
+                opts.id
+            );
+        }
+    }
     let _ = delete(opts.root, opts.id, true);
     started.map(|()| code)
 }

@@ -409,9 +409,16 @@ fn dev_symlinks(rootfs: &Path) {
 
 /// Makes `rootfs` the root: pivot_root(".", ".") stacks the old root on the new one,
 /// which is then detached (the approach of pivot_root(2)'s NOTES).
+/// pivot_root(2) cannot leave the initial ramfs/tmpfs root (an initramfs-only system,
+/// as the test image booted without a disk is): there, as with runc's --no-pivot, the
+/// rootfs is moved over / and chrooted into instead.
 pub fn pivot(rootfs: &Path) -> Result<()> {
     nix::unistd::chdir(rootfs).map_err(sys(format!("chdir {}", rootfs.display())))?;
-    nix::unistd::pivot_root(".", ".").map_err(sys("pivot_root"))?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EINVAL) if root_is_initramfs() => return move_root(),
+        Err(e) => return Err(sys("pivot_root")(e)),
+    }
     // The old root must not propagate its unmount back to the host.
     mnt(
         None,
@@ -421,6 +428,26 @@ pub fn pivot(rootfs: &Path) -> Result<()> {
         None,
     )?;
     umount2(".", MntFlags::MNT_DETACH).map_err(sys("detaching the old root"))?;
+    nix::unistd::chdir("/").map_err(sys("chdir /"))
+}
+
+fn root_is_initramfs() -> bool {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    // RAMFS_MAGIC from linux/magic.h (nix does not name it).
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    statfs("/")
+        .is_ok_and(|s| s.filesystem_type() == RAMFS_MAGIC || s.filesystem_type() == TMPFS_MAGIC)
+}
+
+fn move_root() -> Result<()> {
+    mnt(
+        Some(Path::new(".")),
+        Path::new("/"),
+        None,
+        MsFlags::MS_MOVE,
+        None,
+    )?;
+    nix::unistd::chroot(".").map_err(sys("chroot"))?;
     nix::unistd::chdir("/").map_err(sys("chdir /"))
 }
 
