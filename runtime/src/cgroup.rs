@@ -61,10 +61,20 @@ fn has_resources(r: &LinuxResources) -> bool {
 
 /// The container's cgroup directory, or None when the spec asks for none and this host
 /// has no cgroup v2.
-pub fn plan(spec: &Spec, id: &str, systemd: bool) -> Result<Option<PathBuf>> {
+pub fn plan(spec: &Spec, id: &str, systemd: bool, disabled: bool) -> Result<Option<PathBuf>> {
     let linux = spec.linux().as_ref();
     let wanted = linux.and_then(|l| l.cgroups_path().clone());
     let resources = linux.and_then(|l| l.resources().as_ref());
+    if disabled {
+        // The caller chose no cgroup (podman --cgroups=disabled, whose configs still
+        // carry its default limits): said, not applied.
+        if resources.is_some_and(has_resources) {
+            eprintln!(
+                "berth-runtime: warning: --cgroup-manager=disabled: linux.resources not applied"
+            );
+        }
+        return Ok(None);
+    }
     if !v2_available() {
         if resources.is_some_and(has_resources) {
             return Err(Error::Unsupported(format!(

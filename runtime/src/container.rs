@@ -29,6 +29,10 @@ pub struct CreateOptions<'a> {
     pub bundle: &'a Path,
     pub pid_file: Option<&'a Path>,
     pub systemd_cgroup: bool,
+    /// No cgroup at all (podman --cgroups=disabled); resources are then refused.
+    pub no_cgroup: bool,
+    /// Where to send the terminal's master side when process.terminal is set.
+    pub console_socket: Option<&'a Path>,
 }
 
 /// The bundle's config.json, checked for what this runtime cannot do.
@@ -46,11 +50,6 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
         .ok_or_else(|| config("process", "missing"))?;
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(config("process.args", "missing or empty"));
-    }
-    if process.terminal() == Some(true) {
-        return Err(Error::Unsupported(
-            "process.terminal: a console (--console-socket) is not supported yet".into(),
-        ));
     }
     let root = spec
         .root()
@@ -131,7 +130,7 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<i32> {
             .unwrap_or_default(),
     );
     let rootfs = std::fs::canonicalize(&rootfs).map_err(io(&rootfs))?;
-    let cgroup_dir = cgroup::plan(&spec, opts.id, opts.systemd_cgroup)?;
+    let cgroup_dir = cgroup::plan(&spec, opts.id, opts.systemd_cgroup, opts.no_cgroup)?;
     std::fs::create_dir_all(opts.root).map_err(io(opts.root))?;
     let dir = state::dir(opts.root, opts.id);
     match std::fs::create_dir(&dir) {
@@ -205,7 +204,7 @@ fn create_in(
                 go_r,
                 &report_w,
                 &seccomp,
-                cgroup_dir.is_some() || cgroup::v2_available(),
+                opts.console_socket,
             )
             .err()
             .map_or_else(|| "exec returned".to_string(), |e| e.to_string());
@@ -346,7 +345,7 @@ fn child(
     go: OwnedFd,
     report: &OwnedFd,
     seccomp: &[seccompiler::BpfProgram],
-    cgroup_v2: bool,
+    console_socket: Option<&Path>,
 ) -> Result<std::convert::Infallible> {
     // Wait until the parent has put us in our cgroup.
     let mut go = std::fs::File::from(go);
@@ -380,12 +379,23 @@ fn child(
         )?;
     }
     // The FIFO is reachable by path only from the host's root: hold it before pivoting.
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| config("process", "missing"))?;
+    let console = match (process.terminal() == Some(true), console_socket) {
+        (true, Some(path)) => Some(crate::console::connect(path)?),
+        (true, None) => return Err(config("process.terminal", "needs --console-socket")),
+        (false, _) => None,
+    };
     let fifo_fd = nix::fcntl::open(fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(sys(format!("opening {}", fifo.display())))?;
     let has = |t| nss.iter().any(|n: &LinuxNamespace| n.typ() == t);
     if has(LinuxNamespaceType::Mount) {
-        mounts::prepare_rootfs(spec, rootfs, cgroup_v2)?;
+        mounts::prepare_rootfs(spec, rootfs)?;
         mounts::pivot(rootfs)?;
+        // Before /proc/sys turns read-only below.
+        sysctls(spec)?;
         let linux = spec.linux().as_ref();
         mounts::mask(
             linux
@@ -403,6 +413,7 @@ fn child(
     } else {
         nix::unistd::chroot(rootfs).map_err(sys("chroot"))?;
         nix::unistd::chdir("/").map_err(sys("chdir /"))?;
+        sysctls(spec)?;
     }
     if let Some(name) = spec.hostname() {
         if !has(LinuxNamespaceType::Uts) {
@@ -412,15 +423,6 @@ fn child(
     }
     if let Some(name) = spec.domainname() {
         set_domainname(name)?;
-    }
-    for (key, value) in spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.sysctl().clone())
-        .unwrap_or_default()
-    {
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).map_err(io(&path))?;
     }
     let process = spec
         .process()
@@ -435,6 +437,15 @@ fn child(
     nix::unistd::chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
     // Set up: tell the parent, then wait for `start` (opening the FIFO for writing
     // blocks until a reader comes).
+    if let Some(socket) = console {
+        let size = process.console_size().as_ref().map(|b| {
+            (
+                u16::try_from(b.height()).unwrap_or(u16::MAX),
+                u16::try_from(b.width()).unwrap_or(u16::MAX),
+            )
+        });
+        crate::console::setup(socket, size)?;
+    }
     nix::unistd::write(report, b"ok").map_err(sys("reporting to the parent"))?;
     WAITING.store(true, std::sync::atomic::Ordering::SeqCst);
     let reopen = format!("/proc/self/fd/{}", fifo_fd.as_raw_fd());
@@ -465,6 +476,19 @@ fn child(
         process::capabilities(caps)?;
     }
     process::exec(process)
+}
+
+fn sysctls(spec: &Spec) -> Result<()> {
+    for (key, value) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().clone())
+        .unwrap_or_default()
+    {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(io(&path))?;
+    }
+    Ok(())
 }
 
 /// Set in the container's init once the parent has its "ok": later errors go to stderr.

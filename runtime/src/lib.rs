@@ -3,8 +3,10 @@
 //! the daemon (issue 7) will call.
 
 pub mod cgroup;
+pub mod console;
 pub mod container;
 pub mod error;
+pub mod exec;
 pub mod hooks;
 pub mod mounts;
 pub mod process;

@@ -31,6 +31,10 @@ struct Cli {
     /// cgroupsPath is systemd's slice:prefix:name (mapped to a cgroupfs path).
     #[arg(long, global = true)]
     systemd_cgroup: bool,
+    /// crun's form, which podman passes: cgroupfs, systemd (as --systemd-cgroup), or
+    /// disabled (no cgroup, as podman's --cgroups=disabled means).
+    #[arg(long, global = true, value_parser = ["cgroupfs", "systemd", "disabled"])]
+    cgroup_manager: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -61,6 +65,8 @@ enum Cmd {
     },
     /// Create, start and wait; exits with the container's status.
     Run(CreateArgs),
+    /// Run another process in a running container.
+    Exec(ExecArgs),
     /// List containers.
     List {
         #[arg(long, short = 'f', default_value = "table")]
@@ -70,6 +76,33 @@ enum Cmd {
     },
     /// What this runtime supports (runtime-spec features.json).
     Features,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    id: String,
+    /// The command (when there is no --process).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+    /// An OCI process document (JSON) describing what to run.
+    #[arg(long, short = 'p')]
+    process: Option<PathBuf>,
+    #[arg(long, short = 't')]
+    tty: bool,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Return once the process runs, without waiting.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    #[arg(long, short = 'e')]
+    env: Vec<String>,
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Accepted for runc compatibility.
+    #[arg(long)]
+    no_new_privs: bool,
 }
 
 #[derive(clap::Args)]
@@ -132,6 +165,21 @@ fn run(cli: &Cli) -> berth_runtime::Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
         }
         Cmd::Start { id } => container::start(root, id)?,
+        Cmd::Exec(a) => {
+            let code = berth_runtime::exec::exec(&berth_runtime::exec::ExecOptions {
+                root,
+                id: &a.id,
+                process_file: a.process.as_deref(),
+                args: &a.command,
+                env: &a.env,
+                cwd: a.cwd.as_deref(),
+                tty: a.tty,
+                console_socket: a.console_socket.as_deref(),
+                detach: a.detach,
+                pid_file: a.pid_file.as_deref(),
+            })?;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
+        }
         Cmd::State { id } => {
             let saved = Saved::load(root, id)?;
             let status = saved.status(root);
@@ -165,7 +213,9 @@ fn options<'a>(cli: &'a Cli, a: &'a CreateArgs) -> CreateOptions<'a> {
         id: &a.id,
         bundle: &a.bundle,
         pid_file: a.pid_file.as_deref(),
-        systemd_cgroup: cli.systemd_cgroup,
+        systemd_cgroup: cli.systemd_cgroup || cli.cgroup_manager.as_deref() == Some("systemd"),
+        no_cgroup: cli.cgroup_manager.as_deref() == Some("disabled"),
+        console_socket: a.console_socket.as_deref(),
     }
 }
 

@@ -169,7 +169,7 @@ fn mnt(
 }
 
 /// Prepares the rootfs and everything mounted in it, ready for pivot_root.
-pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, cgroup_v2: bool) -> Result<()> {
+pub fn prepare_rootfs(spec: &Spec, rootfs: &Path) -> Result<()> {
     mnt(None, Path::new("/"), None, root_propagation(spec)?, None)?;
     mnt(
         Some(rootfs),
@@ -179,14 +179,14 @@ pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, cgroup_v2: bool) -> Result<()>
         None,
     )?;
     for m in spec.mounts().as_deref().unwrap_or_default() {
-        mount_one(m, rootfs, cgroup_v2)?;
+        mount_one(m, rootfs)?;
     }
     create_devices(spec, rootfs)?;
     dev_symlinks(rootfs);
     Ok(())
 }
 
-fn mount_one(m: &Mount, rootfs: &Path, cgroup_v2: bool) -> Result<()> {
+fn mount_one(m: &Mount, rootfs: &Path) -> Result<()> {
     let dest = m.destination();
     if !dest.is_absolute() {
         return Err(config(
@@ -229,7 +229,9 @@ fn mount_one(m: &Mount, rootfs: &Path, cgroup_v2: bool) -> Result<()> {
             )?;
         }
     } else {
-        if fstype == "cgroup" && cgroup_v2 {
+        // Berth is cgroup-v2 only: a "cgroup" mount is the unified hierarchy, which
+        // hybrid hosts offer too (v1 hierarchies cannot be mounted a second time).
+        if fstype == "cgroup" {
             fstype = "cgroup2".into();
         }
         make_mount_point(&target, true)?;

@@ -39,3 +39,36 @@ pub fn seccomp_set_filter(program: &[seccompiler::sock_filter]) -> Result<(), Er
     };
     Errno::result(rc).map(|_| ())
 }
+
+/// Makes `fd` (a terminal) the calling session leader's controlling terminal.
+pub fn set_controlling_tty(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); `fd` is open.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    Errno::result(rc).map(|_| ())
+}
+
+/// Sets a terminal's size (TIOCSWINSZ).
+pub fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize`, which lives across the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, std::ptr::from_ref(&ws)) };
+    Errno::result(rc).map(|_| ())
+}
+
+/// `fd` as stdin, stdout and stderr.
+pub fn onto_stdio(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns; `fd` is open.
+        let rc = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+        Errno::result(rc)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! `exec`: another process in a running container (what `podman exec` and conmon call):
+//! it joins the container init's namespaces and cgroup, takes the process settings
+//! (from `--process FILE`, an OCI process document, or the command line), and execs.
+//!
+//! Joining a pid namespace only applies to children, so the runtime forks twice: the
+//! middle process joins the namespaces and forks the one that execs, reports its pid
+//! and exits. The runtime is a child subreaper, so it can wait for the process when
+//! not detached. Errors before exec come back over a close-on-exec pipe.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use oci_spec::runtime::Process;
+
+use crate::error::{config, io, sys, Error, Result};
+use crate::state::{Saved, Status};
+use crate::{cgroup, process};
+
+pub struct ExecOptions<'a> {
+    pub root: &'a Path,
+    pub id: &'a str,
+    pub process_file: Option<&'a Path>,
+    /// The command when there is no process file.
+    pub args: &'a [String],
+    pub env: &'a [String],
+    pub cwd: Option<&'a Path>,
+    pub tty: bool,
+    pub console_socket: Option<&'a Path>,
+    pub detach: bool,
+    pub pid_file: Option<&'a Path>,
+}
+
+/// The namespaces a process joins, in a workable order: mount last, so the others'
+/// /proc paths still resolve on the host.
+const NAMESPACES: [(&str, CloneFlags); 6] = [
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+fn load_process(opts: &ExecOptions<'_>, saved: &Saved) -> Result<Process> {
+    if let Some(path) = opts.process_file {
+        let text = std::fs::read(path).map_err(io(path))?;
+        return serde_json::from_slice(&text).map_err(|e| Error::Json {
+            path: path.to_path_buf(),
+            source: e,
+        });
+    }
+    if opts.args.is_empty() {
+        return Err(config("exec", "no command and no --process"));
+    }
+    // The container's own process settings, with this command.
+    let spec = crate::container::load_spec(&saved.bundle)?;
+    let mut p = spec
+        .process()
+        .clone()
+        .ok_or_else(|| config("process", "missing"))?;
+    p.set_args(Some(opts.args.to_vec()));
+    p.set_terminal(Some(opts.tty));
+    let mut env = p.env().clone().unwrap_or_default();
+    env.extend(opts.env.iter().cloned());
+    p.set_env(Some(env));
+    if let Some(cwd) = opts.cwd {
+        p.set_cwd(cwd.to_path_buf());
+    }
+    Ok(p)
+}
+
+/// Returns the exit code to leave with (0 when detached).
+pub fn exec(opts: &ExecOptions<'_>) -> Result<i32> {
+    let saved = Saved::load(opts.root, opts.id)?;
+    let status = saved.status(opts.root);
+    if status != Status::Running {
+        return Err(Error::WrongState {
+            id: opts.id.into(),
+            status: status.as_str(),
+            action: "exec",
+            needed: "running",
+        });
+    }
+    let process = load_process(opts, &saved)?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(config("process.args", "missing or empty"));
+    }
+    let spec = crate::container::load_spec(&saved.bundle)?;
+    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => crate::seccomp::compile(profile)?,
+        None => Vec::new(),
+    };
+    // Open the namespaces now: once the middle process has joined the mount namespace,
+    // the host's /proc/PID paths are gone.
+    let mut nss: Vec<(OwnedFd, CloneFlags)> = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let ours = std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+        let path = PathBuf::from(format!("/proc/{}/ns/{name}", saved.pid));
+        let theirs = std::fs::read_link(&path).map_err(io(&path))?;
+        if ours.as_ref() == Some(&theirs) {
+            continue; // shared with the host: nothing to join
+        }
+        let fd = nix::fcntl::open(&path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(sys(format!("opening {}", path.display())))?;
+        nss.push((fd, flag));
+    }
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys("prctl(PR_SET_CHILD_SUBREAPER)"))?;
+    let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    match crate::sys::fork().map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(report_r);
+            let err = middle(opts, &saved, &process, &nss, &seccomp, &report_w).unwrap_err();
+            let mut w = std::fs::File::from(report_w);
+            let _ = w.write_all(format!("error: {err}").as_bytes());
+            std::process::exit(1);
+        }
+        ForkResult::Parent { child } => {
+            drop(report_w);
+            let mut text = String::new();
+            let _ = std::fs::File::from(report_r).read_to_string(&mut text);
+            let _ = waitpid(child, None);
+            let pid = text
+                .lines()
+                .find_map(|l| l.strip_prefix("pid:"))
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(e) = text.find("error: ").map(|i| &text[i + 7..]) {
+                if let Some(p) = pid {
+                    let _ = waitpid(Pid::from_raw(p), None);
+                }
+                return Err(Error::Setup(e.trim().to_string()));
+            }
+            let pid =
+                pid.ok_or_else(|| Error::Setup("the exec'd process was not started".into()))?;
+            if let Some(pf) = opts.pid_file {
+                std::fs::write(pf, pid.to_string()).map_err(io(pf))?;
+            }
+            if opts.detach {
+                return Ok(0);
+            }
+            Ok(match waitpid(Pid::from_raw(pid), None) {
+                Ok(WaitStatus::Exited(_, c)) => c,
+                Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+                _ => 255,
+            })
+        }
+    }
+}
+
+/// The middle process: joins, forks the process, reports its pid, exits.
+fn middle(
+    opts: &ExecOptions<'_>,
+    saved: &Saved,
+    process: &Process,
+    nss: &[(OwnedFd, CloneFlags)],
+    seccomp: &[seccompiler::BpfProgram],
+    report: &OwnedFd,
+) -> Result<std::convert::Infallible> {
+    if let Some(cg) = &saved.cgroup {
+        cgroup::add(cg, i32::try_from(std::process::id()).unwrap_or(0))?;
+    }
+    let console = match (process.terminal() == Some(true), opts.console_socket) {
+        (true, Some(path)) => Some(crate::console::connect(path)?),
+        (true, None) => return Err(config("process.terminal", "needs --console-socket")),
+        (false, _) => None,
+    };
+    for (fd, flag) in nss {
+        nix::sched::setns(fd, *flag).map_err(sys(format!("setns({flag:?})")))?;
+    }
+    match crate::sys::fork().map_err(sys("fork"))? {
+        ForkResult::Parent { child } => {
+            nix::unistd::write(report, format!("pid:{}\n", child.as_raw()).as_bytes())
+                .map_err(sys("reporting the pid"))?;
+            std::process::exit(0);
+        }
+        ForkResult::Child => {
+            let err = run_process(process, console, seccomp).unwrap_err();
+            Err(err)
+        }
+    }
+}
+
+fn run_process(
+    process: &Process,
+    console: Option<std::os::unix::net::UnixStream>,
+    seccomp: &[seccompiler::BpfProgram],
+) -> Result<std::convert::Infallible> {
+    nix::unistd::setsid().map_err(sys("setsid"))?;
+    process::rlimits(process)?;
+    process::oom_score_adj(process)?;
+    let caps = process.capabilities().as_ref();
+    process::bounding(caps)?;
+    process::user(process)?;
+    if let Some(socket) = console {
+        let size = process.console_size().as_ref().map(|b| {
+            (
+                u16::try_from(b.height()).unwrap_or(u16::MAX),
+                u16::try_from(b.width()).unwrap_or(u16::MAX),
+            )
+        });
+        crate::console::setup(socket, size)?;
+    }
+    let cwd = process.cwd();
+    nix::unistd::chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
+    process::no_new_privileges(process)?;
+    if process.no_new_privileges() == Some(true) {
+        process::capabilities(caps)?;
+        crate::seccomp::install(seccomp)?;
+    } else {
+        crate::seccomp::install(seccomp)?;
+        process::capabilities(caps)?;
+    }
+    process::exec(process)
+}
