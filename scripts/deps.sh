@@ -14,9 +14,10 @@ set -euo pipefail
 #   kmod                              depmod indexes the unpacked kernel's modules
 #   cryptsetup-bin                    veritysetup builds the root's dm-verity hash tree
 #   socat                             metadata-server forwarding in guest tests
+#   podman bsdutils                   a real client driving berth-runtime (script(1) for -it)
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
           syslinux syslinux-common systemd-boot-efi cpio zstd busybox-static kmod socat
-          cryptsetup-bin)
+          cryptsetup-bin podman bsdutils)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
