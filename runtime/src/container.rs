@@ -652,3 +652,28 @@ pub fn run(opts: &CreateOptions<'_>) -> Result<i32> {
     let _ = delete(opts.root, opts.id, true);
     started.map(|()| code)
 }
+
+/// `ps`: the container's processes (its cgroup's, or without one every process in its
+/// pid namespace), host pids, sorted.
+pub fn processes(root: &Path, id: &str) -> Result<Vec<i32>> {
+    let saved = Saved::load(root, id)?;
+    if saved.status(root) == Status::Stopped {
+        return Ok(Vec::new());
+    }
+    let mut pids = match &saved.cgroup {
+        Some(cg) => cgroup::pids(cg),
+        None => {
+            let ns = std::fs::read_link(format!("/proc/{}/ns/pid", saved.pid)).ok();
+            std::fs::read_dir("/proc")
+                .map_err(io("/proc"))?
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|p| {
+                    ns.is_some() && std::fs::read_link(format!("/proc/{p}/ns/pid")).ok() == ns
+                })
+                .collect()
+        }
+    };
+    pids.sort_unstable();
+    Ok(pids)
+}

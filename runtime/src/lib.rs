@@ -12,7 +12,7 @@ pub mod mounts;
 pub mod process;
 pub mod seccomp;
 pub mod state;
-mod sys;
+pub mod sys;
 mod syscalls;
 
 pub use error::{Error, Result};

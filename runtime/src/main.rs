@@ -67,6 +67,16 @@ enum Cmd {
     Run(CreateArgs),
     /// Run another process in a running container.
     Exec(ExecArgs),
+    /// The container's processes.
+    Ps {
+        id: String,
+        /// table or json (a list of pids, as runc prints).
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        /// Accepted for runc compatibility (ps(1) options are not used).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
     /// List containers.
     List {
         #[arg(long, short = 'f', default_value = "table")]
@@ -125,6 +135,17 @@ struct CreateArgs {
 }
 
 fn main() -> ExitCode {
+    // Commands that start processes in a container run from a sealed copy of this
+    // binary (see sys::reexec_sealed); state, kill, delete, list need not.
+    let spawns = std::env::args()
+        .skip(1)
+        .any(|a| matches!(a.as_str(), "create" | "run" | "exec"));
+    if spawns {
+        if let Err(e) = berth_runtime::sys::reexec_sealed() {
+            eprintln!("berth-runtime: re-executing from a sealed copy: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => code,
@@ -201,6 +222,23 @@ fn run(cli: &Cli) -> berth_runtime::Result<ExitCode> {
             container::kill_container(root, id, container::parse_signal(name)?, *all)?;
         }
         Cmd::Delete { id, force } => container::delete(root, id, *force)?,
+        Cmd::Ps { id, format, .. } => {
+            let pids = container::processes(root, id)?;
+            if format == "json" {
+                println!("{}", serde_json::to_string(&pids).unwrap_or_default());
+            } else {
+                println!("PID   CMD");
+                for p in pids {
+                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                    let cmd: Vec<String> = cmd
+                        .split(|b| *b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect();
+                    println!("{p:<5} {}", cmd.join(" "));
+                }
+            }
+        }
         Cmd::List { format, quiet } => list(root, format, *quiet),
         Cmd::Features => println!("{}", features()),
     }

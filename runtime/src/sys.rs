@@ -72,3 +72,54 @@ pub fn onto_stdio(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// Marks a process already running from its sealed copy.
+pub const SEALED_ENV: &str = "_BERTH_RUNTIME_SEALED";
+
+/// Re-executes the runtime from a sealed memfd copy of its binary (the CVE-2019-5736
+/// defence: a container process that reaches /proc/PID/exe of the runtime could
+/// otherwise overwrite the binary on the host). Skipped when the binary sits on a
+/// read-only mount (Berth's verified root), where the copy would cost time and buy
+/// nothing. Returns only when it did not re-execute (skipped, or already sealed).
+pub fn reexec_sealed() -> Result<(), Errno> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    if std::env::var_os(SEALED_ENV).is_some() {
+        return Ok(());
+    }
+    let exe = std::path::Path::new("/proc/self/exe");
+    let st = nix::sys::statvfs::statvfs(exe)?;
+    if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        return Ok(());
+    }
+    let fd = memfd_create(
+        c"berth-runtime",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut src =
+        std::fs::File::open(exe).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let mut dst = std::fs::File::from(fd);
+    std::io::copy(&mut src, &mut dst)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(&dst, FcntlArg::F_ADD_SEALS(seals))?;
+    let args: Vec<std::ffi::CString> = std::env::args_os()
+        .filter_map(|a| {
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).ok()
+        })
+        .collect();
+    let mut env: Vec<std::ffi::CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend(v.into_encoded_bytes());
+            std::ffi::CString::new(kv).ok()
+        })
+        .collect();
+    env.push(c"_BERTH_RUNTIME_SEALED=1".to_owned());
+    nix::unistd::fexecve(&dst, &args, &env)?;
+    Ok(())
+}

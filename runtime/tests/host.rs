@@ -260,6 +260,9 @@ fn lifecycle_created_running_stopped() {
 
     assert!(b.runtime(&["start", "life"]).status.success());
     assert_eq!(b.state("life")["status"], "running");
+    let ps = b.runtime(&["ps", "--format", "json", "life"]);
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(pids, [pid], "{}", String::from_utf8_lossy(&ps.stderr));
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(String::from_utf8_lossy(&cmdline).starts_with("sleep"));
     let refused = b.runtime(&["delete", "life"]);
@@ -468,4 +471,20 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
     assert!(!ok);
     assert!(err.contains("timed out after 1 s"), "{err}");
     b.assert_clean();
+}
+
+#[test]
+fn the_runtime_runs_from_a_sealed_copy_of_itself() {
+    // A hook's parent is the runtime: its /proc/PID/exe must be the sealed memfd, not
+    // the binary on disk (which a container could otherwise overwrite).
+    let b = Bundle::new(&["echo"]);
+    let note = b.path().join("exe");
+    b.edit(|c| {
+        c["hooks"] = json!({"createRuntime": [{"path": BUSYBOX, "args": ["sh", "-c",
+            format!("readlink /proc/$PPID/exe > {}", note.display())]}]})
+    });
+    let (code, out, err) = b.run("sealed");
+    assert_eq!(code, 0, "{out}{err}");
+    let exe = std::fs::read_to_string(&note).unwrap();
+    assert!(exe.starts_with("/memfd:berth-runtime"), "{exe}");
 }
