@@ -45,10 +45,12 @@ test: lint image-test floor
 	BERTH_TEST_IMAGE=$(CURDIR)/$(OUT)/test BERTH_KERNEL=$(CURDIR)/$(OUT)/test/vmlinuz \
 		$(CARGO) test --release --workspace
 
-bench: image floor
+bench: image image-test floor
 	$(BIN)/berth-vm bench --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img \
 		--floor-initrd $(OUT)/floor/initrd.img --disk $(OUT)/berth.raw \
 		--floor-disk $(OUT)/floor/floor.raw --firmware $(FIRMWARE) --runs 3 --json $(OUT)/bench.json
+	$(BIN)/berth-vm bench-runtimes --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
+		--runs 50 --json $(OUT)/bench-runtimes.json
 
 clean:
 	rm -rf $(OUT)

@@ -35,6 +35,8 @@ pub struct Inputs {
     pub busybox: Option<PathBuf>,
     /// mkfs.btrfs from Debian's btrfs-progs: first boot formats DATA with it.
     pub mkfs_btrfs: PathBuf,
+    /// (image path, host file): crun and runc for the test variant's benchmark.
+    pub other_runtimes: Vec<(String, PathBuf)>,
 }
 
 /// What went in, for the manifest.
@@ -123,10 +125,19 @@ fn add_test_tools(a: &mut Archive, inputs: &Inputs, binaries: &mut Vec<PathBuf>)
     }
     // The runtime rides in the test image for its cgroup-v2 tests; the production image
     // gets it with the daemon (issue 7), on the root only rather than the initramfs.
-    for bin in ["berth-testd", "berth-testsvc", "berth-runtime"] {
+    for bin in [
+        "berth-testd",
+        "berth-testsvc",
+        "berth-runtime",
+        "berth-runtime-bench",
+    ] {
         let host = inputs.bin_dir.join(bin);
         a.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
         binaries.push(host);
+    }
+    for (path, host) in &inputs.other_runtimes {
+        a.add_host_file(path, 0o755, host)?;
+        binaries.push(host.clone());
     }
     for (name, text) in TEST_SERVICES {
         a.add_file(
@@ -371,9 +382,18 @@ mod tests {
         let mut a = Archive::default();
         // The runtime rides in the test image for its cgroup-v2 tests; the production image
         // gets it with the daemon (issue 7), on the root only rather than the initramfs.
-        for bin in ["berth-testd", "berth-testsvc", "berth-runtime"] {
+        for bin in [
+            "berth-testd",
+            "berth-testsvc",
+            "berth-runtime",
+            "berth-runtime-bench",
+        ] {
             a.add_file(&format!("usr/bin/{bin}"), 0o755, vec![])
                 .unwrap();
+        }
+        for (path, host) in &inputs.other_runtimes {
+            a.add_host_file(path, 0o755, host)?;
+            binaries.push(host.clone());
         }
         for (name, text) in TEST_SERVICES {
             a.add_file(

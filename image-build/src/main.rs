@@ -86,12 +86,28 @@ fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> 
         Variant::Test => Some(busybox(cache)?),
         Variant::Prod => None,
     };
+    // The test image carries Debian's crun and runc, the runtimes berth-runtime is
+    // measured against (make bench) in a cgroup-v2 guest.
+    let other_runtimes = match variant {
+        Variant::Test => vec![
+            (
+                "usr/bin/crun".to_string(),
+                deb_file(cache, "crun", "usr/bin/crun")?,
+            ),
+            (
+                "usr/sbin/runc".to_string(),
+                deb_file(cache, "runc", "usr/sbin/runc")?,
+            ),
+        ],
+        Variant::Prod => Vec::new(),
+    };
     let mkfs_btrfs = deb_file(cache, "btrfs-progs", "sbin/mkfs.btrfs")?;
     let inputs = Inputs {
         variant,
         bin_dir,
         busybox,
         mkfs_btrfs,
+        other_runtimes,
     };
     let (archive, contents) = initramfs::build(&kernel, &inputs)?;
     let initrd = archive.to_zstd(ZSTD_LEVEL)?;

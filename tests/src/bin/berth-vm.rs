@@ -63,6 +63,19 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// create + start + wait + delete of /bin/true: berth-runtime against crun and runc,
+    /// in the test image (cgroup v2), interleaved.
+    BenchRuntimes {
+        /// The test image's kernel and initramfs (they carry crun, runc and the bench).
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initrd: PathBuf,
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -119,6 +132,12 @@ fn main() -> ExitCode {
             };
             bench(&setup, runs.max(1), json.as_deref())
         }
+        Cmd::BenchRuntimes {
+            kernel,
+            initrd,
+            runs,
+            json,
+        } => bench_runtimes(kernel, initrd, runs.max(1), json.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -313,6 +332,102 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn min(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+/// The bundle every runtime runs: busybox's `true` with `runc spec`'s usual isolation.
+const BENCH_CONFIG: &str = r#"{
+  "ociVersion": "1.0.2",
+  "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"],
+    "env": ["PATH=/bin"], "cwd": "/",
+    "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
+    "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}], "noNewPrivileges": true},
+  "root": {"path": "rootfs", "readonly": true},
+  "hostname": "bench",
+  "mounts": [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+  ],
+  "linux": {
+    "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+    "resources": {"pids": {"limit": 100}},
+    "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sysrq-trigger", "/sys/firmware"],
+    "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"]
+  }
+}"#;
+
+fn bench_runtimes(
+    kernel: PathBuf,
+    initrd: PathBuf,
+    runs: usize,
+    json: Option<&Path>,
+) -> Result<()> {
+    let mut cfg = VmConfig::new(kernel, initrd);
+    cfg.name = "bench-runtimes".into();
+    cfg.testd = true;
+    let vm = Vm::boot(cfg)?;
+    vm.wait_for_line("berth: ready", BOOT_TIMEOUT)?;
+    let mut testd = vm.testd()?;
+    let setup =
+        "set -e; d=/tmp/bench; mkdir -p $d/rootfs/bin $d/rootfs/proc $d/rootfs/dev $d/rootfs/sys; \
+        cp /usr/bin/busybox $d/rootfs/bin/; ln -sf busybox $d/rootfs/bin/true";
+    let out = testd.sh(setup)?;
+    anyhow::ensure!(out.exit_code == Some(0), "bundle setup: {}", out.stderr);
+    let out = testd.run_with(
+        &["sh", "-c", "cat > /tmp/bench/config.json"],
+        Some(BENCH_CONFIG),
+        Duration::from_secs(30),
+    )?;
+    anyhow::ensure!(out.exit_code == Some(0), "config: {}", out.stderr);
+    eprintln!(
+        "berth-vm: {runs} runs of each runtime, interleaved, in the guest ({})",
+        vm.accel.name()
+    );
+    let out = testd.run_with(
+        &["berth-runtime-bench", &runs.to_string(), "/tmp/bench"],
+        None,
+        Duration::from_secs(3600),
+    )?;
+    anyhow::ensure!(
+        out.exit_code == Some(0),
+        "berth-runtime-bench: {}",
+        out.stderr
+    );
+    let report: Vec<serde_json::Value> = serde_json::from_str(out.stdout.trim())?;
+    let median = |name: &str| {
+        report
+            .iter()
+            .find(|r| r["runtime"] == name)
+            .and_then(|r| r["median_ms"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    println!("create + start + wait + delete of /bin/true, {runs} runs each, interleaved, cgroup-v2 guest under {}", vm.accel.name());
+    println!(
+        "  {:<16} {:>10} {:>10} {:>14}",
+        "runtime", "median", "min", "peak RSS"
+    );
+    for r in &report {
+        println!(
+            "  {:<16} {:>8.2}ms {:>8.2}ms {:>11} KB",
+            r["runtime"].as_str().unwrap_or("?"),
+            r["median_ms"].as_f64().unwrap_or(f64::NAN),
+            r["min_ms"].as_f64().unwrap_or(f64::NAN),
+            r["peak_rss_kb"].as_i64().unwrap_or(0)
+        );
+    }
+    let ours = median("berth-runtime");
+    println!(
+        "  ratio berth-runtime/crun: {:.2}x, berth-runtime/runc: {:.2}x (below 1: faster)",
+        ours / median("crun"),
+        ours / median("runc")
+    );
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
