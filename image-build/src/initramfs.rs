@@ -391,10 +391,6 @@ mod tests {
             a.add_file(&format!("usr/bin/{bin}"), 0o755, vec![])
                 .unwrap();
         }
-        for (path, host) in &inputs.other_runtimes {
-            a.add_host_file(path, 0o755, host)?;
-            binaries.push(host.clone());
-        }
         for (name, text) in TEST_SERVICES {
             a.add_file(
                 &format!("{SERVICES_DIR}/{name}.toml"),
