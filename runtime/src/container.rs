@@ -395,16 +395,17 @@ fn child(
             &hooks_state,
         )?;
     }
-    // The FIFO is reachable by path only from the host's root: hold it before pivoting.
     let process = spec
         .process()
         .as_ref()
         .ok_or_else(|| config("process", "missing"))?;
+    // The console socket's path, too, resolves only before pivoting.
     let console = match (process.terminal() == Some(true), console_socket) {
         (true, Some(path)) => Some(crate::console::connect(path)?),
         (true, None) => return Err(config("process.terminal", "needs --console-socket")),
         (false, _) => None,
     };
+    // The FIFO is reachable by path only from the host's root: hold it before pivoting.
     let fifo_fd = nix::fcntl::open(fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(sys(format!("opening {}", fifo.display())))?;
     let has = |t| nss.iter().any(|n: &LinuxNamespace| n.typ() == t);
@@ -413,6 +414,7 @@ fn child(
         mounts::pivot(rootfs)?;
         // Before /proc/sys turns read-only below.
         sysctls(spec)?;
+        set_domainname(spec, has(LinuxNamespaceType::Uts))?;
         let linux = spec.linux().as_ref();
         mounts::mask(
             linux
@@ -431,6 +433,7 @@ fn child(
         nix::unistd::chroot(rootfs).map_err(sys("chroot"))?;
         nix::unistd::chdir("/").map_err(sys("chdir /"))?;
         sysctls(spec)?;
+        set_domainname(spec, has(LinuxNamespaceType::Uts))?;
     }
     if let Some(name) = spec.hostname() {
         if !has(LinuxNamespaceType::Uts) {
@@ -438,13 +441,6 @@ fn child(
         }
         nix::unistd::sethostname(name).map_err(sys(format!("sethostname {name}")))?;
     }
-    if let Some(name) = spec.domainname() {
-        set_domainname(name)?;
-    }
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| config("process", "missing"))?;
     process::rlimits(process)?;
     process::oom_score_adj(process)?;
     let caps = process.capabilities().as_ref();
@@ -515,7 +511,14 @@ fn started_waiting() -> bool {
     WAITING.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-fn set_domainname(name: &str) -> Result<()> {
+/// spec.domainname, through /proc/sys (written before /proc/sys may turn read-only).
+fn set_domainname(spec: &Spec, uts: bool) -> Result<()> {
+    let Some(name) = spec.domainname() else {
+        return Ok(());
+    };
+    if !uts {
+        return Err(config("domainname", "needs a uts namespace"));
+    }
     let path = Path::new("/proc/sys/kernel/domainname");
     std::fs::write(path, name).map_err(io(path))
 }

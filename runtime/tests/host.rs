@@ -159,7 +159,7 @@ fn sh(script: &str) -> Bundle {
 #[test]
 fn the_process_is_isolated_as_configured() {
     let b = sh(concat!(
-        "echo pid=$$; echo host=$(hostname); ",
+        "echo pid=$$; echo host=$(hostname); echo domain=$(cat /proc/sys/kernel/domainname); ",
         "grep -E '^Cap(Eff|Bnd)' /proc/self/status; ",
         "mount -t tmpfs none /mnt 2>/dev/null && echo mount=ok || echo mount=denied; ",
         "echo keys=$(cat /proc/keys | wc -c); echo acpi=$(ls /proc/acpi | wc -l); ",
@@ -170,11 +170,13 @@ fn the_process_is_isolated_as_configured() {
         "echo root: $(ls /); echo procs=$(ls /proc | grep -c '^[0-9]'); ",
         "grep -q NoNewPrivs:.*1 /proc/self/status && echo nnp=1"
     ));
+    b.edit(|c| c["domainname"] = json!("example.test"));
     let (code, out, err) = b.run("iso");
     assert_eq!(code, 0, "{out}{err}");
     let has = |s: &str| assert!(out.lines().any(|l| l == s), "{s:?} not in:\n{out}{err}");
     has("pid=1");
     has("host=berthbox");
+    has("domain=example.test");
     // CAP_AUDIT_WRITE (29), CAP_KILL (5), CAP_NET_BIND_SERVICE (10).
     has("CapEff:\t0000000020000420");
     has("CapBnd:\t0000000020000420");
