@@ -190,12 +190,19 @@ fn podman_runs_containers_with_berth_runtime() {
         p.run_args(&["--rm", "-it"], &["sh", "-c", "'tty; echo interactive'"])
             .join(" ")
     );
-    let out = Command::new("script")
+    // script's stdin stays open (and silent) until the end: at end of file it would
+    // hang up the terminal, racing the container's output.
+    let mut child = Command::new("script")
         .args(["-qec", &format!("podman {line}"), "/dev/null"])
         .env("CONTAINERS_CONF", p.dir.path().join("containers.conf"))
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let held_stdin = child.stdin.take();
+    let out = child.wait_with_output().unwrap();
+    drop(held_stdin);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("/dev/pts/"), "{stdout}");
