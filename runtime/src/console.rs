@@ -21,7 +21,7 @@ pub fn connect(socket: &Path) -> Result<UnixStream> {
 }
 
 /// Makes the pty, hands its master over `socket`, and puts the slave on 0, 1, 2.
-pub fn setup(socket: UnixStream, size: Option<(u16, u16)>) -> Result<()> {
+pub fn setup(socket: UnixStream, size: Option<&oci_spec::runtime::Box>) -> Result<()> {
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(sys("opening /dev/ptmx"))?;
     grantpt(&master).map_err(sys("grantpt"))?;
@@ -33,7 +33,9 @@ pub fn setup(socket: UnixStream, size: Option<(u16, u16)>) -> Result<()> {
         Mode::empty(),
     )
     .map_err(sys(format!("opening {name}")))?;
-    if let Some((rows, cols)) = size {
+    if let Some(b) = size {
+        let rows = u16::try_from(b.height()).unwrap_or(u16::MAX);
+        let cols = u16::try_from(b.width()).unwrap_or(u16::MAX);
         crate::sys::set_window_size(slave.as_fd(), rows, cols).map_err(sys("TIOCSWINSZ"))?;
     }
     let fds = [master.as_raw_fd()];

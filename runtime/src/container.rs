@@ -187,10 +187,7 @@ fn create_in(
         cgroup::create(cg, resources)?;
     }
     // Compiled here, so a bad profile fails `create` before anything runs.
-    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => crate::seccomp::compile(profile)?,
-        None => Vec::new(),
-    };
+    let seccomp = crate::seccomp::for_spec(spec)?;
     let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     // A new pid namespace applies to the children of whoever unshares it; the runtime
@@ -451,13 +448,7 @@ fn child(
     // Set up: tell the parent, then wait for `start` (opening the FIFO for writing
     // blocks until a reader comes).
     if let Some(socket) = console {
-        let size = process.console_size().as_ref().map(|b| {
-            (
-                u16::try_from(b.height()).unwrap_or(u16::MAX),
-                u16::try_from(b.width()).unwrap_or(u16::MAX),
-            )
-        });
-        crate::console::setup(socket, size)?;
+        crate::console::setup(socket, process.console_size().as_ref())?;
     }
     nix::unistd::write(report, b"ok").map_err(sys("reporting to the parent"))?;
     WAITING.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -477,18 +468,7 @@ fn child(
             &hooks_state,
         )?;
     }
-    process::no_new_privileges(process)?;
-    // With no_new_privs the filter goes in last, so the runtime's own calls are not
-    // filtered; without it the kernel wants CAP_SYS_ADMIN, so it goes in before the
-    // capabilities are dropped.
-    if process.no_new_privileges() == Some(true) {
-        process::capabilities(caps)?;
-        crate::seccomp::install(seccomp)?;
-    } else {
-        crate::seccomp::install(seccomp)?;
-        process::capabilities(caps)?;
-    }
-    process::exec(process)
+    process::finish_and_exec(process, seccomp)
 }
 
 fn sysctls(spec: &Spec) -> Result<()> {

@@ -92,10 +92,7 @@ pub fn exec(opts: &ExecOptions<'_>) -> Result<i32> {
         return Err(config("process.args", "missing or empty"));
     }
     let spec = crate::container::load_spec(&saved.bundle)?;
-    let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(profile) => crate::seccomp::compile(profile)?,
-        None => Vec::new(),
-    };
+    let seccomp = crate::seccomp::for_spec(&spec)?;
     // Open the namespaces now: once the middle process has joined the mount namespace,
     // the host's /proc/PID paths are gone.
     let mut nss: Vec<(OwnedFd, CloneFlags)> = Vec::new();
@@ -197,23 +194,9 @@ fn run_process(
     process::bounding(caps)?;
     process::user(process)?;
     if let Some(socket) = console {
-        let size = process.console_size().as_ref().map(|b| {
-            (
-                u16::try_from(b.height()).unwrap_or(u16::MAX),
-                u16::try_from(b.width()).unwrap_or(u16::MAX),
-            )
-        });
-        crate::console::setup(socket, size)?;
+        crate::console::setup(socket, process.console_size().as_ref())?;
     }
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
-    process::no_new_privileges(process)?;
-    if process.no_new_privileges() == Some(true) {
-        process::capabilities(caps)?;
-        crate::seccomp::install(seccomp)?;
-    } else {
-        crate::seccomp::install(seccomp)?;
-        process::capabilities(caps)?;
-    }
-    process::exec(process)
+    process::finish_and_exec(process, seccomp)
 }

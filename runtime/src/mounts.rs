@@ -243,27 +243,7 @@ fn mount_one(m: &Mount, rootfs: &Path) -> Result<()> {
             Err(Error::Sys {
                 errno: nix::errno::Errno::EPERM,
                 ..
-            }) if fstype == "sysfs" => {
-                mnt(
-                    Some(Path::new("/sys")),
-                    &target,
-                    None,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None,
-                )?;
-                mnt(
-                    None,
-                    &target,
-                    None,
-                    MsFlags::MS_BIND
-                        | MsFlags::MS_REMOUNT
-                        | MsFlags::MS_RDONLY
-                        | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NODEV
-                        | MsFlags::MS_NOEXEC,
-                    None,
-                )?;
-            }
+            }) if fstype == "sysfs" => bind_read_only(Path::new("/sys"), &target)?,
             other => other?,
         }
     }
@@ -483,30 +463,29 @@ pub fn mask(paths: &[String]) -> Result<()> {
 pub fn read_only(paths: &[String]) -> Result<()> {
     for p in paths {
         let path = Path::new(p);
-        if !path.exists() {
-            continue;
+        if path.exists() {
+            bind_read_only(path, path)?;
         }
-        mnt(
-            Some(path),
-            path,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
-        mnt(
-            None,
-            path,
-            None,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            None,
-        )?;
     }
     Ok(())
+}
+
+/// `src` bound (recursively) on `target`, then remounted read-only, nosuid, nodev, noexec.
+fn bind_read_only(src: &Path, target: &Path) -> Result<()> {
+    mnt(
+        Some(src),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    let ro = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mnt(None, target, None, ro, None)
 }
 
 /// root.readonly: the new / remounted read-only.

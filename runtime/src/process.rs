@@ -168,6 +168,26 @@ pub fn no_new_privileges(process: &Process) -> Result<()> {
     Ok(())
 }
 
+/// The last steps before the program, shared by a container's init and `exec`:
+/// no_new_privs, capabilities and the seccomp filter, then exec. With no_new_privs the
+/// filter goes in last, so the runtime's own calls are not filtered; without it the
+/// kernel wants CAP_SYS_ADMIN, so it goes in before the capabilities are dropped.
+pub fn finish_and_exec(
+    process: &Process,
+    seccomp: &[seccompiler::BpfProgram],
+) -> Result<std::convert::Infallible> {
+    let caps = process.capabilities().as_ref();
+    no_new_privileges(process)?;
+    if process.no_new_privileges() == Some(true) {
+        capabilities(caps)?;
+        crate::seccomp::install(seccomp)?;
+    } else {
+        crate::seccomp::install(seccomp)?;
+        capabilities(caps)?;
+    }
+    exec(process)
+}
+
 /// `args[0]` as execve needs it: a path, or looked up in the container's PATH.
 pub fn resolve(program: &str, env: &[String]) -> Result<PathBuf> {
     if program.contains('/') {

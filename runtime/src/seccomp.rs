@@ -154,6 +154,14 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
     Ok(programs)
 }
 
+/// The programs for a config's linux.seccomp (none when it has no profile).
+pub fn for_spec(spec: &oci_spec::runtime::Spec) -> Result<Vec<BpfProgram>> {
+    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => compile(profile),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Installs the programs in the calling thread (after no_new_privs, or with
 /// CAP_SYS_ADMIN still held when the config keeps privileges).
 pub fn install(programs: &[BpfProgram]) -> Result<()> {

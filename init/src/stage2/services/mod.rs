@@ -712,8 +712,7 @@ impl Manager {
             .any(|s| s.pid.is_some() && s.def.dependencies().any(|d| d == name))
     }
 
-    /// What is left in the services' cgroups once their main processes are gone (the
-    /// whole `berth` tree is killed, and waited for, by the caller).
+    /// `/sys/fs/cgroup/berth`, whose whole tree the final shutdown kills last.
     pub fn cgroup_root(&self) -> Option<&Path> {
         self.cgroot.as_deref()
     }
