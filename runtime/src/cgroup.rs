@@ -124,6 +124,8 @@ pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
     }
     let Some(r) = resources else { return Ok(()) };
     let mut writes: Vec<(&str, String)> = Vec::new();
+    let mut owned: Vec<(String, String)> = Vec::new();
+    let mut unified: Vec<(String, String)> = Vec::new();
     if let Some(m) = r.memory() {
         if let Some(limit) = m.limit() {
             writes.push((
@@ -167,6 +169,47 @@ pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
             ));
         }
     }
+    if let Some(m) = r.memory() {
+        if let Some(low) = m.reservation() {
+            writes.push((
+                "memory.low",
+                if low < 0 {
+                    "max".into()
+                } else {
+                    low.to_string()
+                },
+            ));
+        }
+    }
+    io_limits(r, dir, &mut writes);
+    for h in r.hugepage_limits().iter().flatten() {
+        // runtime-spec: pageSize in the kernel's own unit syntax ("2MB", "1GB").
+        let size = h.page_size();
+        if size.is_empty() || !size.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(crate::error::config(
+                "linux.resources.hugepageLimits.pageSize",
+                format!("{size:?} is not a page size"),
+            ));
+        }
+        let file = format!("hugetlb.{size}.max");
+        if !dir.join(&file).exists() {
+            return Err(crate::error::config(
+                "linux.resources.hugepageLimits.pageSize",
+                format!("this kernel has no {size} huge pages (no {file})"),
+            ));
+        }
+        owned.push((file, h.limit().max(0).to_string()));
+    }
+    // linux.resources.unified: cgroup v2 files by name, written last so they win.
+    for (file, value) in r.unified().iter().flatten() {
+        if file.contains('/') || file.starts_with('.') || file.starts_with("cgroup.") {
+            return Err(crate::error::config(
+                "linux.resources.unified",
+                format!("{file:?} is not a controller's file"),
+            ));
+        }
+        unified.push((file.clone(), value.clone()));
+    }
     if r.devices()
         .as_ref()
         .is_some_and(|d| d.iter().any(|d| !d.allow()))
@@ -176,11 +219,62 @@ pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
             "linux.resources.devices: device cgroup rules (an eBPF program on cgroup v2) are not supported yet".into(),
         ));
     }
-    for (file, value) in writes {
-        let path = dir.join(file);
-        std::fs::write(&path, &value).map_err(io(&path))?;
+    let writes = writes.into_iter().map(|(f, v)| (f.to_string(), v));
+    for (file, value) in writes.chain(owned).chain(unified) {
+        let path = dir.join(&file);
+        // io.max and io.weight take one device per write.
+        for line in value.lines() {
+            std::fs::write(&path, line).map_err(|e| {
+                crate::error::Error::Setup(format!(
+                    "cgroup: writing {line:?} to {}: {e}",
+                    path.display()
+                ))
+            })?;
+        }
     }
     Ok(())
+}
+
+/// linux.resources.blockIO on cgroup v2: weights to io.weight (blk-iocost) or, where
+/// only BFQ offers one, io.bfq.weight; throttles to io.max.
+fn io_limits(r: &LinuxResources, dir: &Path, writes: &mut Vec<(&str, String)>) {
+    let Some(b) = r.block_io() else { return };
+    let bfq = !dir.join("io.weight").exists() && dir.join("io.bfq.weight").exists();
+    // v1's 10..1000 onto v2's 1..10000, as runc and crun convert it; BFQ takes v1's.
+    let weight = |w: u16| {
+        if bfq {
+            w.to_string()
+        } else {
+            (1 + (u32::from(w.clamp(10, 1000)) - 10) * 9999 / 990).to_string()
+        }
+    };
+    let file = if bfq { "io.bfq.weight" } else { "io.weight" };
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(w) = b.weight() {
+        lines.push(format!("default {}", weight(w)));
+    }
+    for d in b.weight_device().iter().flatten() {
+        if let Some(w) = d.weight() {
+            lines.push(format!("{}:{} {}", d.major(), d.minor(), weight(w)));
+        }
+    }
+    if !lines.is_empty() {
+        writes.push((file, lines.join("\n")));
+    }
+    let mut max: Vec<String> = Vec::new();
+    for (key, devices) in [
+        ("rbps", b.throttle_read_bps_device()),
+        ("wbps", b.throttle_write_bps_device()),
+        ("riops", b.throttle_read_iops_device()),
+        ("wiops", b.throttle_write_iops_device()),
+    ] {
+        for d in devices.iter().flatten() {
+            max.push(format!("{}:{} {key}={}", d.major(), d.minor(), d.rate()));
+        }
+    }
+    if !max.is_empty() {
+        writes.push(("io.max", max.join("\n")));
+    }
 }
 
 pub fn add(dir: &Path, pid: i32) -> Result<()> {

@@ -62,22 +62,67 @@ pub fn load_spec(bundle: &Path) -> Result<Spec> {
             format!("{} is not a directory", rootfs.display()),
         ));
     }
-    for ns in namespaces(&spec) {
-        match ns.typ() {
-            LinuxNamespaceType::User => {
-                return Err(Error::Unsupported(
-                    "linux.namespaces: user namespaces are not supported yet".into(),
-                ))
-            }
-            LinuxNamespaceType::Time => {
-                return Err(Error::Unsupported(
-                    "linux.namespaces: time namespaces are not supported yet".into(),
-                ))
-            }
-            _ => {}
-        }
+    let nss = namespaces(&spec);
+    if nss.iter().any(|n| n.typ() == LinuxNamespaceType::Time) {
+        return Err(Error::Unsupported(
+            "linux.namespaces: time namespaces are not supported yet".into(),
+        ));
+    }
+    if nss
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
+    {
+        check_id_mappings(&spec)?;
     }
     Ok(spec)
+}
+
+/// A new user namespace needs uid and gid mappings that give it a root (the
+/// container's init becomes uid 0 in it to build its mounts).
+fn check_id_mappings(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    for (key, maps) in [
+        (
+            "linux.uidMappings",
+            linux.and_then(|l| l.uid_mappings().as_deref()),
+        ),
+        (
+            "linux.gidMappings",
+            linux.and_then(|l| l.gid_mappings().as_deref()),
+        ),
+    ] {
+        let maps = maps.unwrap_or_default();
+        if maps.is_empty() {
+            return Err(config(key, "a new user namespace needs mappings"));
+        }
+        if maps.iter().any(|m| m.size() == 0) {
+            return Err(config(key, "a mapping of size 0"));
+        }
+        if !maps.iter().any(|m| m.container_id() == 0) {
+            return Err(config(key, "container id 0 (root) is not mapped"));
+        }
+    }
+    Ok(())
+}
+
+/// Writes a new user namespace's maps (user_namespaces(7): one write per file, lines
+/// of "inside outside count"). The runtime, root in the parent namespace, may map any
+/// ids and keep setgroups allowed.
+fn write_id_mappings(pid: i32, spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    for (file, maps) in [
+        ("uid_map", linux.and_then(|l| l.uid_mappings().as_deref())),
+        ("gid_map", linux.and_then(|l| l.gid_mappings().as_deref())),
+    ] {
+        let text: String = maps
+            .unwrap_or_default()
+            .iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect();
+        let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+        std::fs::write(&path, text).map_err(io(&path))?;
+    }
+    Ok(())
 }
 
 fn namespaces(spec: &Spec) -> &[LinuxNamespace] {
@@ -97,6 +142,59 @@ fn clone_flag(t: LinuxNamespaceType) -> CloneFlags {
         LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
         LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
         LinuxNamespaceType::Time => CloneFlags::empty(),
+    }
+}
+
+/// The namespace's name under /proc/PID/ns.
+fn proc_name(t: LinuxNamespaceType) -> &'static str {
+    match t {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// Joins, in the runtime itself, the namespaces given by path that its child should be
+/// born in: pid (which applies only to children) and net, ipc, uts, cgroup (which a
+/// child in a new user namespace would no longer have the right to join). Returns the
+/// runtime's own, to go back to right after the fork.
+fn join_for_fork(nss: &[LinuxNamespace]) -> Result<Vec<(OwnedFd, CloneFlags)>> {
+    let mut own = Vec::new();
+    for ns in nss.iter().filter(|n| n.path().is_some()).filter(|n| {
+        !matches!(
+            n.typ(),
+            LinuxNamespaceType::Mount | LinuxNamespaceType::User
+        )
+    }) {
+        let path = format!("/proc/self/ns/{}", proc_name(ns.typ()));
+        let fd = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys(format!("opening {path}")));
+        let joined = fd.and_then(|fd| join(ns).map(|()| fd));
+        match joined {
+            Ok(fd) => own.push((fd, clone_flag(ns.typ()))),
+            Err(e) => {
+                return_to(&own);
+                return Err(e);
+            }
+        }
+    }
+    Ok(own)
+}
+
+fn return_to(own: &[(OwnedFd, CloneFlags)]) {
+    for (fd, flag) in own {
+        if let Err(e) = nix::sched::setns(fd, *flag) {
+            eprintln!("berth-runtime: warning: returning to the runtime's {flag:?}: {e}");
+        }
     }
 }
 
@@ -190,24 +288,26 @@ fn create_in(
     let seccomp = crate::seccomp::for_spec(spec)?;
     let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
     let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    // A new pid namespace applies to the children of whoever unshares it; the runtime
-    // returns to its own right after the fork, so the hooks it runs later (and its own
-    // children) are not born into the container's.
-    let own_pid_ns = nix::fcntl::open(
-        "/proc/self/ns/pid",
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(sys("opening /proc/self/ns/pid"))?;
+    // New pid and user namespaces come with the fork (the pid namespace then belongs to
+    // the user namespace); namespaces given by path are joined around it.
     let nss = namespaces(spec);
-    if let Some(pid_ns) = nss.iter().find(|n| n.typ() == LinuxNamespaceType::Pid) {
-        if pid_ns.path().is_some() {
-            join(pid_ns)?;
-        } else {
-            nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(sys("unshare(CLONE_NEWPID)"))?;
-        }
+    let new = |t| {
+        nss.iter()
+            .any(|n: &LinuxNamespace| n.typ() == t && n.path().is_none())
+    };
+    let mut fork_flags = CloneFlags::empty();
+    if new(LinuxNamespaceType::Pid) {
+        fork_flags |= CloneFlags::CLONE_NEWPID;
     }
-    match crate::sys::fork().map_err(sys("fork"))? {
+    if new(LinuxNamespaceType::User) {
+        fork_flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    let own_namespaces = join_for_fork(nss)?;
+    let forked = crate::sys::fork_into(fork_flags).map_err(sys(format!("clone({fork_flags:?})")));
+    if !matches!(forked, Ok(ForkResult::Child)) {
+        return_to(&own_namespaces);
+    }
+    match forked? {
         ForkResult::Child => {
             drop(report_r);
             drop(go_w);
@@ -233,10 +333,13 @@ fn create_in(
         ForkResult::Parent { child } => {
             drop(report_w);
             drop(go_r);
-            nix::sched::setns(&own_pid_ns, CloneFlags::CLONE_NEWPID)
-                .map_err(sys("returning to the runtime's pid namespace"))?;
             let pid = child.as_raw();
-            let placed = cgroup_dir.map_or(Ok(()), |cg| cgroup::add(cg, pid));
+            let placed = if fork_flags.contains(CloneFlags::CLONE_NEWUSER) {
+                write_id_mappings(pid, spec)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| cgroup_dir.map_or(Ok(()), |cg| cgroup::add(cg, pid)));
             let mut go = std::fs::File::from(go_w);
             if let Err(e) = placed {
                 let _ = kill(child, Signal::SIGKILL);
@@ -250,8 +353,6 @@ fn create_in(
             let mut answer = read_report(&mut report);
             if answer == "ns" {
                 let hooks_state = hook_state(opts.id, pid, bundle, spec, Status::Created);
-                std::fs::write(dir.join(HOOK_STATE), &hooks_state)
-                    .map_err(io(dir.join(HOOK_STATE)))?;
                 let ran = spec.hooks().as_ref().map_or(Ok(()), |h| {
                     crate::hooks::run(
                         "prestart",
@@ -271,10 +372,11 @@ fn create_in(
                     let _ = waitpid(child, None);
                     return Err(e);
                 }
-                let _ = go.write_all(b"2");
+                // The state for the container's own hooks, then end of file.
+                let _ = go.write_all(hooks_state.as_bytes());
+                drop(go);
                 answer = read_report(&mut report);
             }
-            drop(go);
             // "ok" while the child waits for `start` (the pipe stays open until its exec),
             // or an error message and end of file when it failed.
             if answer != "ok" {
@@ -313,9 +415,6 @@ fn create_in(
         }
     }
 }
-
-/// Where the parent leaves the state JSON the container's own hooks get on stdin.
-const HOOK_STATE: &str = "hook-state.json";
 
 /// The OCI state document for hooks.
 fn hook_state(id: &str, pid: i32, bundle: &Path, spec: &Spec, status: Status) -> String {
@@ -361,28 +460,55 @@ fn child(
     seccomp: &[seccompiler::BpfProgram],
     console_socket: Option<&Path>,
 ) -> Result<std::convert::Infallible> {
-    // Wait until the parent has put us in our cgroup.
+    // Paths outside the rootfs are opened first, while this process is still the
+    // host's root (in a new user namespace, its root is an unprivileged host user).
+    // The FIFO is reachable by path only from the host's root: hold it before pivoting.
+    let fifo_fd = nix::fcntl::open(fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys(format!("opening {}", fifo.display())))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| config("process", "missing"))?;
+    let console = match (process.terminal() == Some(true), console_socket) {
+        (true, Some(path)) => Some(crate::console::connect(path)?),
+        (true, None) => return Err(config("process.terminal", "needs --console-socket")),
+        (false, _) => None,
+    };
+    // Wait until the parent has written our id maps and put us in our cgroup.
     let mut go = std::fs::File::from(go);
     let mut byte = [0u8; 1];
-    let _ = go.read(&mut byte);
-    nix::unistd::setsid().map_err(sys("setsid"))?;
-    let nss = namespaces(spec);
-    let mut unshare = CloneFlags::empty();
-    for ns in nss.iter().filter(|n| n.typ() != LinuxNamespaceType::Pid) {
-        if ns.path().is_some() {
-            join(ns)?;
-        } else {
-            unshare |= clone_flag(ns.typ());
-        }
-    }
-    nix::sched::unshare(unshare).map_err(sys(format!("unshare({unshare:?})")))?;
-    // The runtime's hooks (prestart, createRuntime) run now, in the parent.
-    nix::unistd::write(report, b"ns").map_err(sys("reporting to the parent"))?;
     if go.read(&mut byte).map_err(io("the parent's pipe"))? == 0 {
         return Err(Error::Setup("the runtime went away".into()));
     }
-    let state_dir = fifo.parent().unwrap_or(Path::new("/"));
-    let hooks_state = std::fs::read_to_string(state_dir.join(HOOK_STATE)).unwrap_or_default();
+    nix::unistd::setsid().map_err(sys("setsid"))?;
+    let nss = namespaces(spec);
+    let has = |t| nss.iter().any(|n: &LinuxNamespace| n.typ() == t);
+    if let Some(user) = nss.iter().find(|n| n.typ() == LinuxNamespaceType::User) {
+        join(user)?;
+        become_namespace_root()?;
+        mounts::set_in_user_namespace();
+    }
+    let mut unshare = CloneFlags::empty();
+    for ns in nss
+        .iter()
+        .filter(|n| !matches!(n.typ(), LinuxNamespaceType::Pid | LinuxNamespaceType::User))
+    {
+        match ns.path() {
+            Some(_) if ns.typ() == LinuxNamespaceType::Mount => join(ns)?,
+            Some(_) => {} // joined by the parent before the fork
+            None => unshare |= clone_flag(ns.typ()),
+        }
+    }
+    nix::sched::unshare(unshare).map_err(sys(format!("unshare({unshare:?})")))?;
+    // The runtime's hooks (prestart, createRuntime) run now, in the parent; it then
+    // sends the state for ours and closes the pipe.
+    nix::unistd::write(report, b"ns").map_err(sys("reporting to the parent"))?;
+    let mut hooks_state = String::new();
+    go.read_to_string(&mut hooks_state)
+        .map_err(io("the parent's pipe"))?;
+    if hooks_state.is_empty() {
+        return Err(Error::Setup("the runtime went away".into()));
+    }
     let hooks = spec.hooks().as_ref();
     if let Some(h) = hooks {
         // In the container's namespaces, before pivot_root (paths resolve in the runtime's).
@@ -392,20 +518,6 @@ fn child(
             &hooks_state,
         )?;
     }
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| config("process", "missing"))?;
-    // The console socket's path, too, resolves only before pivoting.
-    let console = match (process.terminal() == Some(true), console_socket) {
-        (true, Some(path)) => Some(crate::console::connect(path)?),
-        (true, None) => return Err(config("process.terminal", "needs --console-socket")),
-        (false, _) => None,
-    };
-    // The FIFO is reachable by path only from the host's root: hold it before pivoting.
-    let fifo_fd = nix::fcntl::open(fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(sys(format!("opening {}", fifo.display())))?;
-    let has = |t| nss.iter().any(|n: &LinuxNamespace| n.typ() == t);
     if has(LinuxNamespaceType::Mount) {
         mounts::prepare_rootfs(spec, rootfs)?;
         mounts::pivot(rootfs)?;
@@ -469,6 +581,24 @@ fn child(
         )?;
     }
     process::finish_and_exec(process, seccomp)
+}
+
+/// In a user namespace, the container's init takes its root (uid and gid 0, no
+/// supplementary groups) before it builds mounts: what it creates there must belong
+/// to an id the namespace maps.
+fn become_namespace_root() -> Result<()> {
+    use nix::unistd::{Gid, Uid};
+    let root_gid = Gid::from_raw(0);
+    let root_uid = Uid::from_raw(0);
+    nix::unistd::setresgid(root_gid, root_gid, root_gid)
+        .map_err(sys("setresgid 0 in the user namespace (is gid 0 mapped?)"))?;
+    nix::unistd::setresuid(root_uid, root_uid, root_uid)
+        .map_err(sys("setresuid 0 in the user namespace (is uid 0 mapped?)"))?;
+    // A joined namespace may have setgroups denied; then there are none to drop.
+    match nix::unistd::setgroups(&[]) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => Ok(()),
+        Err(e) => Err(sys("setgroups in the user namespace")(e)),
+    }
 }
 
 fn sysctls(spec: &Spec) -> Result<()> {

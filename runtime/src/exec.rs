@@ -36,9 +36,10 @@ pub struct ExecOptions<'a> {
     pub pid_file: Option<&'a Path>,
 }
 
-/// The namespaces a process joins, in a workable order: mount last, so the others'
-/// /proc paths still resolve on the host.
-const NAMESPACES: [(&str, CloneFlags); 6] = [
+/// The namespaces a process joins, in a workable order: user first (the others belong
+/// to it), mount last, so the others' /proc paths still resolve on the host.
+const NAMESPACES: [(&str, CloneFlags); 7] = [
+    ("user", CloneFlags::CLONE_NEWUSER),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),

@@ -154,13 +154,50 @@ pub fn root_propagation(spec: &Spec) -> Result<MsFlags> {
     })
 }
 
+/// Set in a container's init that runs in its own user namespace: mounts there carry
+/// locked flags (nosuid, nodev, noexec, atime) that a remount must keep, and device
+/// nodes cannot be made (they are bound from the host instead, as runc does).
+static IN_USER_NAMESPACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_in_user_namespace() {
+    IN_USER_NAMESPACE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn in_user_namespace() -> bool {
+    IN_USER_NAMESPACE.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The flags a bind remount in a user namespace may not drop (mount_namespaces(7),
+/// "locked" mount flags), as they stand on `target` now.
+fn locked_flags(target: &Path) -> MsFlags {
+    use nix::sys::statvfs::FsFlags;
+    let Ok(st) = nix::sys::statvfs::statvfs(target) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st, _)| f.contains(*st))
+    .fold(MsFlags::empty(), |acc, (_, ms)| acc | ms)
+}
+
 fn mnt(
     src: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
-    flags: MsFlags,
+    mut flags: MsFlags,
     data: Option<&str>,
 ) -> Result<()> {
+    if in_user_namespace() && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_BIND) {
+        flags |= locked_flags(target);
+    }
     mount(src, target, fstype, flags, data).map_err(sys(format!(
         "mounting {} on {}",
         fstype.or(src.and_then(|s| s.to_str())).unwrap_or("?"),
@@ -244,6 +281,13 @@ fn mount_one(m: &Mount, rootfs: &Path) -> Result<()> {
                 errno: nix::errno::Errno::EPERM,
                 ..
             }) if fstype == "sysfs" => bind_read_only(Path::new("/sys"), &target)?,
+            // Likewise cgroup2 in a user namespace without its own cgroup namespace.
+            Err(Error::Sys {
+                errno: nix::errno::Errno::EPERM,
+                ..
+            }) if fstype == "cgroup2" && in_user_namespace() => {
+                bind_read_only(Path::new("/sys/fs/cgroup"), &target)?;
+            }
             other => other?,
         }
     }
@@ -345,6 +389,11 @@ fn create_devices(spec: &Spec, rootfs: &Path) -> Result<()> {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
         let _ = std::fs::remove_file(&target);
+        if in_user_namespace() {
+            // mknod is not allowed there: the host's node, bound onto an empty file.
+            bind_device(&path, &target)?;
+            continue;
+        }
         mknod(
             &target,
             kind,
@@ -370,6 +419,17 @@ fn create_devices(spec: &Spec, rootfs: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn bind_device(host: &Path, target: &Path) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(target)
+        .map_err(io(target))?;
+    mnt(Some(host), target, None, MsFlags::MS_BIND, None)
 }
 
 /// /dev/fd, stdin, stdout, stderr and ptmx, as every container expects them.

@@ -123,3 +123,33 @@ pub fn reexec_sealed() -> Result<(), Errno> {
     nix::unistd::fexecve(&dst, &args, &env)?;
     Ok(())
 }
+
+/// fork(2) that also creates the namespaces in `flags` (CLONE_NEWUSER, CLONE_NEWPID)
+/// for the child, so a new pid namespace is owned by a new user namespace created in
+/// the same call (the container's root may then mount its /proc). The runtime is
+/// single-threaded when it forks (see `fork`).
+pub fn fork_into(flags: nix::sched::CloneFlags) -> Result<ForkResult, Errno> {
+    if flags.is_empty() {
+        return fork();
+    }
+    // SAFETY: clone(2) with no stack, no tid pointers and SIGCHLD behaves as fork(2),
+    // plus the namespace flags. glibc's fork handlers do not run: no thread or atfork
+    // handler exists in this process, and glibc (>= 2.34) asks the kernel for the
+    // thread id where it needs it rather than trusting its cached copy.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_long::from(flags.bits()) | libc::c_long::from(libc::SIGCHLD),
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match Errno::result(rc)? {
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent {
+            child: nix::unistd::Pid::from_raw(i32::try_from(pid).map_err(|_| Errno::EOVERFLOW)?),
+        }),
+    }
+}

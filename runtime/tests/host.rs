@@ -223,6 +223,97 @@ fn user_groups_rlimits_env_and_cwd() {
 }
 
 #[test]
+fn user_namespace_maps_root_to_an_unprivileged_host_user() {
+    let b = sh(concat!(
+        "cat /proc/self/uid_map /proc/self/gid_map; id; echo pid=$$; ",
+        "touch /shared/made-by-root; ",
+        "cat /proc/1/status | grep -E '^CapEff'; ",
+        "echo x > /proc/sys/kernel/hostname 2>/dev/null && echo procsys=rw || echo procsys=ro"
+    ));
+    // The mapped root is an ordinary host user: it must be able to reach the bundle, and
+    // the rootfs is its own (as podman chowns an image for a user namespace).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(b.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "-h", "100000:200000"])
+        .arg(b.path().join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let shared = b.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        c["mounts"].as_array_mut().unwrap().push(json!(
+            {"destination": "/shared", "type": "bind", "source": shared, "options": ["rbind"]}
+        ));
+    });
+    let (code, out, err) = b.run("userns");
+    assert_eq!(code, 0, "{out}{err}");
+    let has = |s: &str| {
+        assert!(
+            out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == s.split_whitespace().collect::<Vec<_>>()),
+            "{s:?} not in:\n{out}{err}"
+        );
+    };
+    has("0 100000 65536");
+    has("0 200000 65536");
+    has("uid=0 gid=0");
+    has("pid=1");
+    has("procsys=ro");
+    // Capabilities as configured, but they count only inside the namespace: the file
+    // the container's root made belongs to the mapped host ids.
+    has("CapEff:\t0000000020000420");
+    let meta = std::fs::metadata(shared.join("made-by-root")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid()), (100000, 200000));
+    b.assert_clean();
+
+    // exec joins the user namespace first, then the ones it owns.
+    b.edit(|c| c["process"]["args"] = json!(["sleep", "30"]));
+    let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "userns-exec"]);
+    assert!(ok, "{err}");
+    assert!(b.runtime(&["start", "userns-exec"]).status.success());
+    let exec = b.runtime(&[
+        "exec",
+        "userns-exec",
+        "sh",
+        "-c",
+        "cat /proc/self/uid_map; echo $$",
+    ]);
+    let out = String::from_utf8_lossy(&exec.stdout);
+    assert!(
+        exec.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(&words[..3], ["0", "100000", "65536"], "{out}");
+    assert_ne!(words[3], "1", "{out}");
+    assert!(b
+        .runtime(&["delete", "--force", "userns-exec"])
+        .status
+        .success());
+    b.assert_clean();
+
+    // Without mappings a new user namespace is refused before anything runs.
+    b.edit(|c| {
+        c["linux"].as_object_mut().unwrap().remove("uidMappings");
+    });
+    let (code, _, err) = b.run("userns2");
+    assert_ne!(code, 0);
+    assert!(err.contains("linux.uidMappings"), "{err}");
+    b.assert_clean();
+}
+
+#[test]
 fn exit_codes_come_through() {
     let b = sh("exit 7");
     assert_eq!(b.run("code").0, 7);

@@ -80,7 +80,12 @@ fn run(testd: &mut TestdClient, name: &str) -> (i32, String, String) {
 
 #[test]
 fn resource_limits_are_enforced_in_a_cgroup_v2_guest() {
-    let vm = boot(config("runtime-limits"));
+    // A blank scratch disk, for io.max to name.
+    let scratch = tempfile::NamedTempFile::new().unwrap();
+    scratch.as_file().set_len(16 << 20).unwrap();
+    let mut cfg = config("runtime-limits");
+    cfg.disk = Some(scratch.path().to_path_buf());
+    let vm = boot(cfg);
     let mut testd = vm.testd().expect("testd");
 
     // Memory: 32 MiB, no swap; a shell holding ~64 MB is OOM-killed, and said so.
@@ -123,6 +128,37 @@ fn resource_limits_are_enforced_in_a_cgroup_v2_guest() {
         lines.last(),
         Some(&"0::/"),
         "the cgroup namespace hides the host path: {out}"
+    );
+
+    // io throttles, hugetlb, memory.low and a unified file, on the guest's disk.
+    let disk = testd.sh("cat /sys/block/vda/dev").unwrap().stdout;
+    let (major, minor) = disk.trim().split_once(':').expect("vda's major:minor");
+    let (major, minor): (i64, i64) = (major.parse().unwrap(), minor.parse().unwrap());
+    let io = config_for(
+        "cd /sys/fs/cgroup; cat io.max hugetlb.2MB.max memory.low memory.high",
+        json!({
+            "blockIO": {
+                "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}],
+                "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 2000}]
+            },
+            "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
+            "memory": {"reservation": 1048576},
+            "unified": {"memory.high": "67108864"}
+        }),
+    );
+    bundle(&mut testd, "io", &io);
+    let (code, out, err) = run(&mut testd, "io");
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{major}:{minor} rbps=1048576 wbps=max riops=max wiops=2000").as_str(),
+            "4194304",
+            "1048576",
+            "67108864"
+        ],
+        "{out}{err}"
     );
 
     // Masked paths that the build machine's kernel lacks: /proc/kcore, sysrq-trigger.
