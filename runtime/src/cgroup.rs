@@ -57,6 +57,7 @@ fn has_resources(r: &LinuxResources) -> bool {
         || r.block_io().is_some()
         || r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
         || r.devices().as_ref().is_some_and(|d| !d.is_empty())
+        || r.unified().as_ref().is_some_and(|u| !u.is_empty())
 }
 
 /// The container's cgroup directory, or None when the spec asks for none and this host
@@ -210,14 +211,9 @@ pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
         }
         unified.push((file.clone(), value.clone()));
     }
-    if r.devices()
-        .as_ref()
-        .is_some_and(|d| d.iter().any(|d| !d.allow()))
-    {
-        // Device rules on v2 need an eBPF program; not applying them would be silent.
-        return Err(Error::Unsupported(
-            "linux.resources.devices: device cgroup rules (an eBPF program on cgroup v2) are not supported yet".into(),
-        ));
+    let rules = r.devices().as_deref().unwrap_or_default();
+    if crate::devices::restricts(rules) {
+        attach_devices(dir, rules)?;
     }
     let writes = writes.into_iter().map(|(f, v)| (f.to_string(), v));
     for (file, value) in writes.chain(owned).chain(unified) {
@@ -233,6 +229,34 @@ pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The device rules as an eBPF program on the cgroup (see `devices`).
+fn attach_devices(dir: &Path, rules: &[oci_spec::runtime::LinuxDeviceCgroup]) -> Result<()> {
+    let prog = crate::devices::program(rules)
+        .map_err(|e| crate::error::config("linux.resources.devices", e))?;
+    let loaded = crate::sys::load_device_program(&prog).map_err(|(errno, log)| {
+        Error::Setup(format!(
+            "loading the device cgroup program ({} instructions): {errno}{}",
+            prog.len(),
+            if log.is_empty() {
+                String::new()
+            } else {
+                format!(": {log}")
+            }
+        ))
+    })?;
+    let cg = std::fs::File::open(dir).map_err(io(dir))?;
+    crate::sys::attach_device_program(
+        std::os::fd::AsFd::as_fd(&cg),
+        std::os::fd::AsFd::as_fd(&loaded),
+    )
+    .map_err(|e| {
+        Error::Setup(format!(
+            "attaching the device program to {}: {e}",
+            dir.display()
+        ))
+    })
 }
 
 /// linux.resources.blockIO on cgroup v2: weights to io.weight (blk-iocost) or, where

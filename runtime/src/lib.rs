@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod console;
 pub mod container;
+pub mod devices;
 pub mod error;
 pub mod exec;
 pub mod hooks;

@@ -302,7 +302,7 @@ fn features() -> String {
             "bind", "rbind", "private", "rprivate", "slave", "rslave", "shared", "rshared",
             "unbindable", "runbindable"],
         "linux": {
-            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "cgroup": {"v1": false, "v2": true, "systemd": false},
             "seccomp": {

@@ -153,3 +153,100 @@ pub fn fork_into(flags: nix::sched::CloneFlags) -> Result<ForkResult, Errno> {
         }),
     }
 }
+
+/// bpf(2) command numbers, program and attach types, flags (linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The head of `union bpf_attr` for BPF_PROG_LOAD (the kernel zero-fills the rest).
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+/// `union bpf_attr` for BPF_PROG_ATTACH.
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> Result<libc::c_long, Errno> {
+    // SAFETY: `attr` is a #[repr(C)] prefix of union bpf_attr for `cmd`, alive across
+    // the call; its size is passed, so the kernel reads no further.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_ref(attr),
+            std::mem::size_of::<T>(),
+        )
+    };
+    Errno::result(rc)
+}
+
+/// Loads a BPF_PROG_TYPE_CGROUP_DEVICE program. On failure, the verifier's log.
+pub fn load_device_program(
+    insns: &[crate::devices::Insn],
+) -> Result<std::os::fd::OwnedFd, (Errno, String)> {
+    use std::os::fd::FromRawFd;
+    let license = c"Apache-2.0";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: u32::try_from(insns.len()).map_err(|_| (Errno::E2BIG, String::new()))?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+    };
+    let fd = match bpf(BPF_PROG_LOAD, &attr) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Again with the verifier's log, to say why.
+            attr.log_level = 1;
+            attr.log_size = u32::try_from(log.len()).unwrap_or(0);
+            attr.log_buf = log.as_mut_ptr() as u64;
+            let _ = bpf(BPF_PROG_LOAD, &attr);
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            return Err((e, String::from_utf8_lossy(&log[..end]).trim().to_string()));
+        }
+    };
+    let fd = i32::try_from(fd).map_err(|_| (Errno::EBADF, String::new()))?;
+    // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches a device program to a cgroup directory (alongside any on its ancestors,
+/// which must all allow too). The cgroup keeps the program once the fds are closed.
+pub fn attach_device_program(
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    prog: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    let attr = ProgAttachAttr {
+        target_fd: u32::try_from(cgroup.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+        attach_bpf_fd: u32::try_from(prog.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        replace_bpf_fd: 0,
+    };
+    bpf(BPF_PROG_ATTACH, &attr).map(|_| ())
+}

@@ -161,6 +161,33 @@ fn resource_limits_are_enforced_in_a_cgroup_v2_guest() {
         "{out}{err}"
     );
 
+    // Device rules (an eBPF program on the cgroup), shaped as docker's: deny everything,
+    // allow mknod of any node (the runtime makes /dev's), /dev/null, and reading
+    // /dev/zero; /dev/full stays a node that cannot be opened.
+    let dev = config_for(
+        concat!(
+            "echo x > /dev/null && echo null=ok; head -c 3 /dev/zero | wc -c; ",
+            "echo x > /dev/zero 2>/dev/null || echo zero-write=denied; ",
+            "cat /dev/full 2>/dev/null || echo full=denied"
+        ),
+        json!({"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "access": "m"},
+            {"allow": true, "type": "b", "access": "m"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"},
+            {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "r"}
+        ]}),
+    );
+    bundle(&mut testd, "dev", &dev);
+    let (code, out, err) = run(&mut testd, "dev");
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["null=ok", "3", "zero-write=denied", "full=denied"],
+        "{out}{err}"
+    );
+
     // Masked paths that the build machine's kernel lacks: /proc/kcore, sysrq-trigger.
     let masked = config_for(
         "echo kcore=$(cat /proc/kcore | wc -c); echo sysrq=$(cat /proc/sysrq-trigger | wc -c)",
