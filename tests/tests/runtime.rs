@@ -8,7 +8,7 @@ use berth_tests::testd::TestdClient;
 use common::{boot, config};
 use serde_json::{json, Value};
 
-const APPLETS: &str = "sh cat echo head tr seq sleep wc grep";
+const APPLETS: &str = "sh cat echo head tr seq sleep wc grep insmod";
 
 /// A busybox bundle at /tmp/NAME in the guest, its config `cfg`.
 fn bundle(testd: &mut TestdClient, name: &str, cfg: &Value) {
@@ -188,17 +188,24 @@ fn resource_limits_are_enforced_in_a_cgroup_v2_guest() {
         "{out}{err}"
     );
 
-    // Masked paths that the build machine's kernel lacks: /proc/kcore, sysrq-trigger.
+    // What the build machine's kernel lacks: /proc/kcore and sysrq-trigger (masked),
+    // module loading (init_module(2) says EPERM without CAP_SYS_MODULE).
     let masked = config_for(
-        "echo kcore=$(cat /proc/kcore | wc -c); echo sysrq=$(cat /proc/sysrq-trigger | wc -c)",
+        concat!(
+            "echo kcore=$(cat /proc/kcore | wc -c); echo sysrq=$(cat /proc/sysrq-trigger | wc -c); ",
+            "head -c 64 /dev/zero > /tmp/x.ko; echo module=$(insmod /tmp/x.ko 2>&1)"
+        ),
         json!({}),
     );
     bundle(&mut testd, "masked", &masked);
     let (code, out, err) = run(&mut testd, "masked");
-    assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("kcore=0") && out.contains("sysrq=0"),
         "{out}{err}"
+    );
+    assert!(
+        out.contains("module=") && out.contains("not permitted"),
+        "{code} {out}{err}"
     );
 
     // Nothing left behind: no state, no cgroups.
