@@ -51,6 +51,8 @@ bench: image image-test floor
 		--floor-disk $(OUT)/floor/floor.raw --firmware $(FIRMWARE) --runs 3 --json $(OUT)/bench.json
 	$(BIN)/berth-vm bench-runtimes --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
 		--runs 50 --json $(OUT)/bench-runtimes.json
+	$(BIN)/berth-vm bench-runtimes --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
+		--runs 50 --writable --json $(OUT)/bench-runtimes-writable.json
 
 clean:
 	rm -rf $(OUT)

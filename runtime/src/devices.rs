@@ -192,7 +192,11 @@ mod tests {
     /// meaning can be checked without a kernel.
     fn run(prog: &[Insn], kind: i32, access: i32, major: u32, minor: u32) -> u64 {
         let mut r = [0u64; 11];
-        let ctx = [(access.cast_unsigned() << 16) | kind.cast_unsigned(), major, minor];
+        let ctx = [
+            (access.cast_unsigned() << 16) | kind.cast_unsigned(),
+            major,
+            minor,
+        ];
         let mut pc = 0usize;
         loop {
             let i = prog[pc];

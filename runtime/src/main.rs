@@ -135,14 +135,14 @@ struct CreateArgs {
 }
 
 fn main() -> ExitCode {
-    // Commands that start processes in a container run from a sealed copy of this
-    // binary (see sys::reexec_sealed); state, kill, delete, list need not.
+    // Commands that start processes in a container run from a read-only view of this
+    // binary (see sys::reexec_read_only); state, kill, delete, list need not.
     let spawns = std::env::args()
         .skip(1)
         .any(|a| matches!(a.as_str(), "create" | "run" | "exec"));
     if spawns {
-        if let Err(e) = berth_runtime::sys::reexec_sealed() {
-            eprintln!("berth-runtime: re-executing from a sealed copy: {e}");
+        if let Err(e) = berth_runtime::sys::reexec_read_only() {
+            eprintln!("berth-runtime: re-executing from a read-only view of itself: {e}");
             return ExitCode::FAILURE;
         }
     }

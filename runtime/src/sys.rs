@@ -76,14 +76,13 @@ pub fn onto_stdio(fd: std::os::fd::BorrowedFd<'_>) -> Result<(), Errno> {
 /// Marks a process already running from its sealed copy.
 pub const SEALED_ENV: &str = "_BERTH_RUNTIME_SEALED";
 
-/// Re-executes the runtime from a sealed memfd copy of its binary (the CVE-2019-5736
-/// defence: a container process that reaches /proc/PID/exe of the runtime could
-/// otherwise overwrite the binary on the host). Skipped when the binary sits on a
-/// read-only mount (Berth's verified root), where the copy would cost time and buy
-/// nothing. Returns only when it did not re-execute (skipped, or already sealed).
-pub fn reexec_sealed() -> Result<(), Errno> {
-    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
-    use nix::sys::memfd::{memfd_create, MFdFlags};
+/// Re-executes the runtime so that no process a container can see runs from a binary
+/// it could write through /proc/PID/exe (CVE-2019-5736). Skipped when the binary sits
+/// on a read-only mount (Berth's verified root). Otherwise, from a detached read-only
+/// clone of the binary's mount (open_tree + mount_setattr: no copy, the page cache is
+/// shared, and nothing appears in any mount table), or where that is refused, from a
+/// sealed memfd copy. Returns only when it did not re-execute.
+pub fn reexec_read_only() -> Result<(), Errno> {
     if std::env::var_os(SEALED_ENV).is_some() {
         return Ok(());
     }
@@ -92,20 +91,6 @@ pub fn reexec_sealed() -> Result<(), Errno> {
     if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
         return Ok(());
     }
-    let fd = memfd_create(
-        c"berth-runtime",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let mut src =
-        std::fs::File::open(exe).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
-    let mut dst = std::fs::File::from(fd);
-    std::io::copy(&mut src, &mut dst)
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
-    let seals = SealFlag::F_SEAL_SEAL
-        | SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_WRITE;
-    fcntl(&dst, FcntlArg::F_ADD_SEALS(seals))?;
     let args: Vec<std::ffi::CString> = std::env::args_os()
         .filter_map(|a| {
             std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(a.as_os_str())).ok()
@@ -120,8 +105,85 @@ pub fn reexec_sealed() -> Result<(), Errno> {
         })
         .collect();
     env.push(c"_BERTH_RUNTIME_SEALED=1".to_owned());
-    nix::unistd::fexecve(&dst, &args, &env)?;
+    if let Ok(fd) = read_only_clone(exe) {
+        // On success this does not return; on failure, the copy below.
+        let _ = nix::unistd::fexecve(&fd, &args, &env);
+    }
+    let fd = sealed_copy(exe)?;
+    nix::unistd::fexecve(&fd, &args, &env)?;
     Ok(())
+}
+
+/// struct mount_attr (linux/mount.h), for mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_ATTR_RDONLY: u64 = 1;
+
+/// An O_PATH descriptor of `file` on a detached, read-only clone of its mount.
+fn read_only_clone(file: &std::path::Path) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(file.as_os_str()))
+        .map_err(|_| Errno::EINVAL)?;
+    // SAFETY: open_tree(2) reads the NUL-terminated path, which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let fd = i32::try_from(Errno::result(rc)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr(2) reads one mount_attr, which lives across the call; the
+    // empty path with AT_EMPTY_PATH means the descriptor's own mount.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(rc)?;
+    Ok(fd)
+}
+
+/// A sealed memfd copy of `file`.
+fn sealed_copy(file: &std::path::Path) -> Result<std::os::fd::OwnedFd, Errno> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(
+        c"berth-runtime",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut src =
+        std::fs::File::open(file).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let mut dst = std::fs::File::from(fd);
+    std::io::copy(&mut src, &mut dst)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(&dst, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(dst.into())
 }
 
 /// fork(2) that also creates the namespaces in `flags` (CLONE_NEWUSER, CLONE_NEWPID)

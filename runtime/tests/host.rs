@@ -567,17 +567,26 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
 }
 
 #[test]
-fn the_runtime_runs_from_a_sealed_copy_of_itself() {
-    // A hook's parent is the runtime: its /proc/PID/exe must be the sealed memfd, not
-    // the binary on disk (which a container could otherwise overwrite).
+fn the_runtime_runs_from_a_read_only_view_of_itself() {
+    // A hook's parent is the runtime: its /proc/PID/exe must refuse writes (a container
+    // could otherwise overwrite the binary on disk through it). A truncating open fails
+    // on a read-only mount with EROFS (a writable one would say ETXTBSY while the binary
+    // runs, and accept the write once it has exited).
     let b = Bundle::new(&["echo"]);
     let note = b.path().join("exe");
     b.edit(|c| {
         c["hooks"] = json!({"createRuntime": [{"path": BUSYBOX, "args": ["sh", "-c",
-            format!("readlink /proc/$PPID/exe > {}", note.display())]}]})
+            format!("readlink /proc/$PPID/exe > {n}; (echo x > /proc/$PPID/exe) 2>> {n}; true", n = note.display())]}]})
     });
+    let before = std::fs::metadata(env!("CARGO_BIN_EXE_berth-runtime"))
+        .unwrap()
+        .len();
     let (code, out, err) = b.run("sealed");
     assert_eq!(code, 0, "{out}{err}");
     let exe = std::fs::read_to_string(&note).unwrap();
-    assert!(exe.starts_with("/memfd:berth-runtime"), "{exe}");
+    assert!(exe.contains("Read-only file system"), "{exe}");
+    let after = std::fs::metadata(env!("CARGO_BIN_EXE_berth-runtime"))
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
 }

@@ -73,6 +73,10 @@ enum Cmd {
         initrd: PathBuf,
         #[arg(long, default_value_t = 50)]
         runs: usize,
+        /// Leave the binaries on the guest's writable root: each runtime then takes its
+        /// CVE-2019-5736 defence (a read-only clone or a memfd copy) on every start.
+        #[arg(long)]
+        writable: bool,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -136,8 +140,9 @@ fn main() -> ExitCode {
             kernel,
             initrd,
             runs,
+            writable,
             json,
-        } => bench_runtimes(kernel, initrd, runs.max(1), json.as_deref()),
+        } => bench_runtimes(kernel, initrd, runs.max(1), writable, json.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -362,6 +367,7 @@ fn bench_runtimes(
     kernel: PathBuf,
     initrd: PathBuf,
     runs: usize,
+    writable: bool,
     json: Option<&Path>,
 ) -> Result<()> {
     let mut cfg = VmConfig::new(kernel, initrd);
@@ -370,14 +376,19 @@ fn bench_runtimes(
     let vm = Vm::boot(cfg)?;
     vm.wait_for_line("berth: ready", BOOT_TIMEOUT)?;
     let mut testd = vm.testd()?;
-    // The runtimes' binaries on read-only mounts, as on Berth's verified root: each
-    // runtime then skips its copy-to-memfd defence (CVE-2019-5736), as it would there.
-    let setup =
+    // By default the runtimes' binaries on read-only mounts, as on Berth's verified root:
+    // each runtime then skips its CVE-2019-5736 defence, as it would there.
+    let bundle =
         "set -e; d=/tmp/bench; mkdir -p $d/rootfs/bin $d/rootfs/proc $d/rootfs/dev $d/rootfs/sys; \
-        cp /usr/bin/busybox $d/rootfs/bin/; ln -sf busybox $d/rootfs/bin/true; \
-        for b in /usr/bin/berth-runtime /usr/bin/crun /usr/sbin/runc; do \
+        cp /usr/bin/busybox $d/rootfs/bin/; ln -sf busybox $d/rootfs/bin/true";
+    let read_only = "; for b in /usr/bin/berth-runtime /usr/bin/crun /usr/sbin/runc; do \
         mount --bind $b $b; mount -o remount,bind,ro $b; done";
-    let out = testd.sh(setup)?;
+    let setup = if writable {
+        bundle.to_string()
+    } else {
+        format!("{bundle}{read_only}")
+    };
+    let out = testd.sh(&setup)?;
     anyhow::ensure!(out.exit_code == Some(0), "bundle setup: {}", out.stderr);
     let out = testd.run_with(
         &["sh", "-c", "cat > /tmp/bench/config.json"],
@@ -407,7 +418,11 @@ fn bench_runtimes(
             .and_then(|r| r["median_ms"].as_f64())
             .unwrap_or(f64::NAN)
     };
-    println!("create + start + wait + delete of /bin/true, {runs} runs each, interleaved, cgroup-v2 guest under {}", vm.accel.name());
+    println!(
+        "create + start + wait + delete of /bin/true, {runs} runs each, interleaved, cgroup-v2 guest under {}, binaries {}",
+        vm.accel.name(),
+        if writable { "writable" } else { "read-only" }
+    );
     println!(
         "  {:<16} {:>10} {:>10} {:>14}",
         "runtime", "median", "min", "peak RSS"
