@@ -1,0 +1,817 @@
+//! The store on disk (default `/var/lib/berth/containers`):
+//!
+//! ```text
+//! blobs/sha256/HEX        manifests, image indexes and configs (small JSON, by digest)
+//! layers/HEX/             one unpacked layer, named by its chain ID (image-spec
+//!                         "ChainID": the layer and everything under it)
+//! layers/HEX.json         its record: diff ID, parent chain ID, size
+//! images.json             references -> manifest, config and layer chain
+//! containers/ID/          a container's rootfs (and, with overlayfs, upper and work)
+//! tmp/                    layers being unpacked; emptied when the store opens
+//! lock                    flock(2): one writer at a time
+//! ```
+//!
+//! On btrfs each layer is a read-only subvolume holding the whole tree: a snapshot of
+//! its parent with the layer applied, and a container's rootfs is a writable snapshot
+//! of its image's top layer (O(1), no copy). Elsewhere a layer directory holds only its
+//! own changes and a container's rootfs is an overlayfs mount over the chain.
+//! A layer appears under `layers/` only once both its digests checked out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::btrfs;
+use crate::digest::{Digest, HashingReader};
+use crate::unpack::{self, Limits, Target};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/berth/containers";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Unpack(#[from] unpack::UnpackError),
+    #[error("{what} digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("no image {0:?} in the store")]
+    NoSuchImage(String),
+    #[error("image {image} is used by container(s) {containers}: remove them first")]
+    InUse { image: String, containers: String },
+    #[error("the store's filesystem is nearly full: {free} bytes free, {needed} kept free; refusing to add {what} (remove images or run gc)")]
+    NearlyFull {
+        free: u64,
+        needed: u64,
+        what: String,
+    },
+    #[error("{path}: bad JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.into();
+    move |source| StoreError::Io { path, source }
+}
+
+fn errno_err(path: impl Into<PathBuf>) -> impl FnOnce(rustix::io::Errno) -> StoreError {
+    let path = path.into();
+    move |e| StoreError::Io {
+        path,
+        source: e.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Btrfs,
+    Overlay,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Space always left free on the store's filesystem: the larger of these two.
+    pub min_free_bytes: u64,
+    pub min_free_percent: u64,
+    pub limits: Limits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            min_free_bytes: 512 << 20,
+            min_free_percent: 5,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// One unpacked layer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    pub parent: Option<Digest>,
+    /// Bytes of file content this layer wrote.
+    pub size: u64,
+}
+
+/// One reference in the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub reference: String,
+    /// The config's digest: the image ID, as docker shows it.
+    pub id: Digest,
+    pub manifest: Digest,
+    /// Chain IDs, bottom layer first.
+    pub layers: Vec<Digest>,
+    /// Unpacked size of all layers.
+    pub size: u64,
+    /// When it was stored (seconds since the epoch).
+    pub stored: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Images {
+    images: BTreeMap<String, ImageRecord>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcReport {
+    pub layers_removed: usize,
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub backend: Backend,
+    pub images: usize,
+    pub layers: usize,
+    pub layer_bytes: u64,
+    pub containers: usize,
+    pub fs_free: u64,
+    pub fs_size: u64,
+}
+
+pub struct Store {
+    root: PathBuf,
+    backend: Backend,
+    options: Options,
+    /// Held while this handle lives: one writer at a time.
+    _lock: OwnedFd,
+}
+
+const CONTAINER_LAYER_FILE: &str = "image-layer";
+
+impl Store {
+    /// Opens (creating) the store at `root`, waiting for another writer to finish.
+    pub fn open(root: &Path, options: Options) -> Result<Store> {
+        for sub in ["blobs/sha256", "layers", "containers", "tmp"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = rustix::fs::open(
+            &lock_path,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(errno_err(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(errno_err(&lock_path))?;
+        let dir = open_dir(root)?;
+        let backend = if btrfs::is_btrfs(dir.as_fd()) {
+            Backend::Btrfs
+        } else {
+            Backend::Overlay
+        };
+        let store = Store {
+            root: root.to_path_buf(),
+            backend,
+            options,
+            _lock: lock,
+        };
+        store.clean_tmp();
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Leftovers of an interrupted unpack.
+    fn clean_tmp(&self) {
+        let tmp = self.root.join("tmp");
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = self.remove_tree(&tmp, &e.file_name());
+            }
+        }
+    }
+
+    /// Removes `name` in `parent`: a subvolume with its own ioctl, else recursively.
+    fn remove_tree(&self, parent: &Path, name: &OsStr) -> Result<()> {
+        let pdir = open_dir(parent)?;
+        let path = parent.join(name);
+        if self.backend == Backend::Btrfs {
+            if let Ok(sub) = open_dir(&path) {
+                if btrfs::is_subvolume(sub.as_fd()) {
+                    // A read-only layer must be made writable before its contents can go;
+                    // the ioctl deletes it whole either way.
+                    return btrfs::delete_subvolume(pdir.as_fd(), name).map_err(errno_err(&path));
+                }
+            }
+        }
+        match unpack::remove_at(pdir.as_fd(), name) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(errno_err(&path)(e)),
+        }
+    }
+
+    // ---- blobs (manifests, configs) ----
+
+    pub fn put_blob(&self, data: &[u8]) -> Result<Digest> {
+        let d = Digest::of(data);
+        let path = self.blob_path(&d);
+        if !path.exists() {
+            write_atomic(&path, data)?;
+        }
+        Ok(d)
+    }
+
+    pub fn blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(d);
+        std::fs::read(&path).map_err(io_err(&path))
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    // ---- layers ----
+
+    fn layer_dir(&self, chain: &Digest) -> PathBuf {
+        self.root.join("layers").join(chain.hex())
+    }
+
+    pub fn layer(&self, chain: &Digest) -> Option<LayerRecord> {
+        let path = self
+            .root
+            .join("layers")
+            .join(format!("{}.json", chain.hex()));
+        let text = std::fs::read(path).ok()?;
+        let rec: LayerRecord = serde_json::from_slice(&text).ok()?;
+        self.layer_dir(chain).is_dir().then_some(rec)
+    }
+
+    /// The layers below and including `chain`, topmost first.
+    fn chain(&self, chain: &Digest) -> Result<Vec<LayerRecord>> {
+        let mut out = Vec::new();
+        let mut next = Some(chain.clone());
+        while let Some(c) = next {
+            let rec = self.layer(&c).ok_or_else(|| {
+                StoreError::Invalid(format!("layer {c} is missing from the store"))
+            })?;
+            next = rec.parent.clone();
+            out.push(rec);
+            if out.len() > 1000 {
+                return Err(StoreError::Invalid("layer chain too long".into()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The chain ID of `diff_id` on top of `parent` (image-spec: sha256 of
+    /// "PARENT DIFFID", or the diff ID itself for a bottom layer).
+    pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+        match parent {
+            None => diff_id.clone(),
+            Some(p) => Digest::of(format!("{p} {diff_id}").as_bytes()),
+        }
+    }
+
+    /// Refuses to add `what` when the filesystem is nearly full.
+    pub fn check_space(&self, what: &str) -> Result<()> {
+        let st = rustix::fs::statvfs(&self.root).map_err(errno_err(&self.root))?;
+        let free = st.f_bavail * st.f_frsize;
+        let size = st.f_blocks * st.f_frsize;
+        let needed = self
+            .options
+            .min_free_bytes
+            .max(size / 100 * self.options.min_free_percent);
+        if free < needed {
+            return Err(StoreError::NearlyFull {
+                free,
+                needed,
+                what: what.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Unpacks a layer blob (gzip, zstd or plain tar, told apart by their magic bytes)
+    /// on top of `parent`, checking the blob against `blob_digest` (when known) and the
+    /// tar stream against `diff_id`. Nothing is stored unless both match.
+    pub fn add_layer(
+        &self,
+        parent: Option<&Digest>,
+        diff_id: &Digest,
+        blob_digest: Option<&Digest>,
+        blob: impl Read,
+    ) -> Result<(LayerRecord, Vec<String>)> {
+        let chain_id = Self::chain_id(parent, diff_id);
+        if let Some(rec) = self.layer(&chain_id) {
+            return Ok((rec, Vec::new()));
+        }
+        self.check_space(&format!("layer {diff_id}"))?;
+        let tmp_parent = self.root.join("tmp");
+        let tmp_name = format!("{}.{}", chain_id.hex(), std::process::id());
+        let tmp = tmp_parent.join(&tmp_name);
+        let _ = self.remove_tree(&tmp_parent, OsStr::new(&tmp_name));
+        let result = self.unpack_into(parent, &tmp_parent, &tmp_name, diff_id, blob_digest, blob);
+        let (size, warnings) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.remove_tree(&tmp_parent, OsStr::new(&tmp_name));
+                return Err(e);
+            }
+        };
+        let rec = LayerRecord {
+            chain_id: chain_id.clone(),
+            diff_id: diff_id.clone(),
+            parent: parent.cloned(),
+            size,
+        };
+        let json =
+            serde_json::to_vec_pretty(&rec).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        write_atomic(
+            &self
+                .root
+                .join("layers")
+                .join(format!("{}.json", chain_id.hex())),
+            &json,
+        )?;
+        let dest = self.layer_dir(&chain_id);
+        std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        if self.backend == Backend::Btrfs {
+            let d = open_dir(&dest)?;
+            btrfs::set_read_only(d.as_fd()).map_err(errno_err(&dest))?;
+        }
+        Ok((rec, warnings))
+    }
+
+    fn unpack_into(
+        &self,
+        parent: Option<&Digest>,
+        tmp_parent: &Path,
+        tmp_name: &str,
+        diff_id: &Digest,
+        blob_digest: Option<&Digest>,
+        blob: impl Read,
+    ) -> Result<(u64, Vec<String>)> {
+        let tmp = tmp_parent.join(tmp_name);
+        let pdir = open_dir(tmp_parent)?;
+        let target = match (self.backend, parent) {
+            (Backend::Btrfs, Some(p)) => {
+                let src = open_dir(&self.layer_dir(p))?;
+                btrfs::snapshot(src.as_fd(), pdir.as_fd(), OsStr::new(tmp_name))
+                    .map_err(errno_err(&tmp))?;
+                Target::Snapshot
+            }
+            (Backend::Btrfs, None) => {
+                btrfs::create_subvolume(pdir.as_fd(), OsStr::new(tmp_name))
+                    .map_err(errno_err(&tmp))?;
+                Target::Snapshot
+            }
+            (Backend::Overlay, parent) => {
+                std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+                let lowers = match parent {
+                    Some(p) => self
+                        .chain(p)?
+                        .iter()
+                        .map(|l| self.layer_dir(&l.chain_id))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                Target::Overlay { lowers }
+            }
+        };
+        let mut blob_reader = HashingReader::new(blob);
+        let unpacked = (|| {
+            let tar =
+                decompressed(BufReader::new(&mut blob_reader)).map_err(io_err("the layer blob"))?;
+            let mut tar = HashingReader::new(tar);
+            let report = unpack::unpack(&mut tar, &tmp, &target, self.options.limits)?;
+            let (diff, _) = tar.finish().map_err(io_err("the layer blob"))?;
+            Ok::<_, StoreError>((diff, report))
+        })();
+        // The blob's digest first: a tampered blob often breaks the tar or the
+        // compression too, and the mismatch is the better explanation.
+        let blob_actual = blob_reader.finish().map_err(io_err("the layer blob"));
+        if let (Some(expected), Ok((actual, _))) = (blob_digest, &blob_actual) {
+            if expected != actual {
+                return Err(StoreError::DigestMismatch {
+                    what: "layer blob".into(),
+                    expected: expected.clone(),
+                    actual: actual.clone(),
+                });
+            }
+        }
+        let (diff, report) = unpacked?;
+        blob_actual?;
+        if diff != *diff_id {
+            return Err(StoreError::DigestMismatch {
+                what: "layer content (diff ID)".into(),
+                expected: diff_id.clone(),
+                actual: diff,
+            });
+        }
+        Ok((report.bytes, report.warnings))
+    }
+
+    // ---- images ----
+
+    fn images_path(&self) -> PathBuf {
+        self.root.join("images.json")
+    }
+
+    fn load_images(&self) -> Result<Images> {
+        let path = self.images_path();
+        match std::fs::read(&path) {
+            Ok(text) => {
+                serde_json::from_slice(&text).map_err(|e| StoreError::Json { path, source: e })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Images::default()),
+            Err(e) => Err(io_err(path)(e)),
+        }
+    }
+
+    fn save_images(&self, images: &Images) -> Result<()> {
+        let json =
+            serde_json::to_vec_pretty(images).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        write_atomic(&self.images_path(), &json)
+    }
+
+    /// Records `reference` as the image whose layers are `layers` (bottom first).
+    pub fn tag(
+        &self,
+        reference: &str,
+        id: &Digest,
+        manifest: &Digest,
+        layers: &[Digest],
+    ) -> Result<ImageRecord> {
+        let mut size = 0;
+        for l in layers {
+            size += self
+                .layer(l)
+                .ok_or_else(|| StoreError::Invalid(format!("layer {l} is missing from the store")))?
+                .size;
+        }
+        let rec = ImageRecord {
+            reference: reference.to_string(),
+            id: id.clone(),
+            manifest: manifest.clone(),
+            layers: layers.to_vec(),
+            size,
+            stored: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let mut images = self.load_images()?;
+        images.images.insert(reference.to_string(), rec.clone());
+        self.save_images(&images)?;
+        Ok(rec)
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        Ok(self.load_images()?.images.into_values().collect())
+    }
+
+    /// By reference (short names resolved as docker does), or by ID (a prefix of at
+    /// least 4 hex digits, as `docker images` shows 12).
+    pub fn find(&self, name: &str) -> Result<ImageRecord> {
+        self.lookup(name).map(|(rec, _)| rec)
+    }
+
+    /// The record, and whether `name` was an ID (not a reference).
+    fn lookup(&self, name: &str) -> Result<(ImageRecord, bool)> {
+        let images = self.load_images()?;
+        if let Ok(r) = crate::reference::Reference::parse(name) {
+            if let Some(rec) = images.images.get(&r.to_string()) {
+                return Ok((rec.clone(), false));
+            }
+        }
+        if let Some(rec) = images.images.get(name) {
+            return Ok((rec.clone(), false));
+        }
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let found: Vec<&ImageRecord> = images
+                .images
+                .values()
+                .filter(|r| r.id.hex().starts_with(hex))
+                .collect();
+            if let Some(first) = found.first() {
+                if found.iter().all(|r| r.id == first.id) {
+                    return Ok(((*first).clone(), true));
+                }
+                return Err(StoreError::Invalid(format!(
+                    "{name:?} matches more than one image"
+                )));
+            }
+        }
+        Err(StoreError::NoSuchImage(name.to_string()))
+    }
+
+    /// Removes a reference (by ID: every reference to it). Its layers stay until `gc`.
+    pub fn remove(&self, name: &str) -> Result<Vec<String>> {
+        let (rec, by_id) = self.lookup(name)?;
+        let mut images = self.load_images()?;
+        let doomed: Vec<String> = images
+            .images
+            .values()
+            .filter(|r| {
+                if by_id {
+                    r.id == rec.id
+                } else {
+                    r.reference == rec.reference
+                }
+            })
+            .map(|r| r.reference.clone())
+            .collect();
+        // A container's rootfs keeps its image's layers alive; say so instead of
+        // leaving the image half gone.
+        let users = self.containers_using(&rec.layers)?;
+        let last_ref = images.images.values().filter(|r| r.id == rec.id).count() == doomed.len();
+        if last_ref && !users.is_empty() {
+            return Err(StoreError::InUse {
+                image: rec.reference,
+                containers: users.join(", "),
+            });
+        }
+        for d in &doomed {
+            images.images.remove(d);
+        }
+        self.save_images(&images)?;
+        Ok(doomed)
+    }
+
+    fn containers_using(&self, layers: &[Digest]) -> Result<Vec<String>> {
+        let Some(top) = layers.last() else {
+            return Ok(Vec::new());
+        };
+        let mut users = Vec::new();
+        for (id, layer) in self.container_layers()? {
+            if &layer == top {
+                users.push(id);
+            }
+        }
+        Ok(users)
+    }
+
+    fn container_layers(&self) -> Result<Vec<(String, Digest)>> {
+        let dir = self.root.join("containers");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+            let f = e.path().join(CONTAINER_LAYER_FILE);
+            if let Ok(text) = std::fs::read_to_string(&f) {
+                if let Ok(d) = Digest::parse(text.trim()) {
+                    out.push((e.file_name().to_string_lossy().into_owned(), d));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes one layer (its directory, then its record).
+    pub fn remove_layer(&self, chain: &Digest) -> Result<()> {
+        let layers = self.root.join("layers");
+        self.remove_tree(&layers, OsStr::new(chain.hex()))?;
+        let rec = layers.join(format!("{}.json", chain.hex()));
+        match std::fs::remove_file(&rec) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(rec)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes layers and blobs no image or container refers to.
+    pub fn gc(&self) -> Result<GcReport> {
+        let images = self.load_images()?;
+        let mut keep_layers: BTreeSet<Digest> = BTreeSet::new();
+        let mut keep_blobs: BTreeSet<Digest> = BTreeSet::new();
+        let mut tops: Vec<Digest> = Vec::new();
+        for rec in images.images.values() {
+            keep_blobs.insert(rec.id.clone());
+            keep_blobs.insert(rec.manifest.clone());
+            tops.extend(rec.layers.last().cloned());
+        }
+        tops.extend(self.container_layers()?.into_iter().map(|(_, l)| l));
+        for top in tops {
+            for l in self.chain(&top).unwrap_or_default() {
+                keep_layers.insert(l.chain_id);
+            }
+        }
+        let mut report = GcReport::default();
+        let layers = self.root.join("layers");
+        for e in std::fs::read_dir(&layers)
+            .map_err(io_err(&layers))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hex = name.trim_end_matches(".json");
+            let Ok(d) = Digest::parse(&format!("sha256:{hex}")) else {
+                continue;
+            };
+            if keep_layers.contains(&d) || name.ends_with(".json") {
+                continue;
+            }
+            report.bytes_freed += self.layer(&d).map_or(0, |l| l.size);
+            self.remove_layer(&d)?;
+            report.layers_removed += 1;
+        }
+        // Records whose layer directory is gone (an interrupted removal).
+        for e in std::fs::read_dir(&layers)
+            .map_err(io_err(&layers))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(hex) = name.strip_suffix(".json") {
+                if !layers.join(hex).exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let blobs = self.root.join("blobs/sha256");
+        for e in std::fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep =
+                Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep_blobs.contains(&d));
+            if !keep {
+                report.bytes_freed += e.metadata().map_or(0, |m| m.len());
+                let _ = std::fs::remove_file(e.path());
+                report.blobs_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    pub fn usage(&self) -> Result<Usage> {
+        let images = self.load_images()?;
+        let layers_dir = self.root.join("layers");
+        let mut layers = 0;
+        let mut layer_bytes = 0;
+        for e in std::fs::read_dir(&layers_dir)
+            .map_err(io_err(&layers_dir))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(hex) = name.strip_suffix(".json") {
+                if let Some(l) = Digest::parse(&format!("sha256:{hex}"))
+                    .ok()
+                    .and_then(|d| self.layer(&d))
+                {
+                    layers += 1;
+                    layer_bytes += l.size;
+                }
+            }
+        }
+        let st = rustix::fs::statvfs(&self.root).map_err(errno_err(&self.root))?;
+        Ok(Usage {
+            backend: self.backend,
+            images: images.images.len(),
+            layers,
+            layer_bytes,
+            containers: self.container_layers()?.len(),
+            fs_free: st.f_bavail * st.f_frsize,
+            fs_size: st.f_blocks * st.f_frsize,
+        })
+    }
+
+    // ---- container root filesystems ----
+
+    /// A writable root filesystem for container `id` from image `name`: a snapshot of
+    /// the top layer on btrfs, an overlayfs mount elsewhere. Returns its path.
+    pub fn create_rootfs(&self, name: &str, id: &str) -> Result<PathBuf> {
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            || id.starts_with('.')
+        {
+            return Err(StoreError::Invalid(format!("{id:?} is not a container ID")));
+        }
+        let rec = self.find(name)?;
+        let top = rec
+            .layers
+            .last()
+            .ok_or_else(|| StoreError::Invalid(format!("image {} has no layers", rec.reference)))?;
+        let dir = self.root.join("containers").join(id);
+        if dir.exists() {
+            return Err(StoreError::Invalid(format!(
+                "container {id} already has a root filesystem"
+            )));
+        }
+        std::fs::create_dir(&dir).map_err(io_err(&dir))?;
+        let rootfs = dir.join("rootfs");
+        let made = match self.backend {
+            Backend::Btrfs => {
+                let src = open_dir(&self.layer_dir(top))?;
+                let d = open_dir(&dir)?;
+                btrfs::snapshot(src.as_fd(), d.as_fd(), OsStr::new("rootfs"))
+                    .map_err(errno_err(&rootfs))
+            }
+            Backend::Overlay => self.mount_overlay(top, &dir),
+        };
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        write_atomic(&dir.join(CONTAINER_LAYER_FILE), top.to_string().as_bytes())?;
+        Ok(rootfs)
+    }
+
+    fn mount_overlay(&self, top: &Digest, dir: &Path) -> Result<()> {
+        for sub in ["rootfs", "upper", "work"] {
+            std::fs::create_dir(dir.join(sub)).map_err(io_err(dir.join(sub)))?;
+        }
+        let lowers: Vec<String> = self
+            .chain(top)?
+            .iter()
+            .map(|l| self.layer_dir(&l.chain_id).display().to_string())
+            .collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let data = std::ffi::CString::new(data)
+            .map_err(|_| StoreError::Invalid("a NUL in the store's path".into()))?;
+        rustix::mount::mount(
+            "overlay",
+            dir.join("rootfs"),
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            Some(data.as_c_str()),
+        )
+        .map_err(errno_err(dir.join("rootfs")))
+    }
+
+    /// Removes container `id`'s root filesystem (unmounting it first with overlayfs).
+    pub fn remove_rootfs(&self, id: &str) -> Result<()> {
+        let dir = self.root.join("containers").join(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        let rootfs = dir.join("rootfs");
+        if self.backend == Backend::Overlay {
+            match rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH) {
+                Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(errno_err(&rootfs)(e)),
+            }
+        }
+        let parent = self.root.join("containers");
+        self.remove_tree(&dir, OsStr::new("rootfs"))?;
+        self.remove_tree(&parent, OsStr::new(id))
+    }
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(errno_err(path))
+}
+
+/// Writes through a temporary file and a rename: readers see the old or the new.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, data).map_err(io_err(&tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// The tar stream inside a layer blob: gzip (possibly multi-member), zstd, or plain,
+/// told apart by their magic numbers (RFC 1952; RFC 8878), so a mislabelled media
+/// type does no harm.
+pub fn decompressed<'a, R: BufRead + 'a>(mut r: R) -> std::io::Result<Box<dyn Read + 'a>> {
+    let head = r.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
+    } else {
+        Ok(Box::new(r))
+    }
+}
