@@ -86,6 +86,12 @@ enum Cmd {
     },
     /// What this runtime supports (runtime-spec features.json).
     Features,
+    /// Container images: import, ls, rm, inspect, gc, df (handed to `berth-store`, which
+    /// keeps HTTP, TLS and decompression out of this binary).
+    Image {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -135,11 +141,16 @@ struct CreateArgs {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "image") {
+        return image(&args[2..]);
+    }
     // Commands that start processes in a container run from a read-only view of this
     // binary (see sys::reexec_read_only); state, kill, delete, list need not.
-    let spawns = std::env::args()
+    let spawns = args
+        .iter()
         .skip(1)
-        .any(|a| matches!(a.as_str(), "create" | "run" | "exec"));
+        .any(|a| matches!(a.to_str(), Some("create" | "run" | "exec")));
     if spawns {
         if let Err(e) = berth_runtime::sys::reexec_read_only() {
             eprintln!("berth-runtime: re-executing from a read-only view of itself: {e}");
@@ -154,6 +165,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `berth-store` (next to this binary, else from PATH) with `args`.
+fn image(args: &[std::ffi::OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("berth-store")))
+        .filter(|p| p.exists());
+    let program = sibling.unwrap_or_else(|| PathBuf::from("berth-store"));
+    let err = std::process::Command::new(&program).args(args).exec();
+    eprintln!("berth-runtime: running {}: {err}", program.display());
+    ExitCode::FAILURE
 }
 
 /// On stderr, and in --log in the requested format (conmon and podman read it).
@@ -186,6 +210,7 @@ fn run(cli: &Cli) -> berth_runtime::Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
         }
         Cmd::Start { id } => container::start(root, id)?,
+        Cmd::Image { args } => return Ok(image(args)),
         Cmd::Exec(a) => {
             let code = berth_runtime::exec::exec(&berth_runtime::exec::ExecOptions {
                 root,
