@@ -15,9 +15,11 @@ set -euo pipefail
 #   cryptsetup-bin                    veritysetup builds the root's dm-verity hash tree
 #   socat                             metadata-server forwarding in guest tests
 #   podman bsdutils                   a real client driving berth-runtime (script(1) for -it)
+#   docker-registry skopeo            a real registry for the store's pull tests, and
+#                                     what loads it (the tests start it on 127.0.0.1)
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
           syslinux syslinux-common systemd-boot-efi cpio zstd busybox-static kmod socat
-          cryptsetup-bin podman bsdutils)
+          cryptsetup-bin podman bsdutils docker-registry skopeo)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
@@ -50,7 +52,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     args+=(qemu-system-x86 "qemu-utils=$qemu_version")
   fi
   echo "deps: installing ${args[*]}"
+  # No package may start a service here (docker-registry's would listen on every
+  # address): policy-rc.d says no for the length of the install.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
   apt-get install -y -qq --allow-downgrades "${args[@]}" >/dev/null
+  if [ $own_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 fi
 
 still=()

@@ -9,7 +9,9 @@ pub mod btrfs;
 pub mod digest;
 pub mod image;
 pub mod import;
+pub mod pull;
 pub mod reference;
+pub mod registry;
 pub mod store;
 pub mod unpack;
 

@@ -22,12 +22,17 @@ struct Cli {
     min_free_mib: u64,
     #[arg(long, global = true, default_value_t = 5)]
     min_free_percent: u64,
+    /// Registries: mirrors, insecure (plain HTTP) ones, credentials, extra CAs.
+    #[arg(long, global = true, default_value = berth_store::registry::CONFIG_PATH)]
+    registries: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Pull an image from a registry (`nginx` is docker.io/library/nginx:latest).
+    Pull { reference: String },
     /// Import an OCI image layout directory or a `docker save` archive.
     Import {
         path: PathBuf,
@@ -75,6 +80,84 @@ fn main() -> ExitCode {
     }
 }
 
+/// Pull progress: on a terminal one line redrawn in place (a bar over all layers'
+/// bytes), retries and warnings on lines of their own; elsewhere only those.
+struct ProgressLine {
+    tty: bool,
+    state: std::sync::Mutex<(u64, Vec<u64>, usize)>,
+}
+
+impl ProgressLine {
+    fn new(tty: bool) -> Self {
+        ProgressLine {
+            tty,
+            state: std::sync::Mutex::new((0, Vec::new(), 0)),
+        }
+    }
+
+    fn show(&self, p: &berth_store::pull::Progress) {
+        use berth_store::pull::Progress;
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        match p {
+            Progress::Resolved {
+                reference,
+                layers,
+                bytes,
+            } => {
+                *st = (*bytes, vec![0; *layers], 0);
+                if self.tty {
+                    eprintln!("pulling {reference}: {layers} layers, {}", human(*bytes));
+                }
+            }
+            Progress::Downloaded { layer, bytes, .. } => {
+                if let Some(b) = st.1.get_mut(*layer) {
+                    *b = *bytes;
+                }
+            }
+            Progress::Stored { .. } => st.2 += 1,
+            Progress::Retrying {
+                digest, at, error, ..
+            } => {
+                eprintln!("\r\x1b[Klayer {digest}: {error}; resuming at byte {at}");
+            }
+            Progress::Message(m) => {
+                if m.starts_with("warning") {
+                    eprintln!("\r\x1b[K{m}");
+                } else if m.ends_with(" stored") {
+                    st.2 += 1;
+                }
+            }
+        }
+        if self.tty {
+            let (total, per, stored) = &*st;
+            let got: u64 = per.iter().sum();
+            let width = 30u64;
+            let filled = if *total == 0 {
+                width
+            } else {
+                (got.min(*total) * width / total).min(width)
+            };
+            let bar: String = (0..width)
+                .map(|i| if i < filled { '#' } else { '.' })
+                .collect();
+            eprint!(
+                "\r\x1b[K[{bar}] {} / {}, {stored}/{} layers stored",
+                human(got),
+                human(*total),
+                per.len()
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     #[allow(clippy::cast_precision_loss)]
@@ -105,6 +188,19 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     match &cli.cmd {
+        Cmd::Pull { reference } => {
+            let r = berth_store::reference::Reference::parse(reference)?;
+            let config = berth_store::registry::Config::load(&cli.registries)?;
+            let client = berth_store::registry::Client::new(config)?;
+            let bar = ProgressLine::new(tty && !cli.json);
+            let rec = berth_store::pull::pull(&store, &client, &r, &|p| bar.show(&p))?;
+            bar.finish();
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&rec)?);
+            } else {
+                println!("{} {}", rec.reference, rec.id);
+            }
+        }
         Cmd::Import { path, name } => {
             let images = if path.is_dir() {
                 berth_store::import::oci_layout(&store, path, name.as_deref(), &mut progress)?

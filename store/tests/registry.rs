@@ -1,0 +1,413 @@
+//! Pulls from a real registry: Debian's `docker-registry` on 127.0.0.1, loaded with
+//! skopeo from OCI layouts these tests build (multi-layer with gzip, zstd and plain
+//! layers and whiteouts; a multi-platform index), then a tampered blob and a connection
+//! dropped mid-layer (through a proxy that cuts it once).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_store::Digest;
+use common::{gzip, layer, oci_layout, zstd, E};
+
+struct Registry {
+    child: Child,
+    port: u16,
+    data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn registry() -> Registry {
+    assert!(
+        Path::new("/usr/bin/docker-registry").exists(),
+        "docker-registry missing: `make deps` installs it"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Registry {
+        child,
+        port,
+        data,
+        _dir: dir,
+    }
+}
+
+/// skopeo copy from an OCI layout into the registry.
+fn push(layout: &Path, tag: &str, port: u16, dest: &str, all: bool) {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["--insecure-policy", "copy", "--dest-tls-verify=false", "-q"]);
+    if all {
+        cmd.arg("--all");
+    }
+    let out = cmd
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://127.0.0.1:{port}/{dest}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn store_cli(root: &Path, registries: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth-store"))
+        .arg("--root")
+        .arg(root)
+        .args(["--min-free-mib", "0", "--min-free-percent", "0"])
+        .args(args)
+        .arg("--registries")
+        .arg(registries)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A registries.toml marking `host` insecure (plain HTTP).
+fn insecure(dir: &Path, host: &str) -> PathBuf {
+    let path = dir.join("registries.toml");
+    std::fs::write(&path, format!("[registry.\"{host}\"]\ninsecure = true\n")).unwrap();
+    path
+}
+
+/// Incompressible bytes (xorshift), so a layer is as large on the wire as on disk.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+#[test]
+fn a_multi_layer_image_pulls_with_gzip_zstd_and_whiteouts() {
+    let reg = registry();
+    let t = tempfile::tempdir().unwrap();
+    let l1 = layer(&[
+        E::File("bin/tool", 0o755, b"v1"),
+        E::File("etc/old.conf", 0o644, b"old"),
+        E::File("etc/keep.conf", 0o644, b"keep"),
+    ]);
+    let l2 = layer(&[
+        E::File("bin/tool", 0o755, b"v2"),
+        E::File("etc/.wh.old.conf", 0o644, b""),
+    ]);
+    let l3 = layer(&[E::File("data/blob", 0o644, &noise(300_000, 7))]);
+    let layout = t.path().join("layout");
+    let (config, _) = oci_layout(
+        &layout,
+        &[
+            (
+                l1.clone(),
+                gzip(&l1),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+            (
+                l2.clone(),
+                zstd(&l2),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
+            (
+                l3.clone(),
+                gzip(&l3),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+        ],
+        serde_json::json!({"org.opencontainers.image.ref.name": "v1"}),
+    );
+    push(&layout, "v1", reg.port, "test/app:v1", false);
+    let host = format!("127.0.0.1:{}", reg.port);
+    let regs = insecure(t.path(), &host);
+    let root = t.path().join("store");
+    let reference = format!("{host}/test/app:v1");
+    let (ok, out, err) = store_cli(&root, &regs, &["pull", &reference]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("{reference} {config}"));
+    let (ok, out, err) = store_cli(&root, &regs, &["rootfs", "create", &reference, "c"]);
+    assert!(ok, "{err}");
+    let rootfs = PathBuf::from(out.trim());
+    assert_eq!(std::fs::read(rootfs.join("bin/tool")).unwrap(), b"v2");
+    assert!(!rootfs.join("etc/old.conf").exists());
+    assert_eq!(
+        std::fs::read(rootfs.join("data/blob")).unwrap(),
+        noise(300_000, 7)
+    );
+    assert!(store_cli(&root, &regs, &["rootfs", "rm", "c"]).0);
+    // A second pull finds every layer stored and downloads nothing.
+    let (ok, _, err) = store_cli(&root, &regs, &["pull", &reference]);
+    assert!(ok, "{err}");
+    // Without the insecure mark, plain HTTP is not used: the TLS handshake fails.
+    let plain = t.path().join("none.toml");
+    std::fs::write(&plain, "").unwrap();
+    let (ok, _, err) = store_cli(&t.path().join("store2"), &plain, &["pull", &reference]);
+    assert!(!ok);
+    assert!(err.contains("https://127.0.0.1"), "{err}");
+}
+
+#[test]
+fn an_index_resolves_to_linux_amd64() {
+    let reg = registry();
+    let t = tempfile::tempdir().unwrap();
+    // Two single-image layouts, merged into one index with platforms.
+    let amd = layer(&[E::File("arch", 0o644, b"amd64")]);
+    let arm = layer(&[E::File("arch", 0o644, b"arm64")]);
+    let layout = t.path().join("layout");
+    let (_, amd_manifest) = oci_layout(
+        &layout,
+        &[(
+            amd.clone(),
+            gzip(&amd),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )],
+        serde_json::json!({}),
+    );
+    let (_, arm_manifest) = oci_layout(
+        &layout,
+        &[(
+            arm.clone(),
+            gzip(&arm),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )],
+        serde_json::json!({}),
+    );
+    let size = |d: &Digest| {
+        std::fs::metadata(layout.join("blobs/sha256").join(d.hex()))
+            .unwrap()
+            .len()
+    };
+    let inner = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm_manifest.to_string(), "size": size(&arm_manifest),
+             "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd_manifest.to_string(), "size": size(&amd_manifest),
+             "platform": {"os": "linux", "architecture": "amd64"}}
+        ]
+    })
+    .to_string();
+    let inner_d = common::blob(&layout, inner.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": inner_d.to_string(),
+                       "size": inner.len(), "annotations": {"org.opencontainers.image.ref.name": "multi"}}]
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    push(&layout, "multi", reg.port, "test/multi:1", true);
+    let host = format!("127.0.0.1:{}", reg.port);
+    let regs = insecure(t.path(), &host);
+    let root = t.path().join("store");
+    let reference = format!("{host}/test/multi:1");
+    let (ok, _, err) = store_cli(&root, &regs, &["pull", &reference]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = store_cli(&root, &regs, &["rootfs", "create", &reference, "c"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(Path::new(out.trim()).join("arch")).unwrap(),
+        b"amd64"
+    );
+    assert!(store_cli(&root, &regs, &["rootfs", "rm", "c"]).0);
+}
+
+#[test]
+fn a_tampered_blob_is_rejected_and_nothing_is_stored() {
+    let reg = registry();
+    let t = tempfile::tempdir().unwrap();
+    let l1 = layer(&[E::File("a", 0o644, b"good layer")]);
+    let l2 = layer(&[E::File("b", 0o644, &noise(50_000, 3))]);
+    let layout = t.path().join("layout");
+    oci_layout(
+        &layout,
+        &[
+            (
+                l1.clone(),
+                gzip(&l1),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+            (
+                l2.clone(),
+                gzip(&l2),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+        ],
+        serde_json::json!({"org.opencontainers.image.ref.name": "t"}),
+    );
+    push(&layout, "t", reg.port, "test/tampered:t", false);
+    // Flip a byte of the second layer in the registry's own storage.
+    let d = Digest::of(&gzip(&l2));
+    let stored = reg
+        .data
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&d.hex()[..2])
+        .join(d.hex())
+        .join("data");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[1024] ^= 0x55;
+    std::fs::write(&stored, bytes).unwrap();
+    let host = format!("127.0.0.1:{}", reg.port);
+    let regs = insecure(t.path(), &host);
+    let root = t.path().join("store");
+    let (ok, _, err) = store_cli(&root, &regs, &["pull", &format!("{host}/test/tampered:t")]);
+    assert!(!ok);
+    assert!(
+        err.contains("digest mismatch") && err.contains(&d.to_string()),
+        "{err}"
+    );
+    let (_, out, _) = store_cli(&root, &regs, &["--json", "ls"]);
+    assert_eq!(out.trim(), "[]");
+    let left: Vec<_> = std::fs::read_dir(root.join("layers")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+}
+
+/// Forwards 127.0.0.1:port to the registry; the first response carrying `cut_on` in
+/// its request is cut after `after` bytes.
+fn cutting_proxy(registry: u16, cut_on: String, after: usize) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut2 = cut.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", registry)) else {
+                continue;
+            };
+            let armed = Arc::new(AtomicBool::new(false));
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (armed_w, cut_on) = (armed.clone(), cut_on.clone());
+            let cut_w = cut2.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = c_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if !cut_w.load(Ordering::SeqCst)
+                        && String::from_utf8_lossy(&buf[..n]).contains(&cut_on)
+                    {
+                        armed_w.store(true, Ordering::SeqCst);
+                    }
+                    if s_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            let cut_r = cut2.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                let mut sent = 0;
+                while let Ok(n) = s_in.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if armed.load(Ordering::SeqCst)
+                        && !cut_r.load(Ordering::SeqCst)
+                        && sent + n > after
+                    {
+                        let _ = c_out.write_all(&buf[..after.saturating_sub(sent)]);
+                        cut_r.store(true, Ordering::SeqCst);
+                        let _ = c_out.shutdown(std::net::Shutdown::Both);
+                        let _ = s_in.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                    sent += n;
+                    if c_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, cut)
+}
+
+#[test]
+fn a_connection_dropped_mid_layer_is_resumed() {
+    let reg = registry();
+    let t = tempfile::tempdir().unwrap();
+    let big = layer(&[E::File("big", 0o644, &noise(2_000_000, 11))]);
+    let layout = t.path().join("layout");
+    oci_layout(
+        &layout,
+        &[(
+            big.clone(),
+            gzip(&big),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )],
+        serde_json::json!({"org.opencontainers.image.ref.name": "big"}),
+    );
+    push(&layout, "big", reg.port, "test/big:1", false);
+    let blob = Digest::of(&gzip(&big));
+    let (port, cut) = cutting_proxy(reg.port, blob.to_string(), 300_000);
+    let host = format!("127.0.0.1:{port}");
+    let regs = insecure(t.path(), &host);
+    let root = t.path().join("store");
+    let reference = format!("{host}/test/big:1");
+    let (ok, _, err) = store_cli(&root, &regs, &["pull", &reference]);
+    assert!(ok, "{err}");
+    assert!(
+        cut.load(Ordering::SeqCst),
+        "the proxy never cut the download"
+    );
+    assert!(err.contains("resuming at byte"), "{err}");
+    let (ok, out, err) = store_cli(&root, &regs, &["rootfs", "create", &reference, "c"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(Path::new(out.trim()).join("big")).unwrap(),
+        noise(2_000_000, 11)
+    );
+    assert!(store_cli(&root, &regs, &["rootfs", "rm", "c"]).0);
+}
