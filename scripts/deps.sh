@@ -59,6 +59,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
     chmod 755 /usr/sbin/policy-rc.d
     own_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   apt-get install -y -qq --allow-downgrades "${args[@]}" >/dev/null
   if [ $own_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
