@@ -39,6 +39,11 @@ fn free_port() -> u16 {
 }
 
 fn registry() -> Registry {
+    registry_with("")
+}
+
+/// A registry whose config ends with `extra` (an `auth:` section).
+fn registry_with(extra: &str) -> Registry {
     assert!(
         Path::new("/usr/bin/docker-registry").exists(),
         "docker-registry missing: `make deps` installs it"
@@ -50,7 +55,7 @@ fn registry() -> Registry {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
             data.display()
         ),
     )
@@ -410,4 +415,226 @@ fn a_connection_dropped_mid_layer_is_resumed() {
         noise(2_000_000, 11)
     );
     assert!(store_cli(&root, &regs, &["rootfs", "rm", "c"]).0);
+}
+
+/// A token server as Docker Hub's auth service behaves (distribution's "Token
+/// Authentication Specification"): GET /token?service=S&scope=repository:NAME:pull
+/// answers {"token": JWT}, the JWT signed ES256 with a key whose certificate the
+/// registry trusts (carried in the header's x5c). Repositories under `private/` need
+/// basic credentials user:secret; the rest are anonymous.
+struct TokenServer {
+    port: u16,
+    cert_pem: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn token_server(dir: &Path) -> TokenServer {
+    let key_pem = dir.join("key.pem");
+    let cert_pem = dir.join("cert.pem");
+    let key_der = dir.join("key.der");
+    let cert_der = dir.join("cert.der");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key_pem.to_str().unwrap(),
+        "-out",
+        cert_pem.to_str().unwrap(),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=berth-test-token",
+    ]);
+    openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-in",
+        key_pem.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-out",
+        key_der.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "x509",
+        "-in",
+        cert_pem.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-out",
+        cert_der.to_str().unwrap(),
+    ]);
+    let rng = ring::rand::SystemRandom::new();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &std::fs::read(&key_der).unwrap(),
+        &rng,
+    )
+    .unwrap();
+    let x5c = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cert_der).unwrap())
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req).into_owned();
+            let target = req
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+            let param = |k: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                    .unwrap_or_default()
+                    .replace("%3A", ":")
+                    .replace("%2F", "/")
+            };
+            let scope = param("scope");
+            let service = param("service");
+            let name = scope.split(':').nth(1).unwrap_or_default().to_string();
+            let authorized = req.lines().any(|l| {
+                l.to_ascii_lowercase().starts_with("authorization: basic ")
+                    && l.ends_with(&{
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD.encode("user:secret")
+                    })
+            });
+            let response = if name.starts_with("private/") && !authorized {
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [x5c]});
+                let claims = serde_json::json!({
+                    "iss": "berth-test-issuer", "sub": "", "aud": service,
+                    "exp": now + 600, "nbf": now - 10, "iat": now, "jti": format!("{now}-{name}"),
+                    "access": [{"type": "repository", "name": name, "actions": ["pull"]}]
+                });
+                let signing_input = format!(
+                    "{}.{}",
+                    b64url(header.to_string().as_bytes()),
+                    b64url(claims.to_string().as_bytes())
+                );
+                let sig = key.sign(&rng, signing_input.as_bytes()).unwrap();
+                let body = serde_json::json!({"token": format!("{signing_input}.{}", b64url(sig.as_ref()))}).to_string();
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            };
+            let _ = conn.write_all(response.as_bytes());
+        }
+    });
+    TokenServer { port, cert_pem }
+}
+
+#[test]
+fn token_auth_as_docker_hub_does_it() {
+    let t = tempfile::tempdir().unwrap();
+    let tokens = token_server(t.path());
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: berth-test-registry\n    issuer: berth-test-issuer\n    rootcertbundle: {}\n",
+        tokens.port,
+        tokens.cert_pem.display()
+    );
+    // Loaded while open: pushing goes through a second registry on the same storage.
+    let reg = registry_with(&auth);
+    let open_dir = tempfile::tempdir().unwrap();
+    let open_port = free_port();
+    let open_config = open_dir.path().join("config.yml");
+    std::fs::write(
+        &open_config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{open_port}\n",
+            reg.data.display()
+        ),
+    )
+    .unwrap();
+    let mut open = Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(&open_config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", open_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the second registry did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let l = layer(&[E::File("hello", 0o644, b"token")]);
+    let layout = t.path().join("layout");
+    oci_layout(
+        &layout,
+        &[(
+            l.clone(),
+            gzip(&l),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )],
+        serde_json::json!({"org.opencontainers.image.ref.name": "1"}),
+    );
+    push(&layout, "1", open_port, "public/app:1", false);
+    push(&layout, "1", open_port, "private/app:1", false);
+    let _ = open.kill();
+    let _ = open.wait();
+
+    let host = format!("127.0.0.1:{}", reg.port);
+    let root = t.path().join("store");
+    // Anonymous: the challenge, a token for the scope, the pull.
+    let regs = insecure(t.path(), &host);
+    let (ok, _, err) = store_cli(&root, &regs, &["pull", &format!("{host}/public/app:1")]);
+    assert!(ok, "{err}");
+    // A private repository: refused without credentials, saying where they go...
+    let (ok, _, err) = store_cli(&root, &regs, &["pull", &format!("{host}/private/app:1")]);
+    assert!(!ok);
+    assert!(
+        err.contains("authentication failed") && err.contains("401"),
+        "{err}"
+    );
+    // ...and pulled with them.
+    let creds = t.path().join("creds.toml");
+    std::fs::write(
+        &creds,
+        format!(
+            "[registry.\"{host}\"]\ninsecure = true\nusername = \"user\"\npassword = \"secret\"\n"
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = store_cli(&root, &creds, &["pull", &format!("{host}/private/app:1")]);
+    assert!(ok, "{err}");
 }
