@@ -123,13 +123,15 @@ fn add_test_tools(a: &mut Archive, inputs: &Inputs, binaries: &mut Vec<PathBuf>)
             a.add_symlink(&path, "busybox")?;
         }
     }
-    // The runtime rides in the test image for its cgroup-v2 tests; the production image
-    // gets it with the daemon (issue 7), on the root only rather than the initramfs.
+    // The runtime and the image store ride in the test image for their in-guest tests
+    // (cgroup v2, btrfs); the production image gets them with the daemon (issue 7), on
+    // the root only rather than the initramfs.
     for bin in [
         "berth-testd",
         "berth-testsvc",
         "berth-runtime",
         "berth-runtime-bench",
+        "berth-store",
     ] {
         let host = inputs.bin_dir.join(bin);
         a.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
