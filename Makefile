@@ -53,6 +53,7 @@ bench: image image-test floor
 		--runs 50 --json $(OUT)/bench-runtimes.json
 	$(BIN)/berth-vm bench-runtimes --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
 		--runs 50 --writable --json $(OUT)/bench-runtimes-writable.json
+	$(BIN)/berth-store-bench --runs 5 --json $(OUT)/bench-pull.json
 
 clean:
 	rm -rf $(OUT)

@@ -32,6 +32,9 @@ use crate::unpack::{self, Limits, Target};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/berth/containers";
 
+/// Read buffers on the unpack path: large enough that a layer costs few system calls.
+const IO_BUFFER: usize = 256 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
@@ -405,9 +408,11 @@ impl Store {
         };
         let mut blob_reader = HashingReader::new(blob);
         let unpacked = (|| {
-            let tar =
-                decompressed(BufReader::new(&mut blob_reader)).map_err(io_err("the layer blob"))?;
-            let mut tar = HashingReader::new(tar);
+            let tar = decompressed(BufReader::with_capacity(IO_BUFFER, &mut blob_reader))
+                .map_err(io_err("the layer blob"))?;
+            // Buffered: tar reads 512-byte headers, which would each reach the
+            // decompressor otherwise.
+            let mut tar = HashingReader::new(BufReader::with_capacity(IO_BUFFER, tar));
             let report = unpack::unpack(&mut tar, &tmp, &target, self.options.limits)?;
             let (diff, _) = tar.finish().map_err(io_err("the layer blob"))?;
             Ok::<_, StoreError>((diff, report))
