@@ -638,3 +638,131 @@ fn token_auth_as_docker_hub_does_it() {
     let (ok, _, err) = store_cli(&root, &creds, &["pull", &format!("{host}/private/app:1")]);
     assert!(ok, "{err}");
 }
+
+#[test]
+fn https_with_an_extra_ca_a_docker_schema2_manifest_and_a_mirror() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| t.path().join(n).display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=berth-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &p("leaf.key"),
+        "-out",
+        &p("leaf.csr"),
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        t.path().join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("leaf.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("leaf.pem"),
+        "-days",
+        "2",
+        "-extfile",
+        &p("leaf.ext"),
+    ]);
+    let reg = registry_with(&format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        p("leaf.pem"),
+        p("leaf.key")
+    ));
+    let l = layer(&[E::File("proto", 0o644, b"https")]);
+    let layout = t.path().join("layout");
+    let (config, _) = oci_layout(
+        &layout,
+        &[(
+            l.clone(),
+            gzip(&l),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )],
+        serde_json::json!({"org.opencontainers.image.ref.name": "s2"}),
+    );
+    // Docker's schema2 manifest rather than an OCI one.
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+        ])
+        .arg(format!("oci:{}:s2", layout.display()))
+        .arg(format!("docker://127.0.0.1:{}/test/s2:1", reg.port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host = format!("127.0.0.1:{}", reg.port);
+    let reference = format!("{host}/test/s2:1");
+    // The image's CA bundle does not know the test CA: refused.
+    let none = t.path().join("none.toml");
+    std::fs::write(&none, "").unwrap();
+    let (ok, _, err) = store_cli(&t.path().join("s1"), &none, &["pull", &reference]);
+    assert!(!ok);
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    // With it as an extra CA: pulled over HTTPS.
+    let with_ca = t.path().join("ca.toml");
+    std::fs::write(&with_ca, format!("ca_files = [\"{}\"]\n", p("ca.pem"))).unwrap();
+    let (ok, out, err) = store_cli(&t.path().join("s2"), &with_ca, &["pull", &reference]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("{reference} {config}"));
+    // A registry known only through its mirror: the mirror answers, nothing else is asked.
+    let mirrored = t.path().join("mirror.toml");
+    std::fs::write(
+        &mirrored,
+        format!(
+            "ca_files = [\"{}\"]\n[registry.\"registry.invalid\"]\nmirrors = [\"{host}\"]\n",
+            p("ca.pem")
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = store_cli(
+        &t.path().join("s3"),
+        &mirrored,
+        &["pull", "registry.invalid/test/s2:1"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("registry.invalid/test/s2:1 {config}"));
+}
