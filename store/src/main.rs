@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use berth_store::store::{Options, Store, DEFAULT_ROOT};
+use berth_store::store::{LockKind, Options, Store, DEFAULT_ROOT};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -181,6 +181,14 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         ..Options::default()
     };
     let store = Store::open(&cli.root, options)?;
+    // Adding runs beside other additions; removing waits for them (see store.rs).
+    let _lock = match &cli.cmd {
+        Cmd::Pull { .. } | Cmd::Import { .. } | Cmd::Rootfs { .. } => {
+            Some(store.lock(LockKind::Shared)?)
+        }
+        Cmd::Rm { .. } | Cmd::Gc => Some(store.lock(LockKind::Exclusive)?),
+        Cmd::Ls | Cmd::Inspect { .. } | Cmd::Df => None,
+    };
     let tty = std::io::stderr().is_terminal();
     let mut progress = |msg: &str| {
         if tty || msg.starts_with("warning") {

@@ -8,7 +8,9 @@
 //! images.json             references -> manifest, config and layer chain
 //! containers/ID/          a container's rootfs (and, with overlayfs, upper and work)
 //! tmp/                    layers being unpacked; emptied when the store opens
-//! lock                    flock(2): one writer at a time
+//! lock                    flock(2): shared while adding (pulls, imports, rootfs),
+//!                         exclusive while removing (rm, gc), none to read
+//! images.lock             flock(2) around each read-modify-write of images.json
 //! ```
 //!
 //! On btrfs each layer is a read-only subvolume holding the whole tree: a snapshot of
@@ -163,8 +165,17 @@ pub struct Store {
     root: PathBuf,
     backend: Backend,
     options: Options,
-    /// Held while this handle lives: one writer at a time.
-    _lock: OwnedFd,
+}
+
+/// A held flock(2); released on drop.
+pub struct Lock(#[allow(dead_code)] OwnedFd);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// Adding: pulls and imports run side by side, and gc waits for them.
+    Shared,
+    /// Removing: waits until nothing is being added.
+    Exclusive,
 }
 
 const CONTAINER_LAYER_FILE: &str = "image-layer";
@@ -176,15 +187,6 @@ impl Store {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        let lock_path = root.join("lock");
-        let lock = rustix::fs::open(
-            &lock_path,
-            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(errno_err(&lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(errno_err(&lock_path))?;
         let dir = open_dir(root)?;
         let backend = if btrfs::is_btrfs(dir.as_fd()) {
             Backend::Btrfs
@@ -195,10 +197,57 @@ impl Store {
             root: root.to_path_buf(),
             backend,
             options,
-            _lock: lock,
         };
-        store.clean_tmp();
+        // Leftovers of an interrupted unpack, when nobody is adding right now.
+        if let Ok(Some(_lock)) = store.try_lock(LockKind::Exclusive) {
+            store.clean_tmp();
+        }
         Ok(store)
+    }
+
+    fn lock_file(&self, name: &str) -> Result<OwnedFd> {
+        let path = self.root.join(name);
+        rustix::fs::open(
+            &path,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(errno_err(&path))
+    }
+
+    /// Waits for the store lock (see the layout above).
+    pub fn lock(&self, kind: LockKind) -> Result<Lock> {
+        let fd = self.lock_file("lock")?;
+        let op = match kind {
+            LockKind::Shared => rustix::fs::FlockOperation::LockShared,
+            LockKind::Exclusive => rustix::fs::FlockOperation::LockExclusive,
+        };
+        rustix::fs::flock(&fd, op).map_err(errno_err(self.root.join("lock")))?;
+        Ok(Lock(fd))
+    }
+
+    fn try_lock(&self, kind: LockKind) -> Result<Option<Lock>> {
+        let fd = self.lock_file("lock")?;
+        let op = match kind {
+            LockKind::Shared => rustix::fs::FlockOperation::NonBlockingLockShared,
+            LockKind::Exclusive => rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        };
+        match rustix::fs::flock(&fd, op) {
+            Ok(()) => Ok(Some(Lock(fd))),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(errno_err(self.root.join("lock"))(e)),
+        }
+    }
+
+    /// Runs `f` on images.json with no other writer in between.
+    fn update_images<T>(&self, f: impl FnOnce(&mut Images) -> Result<T>) -> Result<T> {
+        let fd = self.lock_file("images.lock")?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(errno_err(self.root.join("images.lock")))?;
+        let mut images = self.load_images()?;
+        let out = f(&mut images)?;
+        self.save_images(&images)?;
+        Ok(out)
     }
 
     pub fn root(&self) -> &Path {
@@ -362,7 +411,14 @@ impl Store {
             &json,
         )?;
         let dest = self.layer_dir(&chain_id);
-        std::fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        if let Err(e) = std::fs::rename(&tmp, &dest) {
+            // Another pull stored the same layer meanwhile: keep theirs.
+            let _ = self.remove_tree(&tmp_parent, OsStr::new(&tmp_name));
+            if let Some(rec) = self.layer(&chain_id) {
+                return Ok((rec, warnings));
+            }
+            return Err(io_err(&dest)(e));
+        }
         if self.backend == Backend::Btrfs {
             let d = open_dir(&dest)?;
             btrfs::set_read_only(d.as_fd()).map_err(errno_err(&dest))?;
@@ -489,9 +545,10 @@ impl Store {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let mut images = self.load_images()?;
-        images.images.insert(reference.to_string(), rec.clone());
-        self.save_images(&images)?;
+        self.update_images(|images| {
+            images.images.insert(reference.to_string(), rec.clone());
+            Ok(())
+        })?;
         Ok(rec)
     }
 
@@ -538,34 +595,35 @@ impl Store {
     /// Removes a reference (by ID: every reference to it). Its layers stay until `gc`.
     pub fn remove(&self, name: &str) -> Result<Vec<String>> {
         let (rec, by_id) = self.lookup(name)?;
-        let mut images = self.load_images()?;
-        let doomed: Vec<String> = images
-            .images
-            .values()
-            .filter(|r| {
-                if by_id {
-                    r.id == rec.id
-                } else {
-                    r.reference == rec.reference
-                }
-            })
-            .map(|r| r.reference.clone())
-            .collect();
         // A container's rootfs keeps its image's layers alive; say so instead of
         // leaving the image half gone.
         let users = self.containers_using(&rec.layers)?;
-        let last_ref = images.images.values().filter(|r| r.id == rec.id).count() == doomed.len();
-        if last_ref && !users.is_empty() {
-            return Err(StoreError::InUse {
-                image: rec.reference,
-                containers: users.join(", "),
-            });
-        }
-        for d in &doomed {
-            images.images.remove(d);
-        }
-        self.save_images(&images)?;
-        Ok(doomed)
+        self.update_images(|images| {
+            let doomed: Vec<String> = images
+                .images
+                .values()
+                .filter(|r| {
+                    if by_id {
+                        r.id == rec.id
+                    } else {
+                        r.reference == rec.reference
+                    }
+                })
+                .map(|r| r.reference.clone())
+                .collect();
+            let last_ref =
+                images.images.values().filter(|r| r.id == rec.id).count() == doomed.len();
+            if last_ref && !users.is_empty() {
+                return Err(StoreError::InUse {
+                    image: rec.reference.clone(),
+                    containers: users.join(", "),
+                });
+            }
+            for d in &doomed {
+                images.images.remove(d);
+            }
+            Ok(doomed)
+        })
     }
 
     fn containers_using(&self, layers: &[Digest]) -> Result<Vec<String>> {

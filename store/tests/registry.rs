@@ -766,3 +766,64 @@ fn https_with_an_extra_ca_a_docker_schema2_manifest_and_a_mirror() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), format!("registry.invalid/test/s2:1 {config}"));
 }
+
+#[test]
+fn two_pulls_of_one_image_at_once_both_succeed() {
+    let reg = registry();
+    let t = tempfile::tempdir().unwrap();
+    let l1 = layer(&[E::File("a", 0o644, &noise(400_000, 5))]);
+    let l2 = layer(&[E::File("b", 0o644, &noise(400_000, 6))]);
+    let layout = t.path().join("layout");
+    oci_layout(
+        &layout,
+        &[
+            (
+                l1.clone(),
+                gzip(&l1),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+            (
+                l2.clone(),
+                gzip(&l2),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+        ],
+        serde_json::json!({"org.opencontainers.image.ref.name": "c"}),
+    );
+    push(&layout, "c", reg.port, "test/concurrent:1", false);
+    let host = format!("127.0.0.1:{}", reg.port);
+    let regs = insecure(t.path(), &host);
+    let root = t.path().join("store");
+    let reference = format!("{host}/test/concurrent:1");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_berth-store"))
+            .arg("--root")
+            .arg(&root)
+            .args([
+                "--min-free-mib",
+                "0",
+                "--min-free-percent",
+                "0",
+                "--registries",
+            ])
+            .arg(&regs)
+            .args(["pull", &reference])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_, out, _) = store_cli(&root, &regs, &["--json", "ls"]);
+    let images: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(images.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+}
