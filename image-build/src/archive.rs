@@ -22,7 +22,7 @@ const S_IFLNK: u32 = 0o120000;
 const S_IFCHR: u32 = 0o020000;
 
 /// The archive being assembled: image path (no leading `/`) -> node.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Archive {
     nodes: BTreeMap<String, Node>,
 }

@@ -237,7 +237,7 @@ fn check_services(a: &Archive) -> Result<()> {
 }
 
 /// Applet names as `busybox --list` prints them (busybox-static runs on the build host).
-fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
+pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     let out = crate::debs::run(std::process::Command::new(busybox).arg("--list"))?;
     Ok(out
         .lines()

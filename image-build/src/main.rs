@@ -7,6 +7,7 @@
 //! `image-build floor` writes the kernel-only floor initramfs `make bench` compares with.
 
 mod archive;
+mod builtin_image;
 mod debs;
 mod disk;
 mod elf;
@@ -82,8 +83,11 @@ fn run(cli: Cli) -> Result<()> {
 
 fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> Result<()> {
     let kernel = kernel::prepare(cache)?;
+    // busybox-static: the built-in container image in every variant, and the test
+    // variant's shell.
+    let busybox_bin = busybox(cache)?;
     let busybox = match variant {
-        Variant::Test => Some(busybox(cache)?),
+        Variant::Test => Some(busybox_bin.clone()),
         Variant::Prod => None,
     };
     // The test image carries Debian's crun and runc, the runtimes berth-runtime is
@@ -138,7 +142,14 @@ fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> 
             "libraries": contents.libraries,
         },
     });
-    let disk = build_disk(&archive, &kernel.vmlinuz(), &out.join("initrd.img"), out)?;
+    // The root holds the initramfs's tree and what only stage 2 needs: the built-in
+    // container image (the firmware need not read it at every boot).
+    let mut root_tree = archive.clone();
+    let applets = initramfs::busybox_applets(&busybox_bin)?;
+    for (path, data) in builtin_image::layout(&busybox_bin, &applets)? {
+        root_tree.add_file(&format!("{}/{path}", builtin_image::DIR), 0o644, data)?;
+    }
+    let disk = build_disk(&root_tree, &kernel.vmlinuz(), &out.join("initrd.img"), out)?;
     let mut manifest = manifest;
     manifest["disk"] = serde_json::to_value(&disk)?;
     let text = serde_json::to_string_pretty(&manifest).context("rendering manifest.json")?;

@@ -142,4 +142,19 @@ fn layers_are_btrfs_snapshots_and_a_rootfs_is_a_writable_one() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("removed 3 layers and 2 blobs"), "{out}");
     assert_eq!(out.lines().last(), Some("0"), "{out}");
+
+    // The built-in busybox image on the verified root: imported, and a shell runs in it.
+    let (code, out, err) = sh(
+        &mut testd,
+        &format!(
+            "{STORE} import /usr/share/berth/images/busybox && r=$({STORE} rootfs create berth.local/busybox:latest bb) \
+             && chroot $r /bin/sh -c 'echo hello from $(head -1 /etc/passwd | cut -d: -f1)' && {STORE} rootfs rm bb"
+        ),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("berth.local/busybox:latest sha256:"),
+        "{out}"
+    );
+    assert!(out.contains("hello from root"), "{out}");
 }
