@@ -4,5 +4,7 @@
 
 pub mod caps;
 pub mod declaration;
+pub mod logs;
 pub mod seccomp;
 pub mod spec;
+pub mod supervisor;

@@ -132,6 +132,7 @@ fn add_test_tools(a: &mut Archive, inputs: &Inputs, binaries: &mut Vec<PathBuf>)
         "berth-runtime",
         "berth-runtime-bench",
         "berth-store",
+        "berth-daemon",
     ] {
         let host = inputs.bin_dir.join(bin);
         a.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
@@ -188,6 +189,11 @@ const TEST_SERVICES: &[(&str, &str)] = &[
         "name = \"test-delegate\"\nexec = \"/usr/bin/berth-testsvc\"\nargs = [\"delegate\"]\n\
          ready = \"notify\"\ndelegate = true\nrestart = \"always\"\nrestart_delay_ms = 100\n\
          memory_max = \"256M\"\npids_max = 64\nautostart = false\n",
+    ),
+    (
+        "berth-daemon",
+        "name = \"berth-daemon\"\nexec = \"/usr/bin/berth-daemon\"\ndelegate = true\n\
+         restart = \"on-failure\"\nstop_timeout_ms = 15000\nautostart = false\n",
     ),
     (
         "test-slow",

@@ -207,7 +207,7 @@ fn join(ns: &LinuxNamespace) -> Result<()> {
 }
 
 /// Now as RFC 3339 UTC with nanoseconds (the OCI state's `created`, as runc writes it).
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -86,9 +86,14 @@ enum Cmd {
     },
     /// What this runtime supports (runtime-spec features.json).
     Features,
-    /// Container images: import, ls, rm, inspect, gc, df (handed to `berth-store`, which
-    /// keeps HTTP, TLS and decompression out of this binary).
+    /// Container images: pull, import, ls, rm, inspect, gc, df (handed to `berth-store`,
+    /// which keeps HTTP, TLS and decompression out of this binary).
     Image {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// The daemon that keeps the declared containers running (handed to `berth-daemon`).
+    Daemon {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
@@ -142,8 +147,10 @@ struct CreateArgs {
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "image") {
-        return image(&args[2..]);
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("image") => return hand_over("berth-store", &args[2..]),
+        Some("daemon") => return hand_over("berth-daemon", &args[2..]),
+        _ => {}
     }
     // Commands that start processes in a container run from a read-only view of this
     // binary (see sys::reexec_read_only); state, kill, delete, list need not.
@@ -167,14 +174,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `berth-store` (next to this binary, else from PATH) with `args`.
-fn image(args: &[std::ffi::OsString]) -> ExitCode {
+/// Runs `binary` (next to this one, else from PATH) with `args`.
+fn hand_over(binary: &str, args: &[std::ffi::OsString]) -> ExitCode {
     use std::os::unix::process::CommandExt;
     let sibling = std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("berth-store")))
+        .and_then(|p| p.parent().map(|d| d.join(binary)))
         .filter(|p| p.exists());
-    let program = sibling.unwrap_or_else(|| PathBuf::from("berth-store"));
+    let program = sibling.unwrap_or_else(|| PathBuf::from(binary));
     let err = std::process::Command::new(&program).args(args).exec();
     eprintln!("berth-runtime: running {}: {err}", program.display());
     ExitCode::FAILURE
@@ -210,7 +217,8 @@ fn run(cli: &Cli) -> berth_runtime::Result<ExitCode> {
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
         }
         Cmd::Start { id } => container::start(root, id)?,
-        Cmd::Image { args } => return Ok(image(args)),
+        Cmd::Image { args } => return Ok(hand_over("berth-store", args)),
+        Cmd::Daemon { args } => return Ok(hand_over("berth-daemon", args)),
         Cmd::Exec(a) => {
             let code = berth_runtime::exec::exec(&berth_runtime::exec::ExecOptions {
                 root,
