@@ -196,14 +196,9 @@ impl Supervisor {
             serde_json::from_slice(&store.blob(&image.id).map_err(|e| e.to_string())?)
                 .map_err(|e| e.to_string())?;
         // The rootfs persists across restarts, as a docker container's writable layer.
-        let rootfs = store.root().join("containers").join(name).join("rootfs");
-        let rootfs = if rootfs.exists() {
-            rootfs
-        } else {
-            store
-                .create_rootfs(&decl.image, name)
-                .map_err(|e| e.to_string())?
-        };
+        let rootfs = store
+            .ensure_rootfs(&decl.image, name)
+            .map_err(|e| e.to_string())?;
         let passwd = spec::read_in_root(&rootfs, "/etc/passwd").unwrap_or_default();
         let group = spec::read_in_root(&rootfs, "/etc/group").unwrap_or_default();
         let user = spec::resolve_user(decl.user.as_deref().unwrap_or("0"), &passwd, &group)?;

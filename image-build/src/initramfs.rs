@@ -395,6 +395,8 @@ mod tests {
             "berth-testsvc",
             "berth-runtime",
             "berth-runtime-bench",
+            "berth-store",
+            "berth-daemon",
         ] {
             a.add_file(&format!("usr/bin/{bin}"), 0o755, vec![])
                 .unwrap();

@@ -800,9 +800,36 @@ impl Store {
         Ok(rootfs)
     }
 
+    /// Container `id`'s root filesystem, made from image `name` if it has none yet. An
+    /// existing one is kept (a container's writes survive its restarts, as in docker),
+    /// and with overlayfs mounted again if a reboot undid the mount.
+    pub fn ensure_rootfs(&self, name: &str, id: &str) -> Result<PathBuf> {
+        let dir = self.root.join("containers").join(id);
+        let rootfs = dir.join("rootfs");
+        let layer = std::fs::read_to_string(dir.join(CONTAINER_LAYER_FILE))
+            .ok()
+            .and_then(|t| Digest::parse(t.trim()).ok());
+        let Some(top) = layer else {
+            if dir.exists() {
+                // Half made (an interrupted create): start over.
+                self.remove_rootfs(id)?;
+            }
+            return self.create_rootfs(name, id);
+        };
+        if self.backend == Backend::Overlay && !is_mount_point(&rootfs) {
+            self.mount_overlay(&top, &dir)?;
+        }
+        Ok(rootfs)
+    }
+
     fn mount_overlay(&self, top: &Digest, dir: &Path) -> Result<()> {
         for sub in ["rootfs", "upper", "work"] {
-            std::fs::create_dir(dir.join(sub)).map_err(io_err(dir.join(sub)))?;
+            match std::fs::create_dir(dir.join(sub)) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(io_err(dir.join(sub))(e))
+                }
+                _ => {}
+            }
         }
         let lowers: Vec<String> = self
             .chain(top)?
@@ -843,6 +870,18 @@ impl Store {
         let parent = self.root.join("containers");
         self.remove_tree(&dir, OsStr::new("rootfs"))?;
         self.remove_tree(&parent, OsStr::new(id))
+    }
+}
+
+/// Whether something is mounted on `path` (its device differs from its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
+        (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
+        _ => false,
     }
 }
 

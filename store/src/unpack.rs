@@ -270,14 +270,7 @@ impl Unpacker<'_> {
                 self.replace(parent.as_fd(), &name, &path)?;
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), parent.as_fd(), &name)
                     .map_err(fs_err(&path, "creating the symlink"))?;
-                rustix::fs::chownat(
-                    parent.as_fd(),
-                    &name,
-                    Some(rustix::fs::Uid::from_raw(id(uid))),
-                    Some(rustix::fs::Gid::from_raw(id(gid))),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(fs_err(&path, "setting the owner"))?;
+                owner_at(parent.as_fd(), &name, &path, uid, gid)?;
                 let _ = rustix::fs::utimensat(
                     parent.as_fd(),
                     &name,
@@ -296,14 +289,10 @@ impl Unpacker<'_> {
                 self.replace(parent.as_fd(), &name, &path)?;
                 rustix::fs::mknodat(parent.as_fd(), &name, FileType::Fifo, mode, 0)
                     .map_err(fs_err(&path, "creating the FIFO"))?;
-                rustix::fs::chownat(
-                    parent.as_fd(),
-                    &name,
-                    Some(rustix::fs::Uid::from_raw(id(uid))),
-                    Some(rustix::fs::Gid::from_raw(id(gid))),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(fs_err(&path, "setting the owner"))?;
+                owner_at(parent.as_fd(), &name, &path, uid, gid)?;
+                // mknod applied the umask; the entry's mode is meant exactly.
+                rustix::fs::chmodat(parent.as_fd(), &name, mode, AtFlags::empty())
+                    .map_err(fs_err(&path, "setting the mode"))?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 self.report.warnings.push(format!(
@@ -744,6 +733,18 @@ fn copy(from: &mut impl Read, to: &mut std::fs::File) -> std::io::Result<u64> {
         to.write_all(&buf[..n])?;
         total += n as u64;
     }
+}
+
+/// Sets the owner of `name` itself (a symlink is not followed).
+fn owner_at(parent: BorrowedFd<'_>, name: &OsStr, path: &Path, uid: u64, gid: u64) -> Result<()> {
+    rustix::fs::chownat(
+        parent,
+        name,
+        Some(rustix::fs::Uid::from_raw(id(uid))),
+        Some(rustix::fs::Gid::from_raw(id(gid))),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(fs_err(path, "setting the owner"))
 }
 
 /// Tar's 64-bit ids into 32-bit ones (larger ones are not valid Linux ids).

@@ -42,14 +42,19 @@ fn registry() -> Registry {
     registry_with("")
 }
 
-/// A registry whose config ends with `extra` (an `auth:` section).
+/// A registry whose config ends with `extra` (an `auth:` or `tls:` section).
 fn registry_with(extra: &str) -> Registry {
+    registry_on(extra, None)
+}
+
+/// A registry serving the storage of `shared` (another registry's) when given.
+fn registry_on(extra: &str, shared: Option<&Path>) -> Registry {
     assert!(
         Path::new("/usr/bin/docker-registry").exists(),
         "docker-registry missing: `make deps` installs it"
     );
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = shared.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
     let port = free_port();
     let config = dir.path().join("config.yml");
     std::fs::write(
@@ -571,32 +576,8 @@ fn token_auth_as_docker_hub_does_it() {
     );
     // Loaded while open: pushing goes through a second registry on the same storage.
     let reg = registry_with(&auth);
-    let open_dir = tempfile::tempdir().unwrap();
-    let open_port = free_port();
-    let open_config = open_dir.path().join("config.yml");
-    std::fs::write(
-        &open_config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{open_port}\n",
-            reg.data.display()
-        ),
-    )
-    .unwrap();
-    let mut open = Command::new("/usr/bin/docker-registry")
-        .arg("serve")
-        .arg(&open_config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", open_port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the second registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let open = registry_on("", Some(&reg.data));
+    let open_port = open.port;
     let l = layer(&[E::File("hello", 0o644, b"token")]);
     let layout = t.path().join("layout");
     oci_layout(
@@ -610,8 +591,7 @@ fn token_auth_as_docker_hub_does_it() {
     );
     push(&layout, "1", open_port, "public/app:1", false);
     push(&layout, "1", open_port, "private/app:1", false);
-    let _ = open.kill();
-    let _ = open.wait();
+    drop(open);
 
     let host = format!("127.0.0.1:{}", reg.port);
     let root = t.path().join("store");

@@ -119,6 +119,18 @@ fn an_oci_layout_imports_and_a_container_gets_its_rootfs() {
     );
     assert_eq!(std::fs::read(rootfs.join("data/new")).unwrap(), b"3");
     std::fs::write(rootfs.join("etc/written"), b"by the container").unwrap();
+    // A reboot undoes the overlay mount: ensure_rootfs mounts it again, writes kept.
+    rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::empty()).unwrap();
+    assert!(!rootfs.join("bin/tool").exists());
+    let again = open(&root)
+        .ensure_rootfs("example.test/app:1.0", "c1")
+        .unwrap();
+    assert_eq!(again, rootfs);
+    assert_eq!(
+        std::fs::read(rootfs.join("etc/written")).unwrap(),
+        b"by the container"
+    );
+    assert_eq!(std::fs::read(rootfs.join("bin/tool")).unwrap(), b"v2");
     // An image in use is not removed; its layers survive gc.
     let (ok, _, err) = cli(&root, &["rm", "example.test/app:1.0"]);
     assert!(!ok);

@@ -8,8 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use berth_tests::testd::TestdClient;
-use berth_tests::vm::create_overlay;
-use common::{boot, config, disk_cmdline, image_dir};
+use common::boot_disk;
 
 fn sh(testd: &mut TestdClient, script: &str) -> (i32, String) {
     let out = testd.sh(script).unwrap();
@@ -50,13 +49,7 @@ fn wait_for(
 #[test]
 fn declared_containers_run_restart_log_and_stop() {
     let t = tempfile::tempdir().unwrap();
-    let disk = t.path().join("disk.qcow2");
-    create_overlay(&image_dir().join("berth.raw"), &disk, Some("2G")).unwrap();
-    let mut cfg = config("daemon");
-    cfg.disk = Some(disk);
-    cfg.disk_persistent = true;
-    cfg.append = disk_cmdline();
-    let vm = boot(cfg);
+    let vm = boot_disk("daemon", t.path());
     let mut testd = vm.testd().expect("testd");
 
     let (code, out) = sh(

@@ -10,8 +10,7 @@ use std::path::Path;
 
 use berth_store::Digest;
 use berth_tests::testd::TestdClient;
-use berth_tests::vm::create_overlay;
-use common::{boot, config, disk_cmdline, image_dir};
+use common::boot_disk;
 use layers::{gzip, layer, oci_layout, zstd, E};
 
 const STORE: &str = "berth-store --min-free-mib 0 --min-free-percent 0";
@@ -45,13 +44,7 @@ fn send_layout(testd: &mut TestdClient, layout: &Path) {
 #[test]
 fn layers_are_btrfs_snapshots_and_a_rootfs_is_a_writable_one() {
     let t = tempfile::tempdir().unwrap();
-    let disk = t.path().join("disk.qcow2");
-    create_overlay(&image_dir().join("berth.raw"), &disk, Some("2G")).unwrap();
-    let mut cfg = config("store-btrfs");
-    cfg.disk = Some(disk);
-    cfg.disk_persistent = true;
-    cfg.append = disk_cmdline();
-    let vm = boot(cfg);
+    let vm = boot_disk("store-btrfs", t.path());
     let mut testd = vm.testd().expect("testd");
 
     let l1 = layer(&[

@@ -64,3 +64,16 @@ pub fn disk_cmdline() -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Boots the test image's disk (a 2 GiB overlay in `dir`, kept across boots) to
+/// `berth: ready`: the verified root and btrfs /var, as a real machine runs.
+pub fn boot_disk(name: &str, dir: &std::path::Path) -> Vm {
+    let disk = dir.join("disk.qcow2");
+    berth_tests::vm::create_overlay(&image_dir().join("berth.raw"), &disk, Some("2G"))
+        .expect("creating the disk overlay");
+    let mut cfg = config(name);
+    cfg.disk = Some(disk);
+    cfg.disk_persistent = true;
+    cfg.append = disk_cmdline();
+    boot(cfg)
+}
