@@ -8,3 +8,4 @@ pub mod logs;
 pub mod seccomp;
 pub mod spec;
 pub mod supervisor;
+pub mod volumes;

@@ -30,6 +30,8 @@ struct Cli {
     log_dir: PathBuf,
     #[arg(long, default_value = "/usr/share/berth/images")]
     builtin_images: PathBuf,
+    #[arg(long, default_value = berth_daemon::volumes::DEFAULT_DIR)]
+    volumes: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         run_dir: cli.run_dir,
         log_dir: cli.log_dir,
         builtin_images: cli.builtin_images,
+        volumes: cli.volumes,
     });
     match sup.run() {
         Ok(()) => ExitCode::SUCCESS,

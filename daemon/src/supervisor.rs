@@ -5,8 +5,8 @@
 //! `start`, and the container's init is re-parented to the daemon, a child subreaper.
 //! Their stdout and stderr are pipes the daemon reads into log files.
 //!
-//! Not yet (issue 7's remaining parts): bridge networking and published ports, named
-//! volumes, re-adopting running containers after a daemon restart (pipes through init's
+//! Not yet (issue 7's remaining parts): bridge networking and published ports,
+//! re-adopting running containers after a daemon restart (pipes through init's
 //! fd store), the D-Bus API and berthctl's container verbs.
 
 use std::collections::BTreeMap;
@@ -35,6 +35,8 @@ pub struct Paths {
     pub log_dir: PathBuf,
     /// Built-in images (OCI layouts) imported when missing.
     pub builtin_images: PathBuf,
+    /// Named volumes.
+    pub volumes: PathBuf,
 }
 
 /// First restart delay, doubling per failure up to the cap; reset after a good run.
@@ -165,15 +167,6 @@ impl Supervisor {
                     .into(),
             );
         }
-        if decl
-            .volumes
-            .iter()
-            .any(|v| matches!(v, crate::declaration::Volume::Named { .. }))
-        {
-            return Err(
-                "named volumes are not supported yet: use a bind mount from /var or a tmpfs".into(),
-            );
-        }
         let store = self.store()?;
         let _lock = store
             .lock(berth_store::store::LockKind::Shared)
@@ -228,7 +221,7 @@ impl Supervisor {
             cgroup: self.cgroup_parent.as_ref().map(|p| format!("{p}/{name}")),
             netns: None,
             etc_files,
-            volume_dirs: BTreeMap::new(),
+            volume_dirs: self.volumes(decl)?,
             nofile: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
                 .ok()
                 .map(|(_, hard)| hard),
@@ -287,6 +280,29 @@ impl Supervisor {
             ));
         }
         Ok(pid)
+    }
+
+    /// The declaration's named volumes, made where missing, and its bind sources checked.
+    fn volumes(&self, decl: &Declaration) -> Result<BTreeMap<String, PathBuf>, String> {
+        let mut dirs = BTreeMap::new();
+        for v in &decl.volumes {
+            match v {
+                crate::declaration::Volume::Named { name, .. } => {
+                    dirs.insert(
+                        name.clone(),
+                        crate::volumes::ensure(&self.paths.volumes, name)?,
+                    );
+                }
+                crate::declaration::Volume::Bind { source, .. } if !source.exists() => {
+                    return Err(format!(
+                        "bind mount source {} does not exist",
+                        source.display()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(dirs)
     }
 
     /// The next moment something is due, if any.

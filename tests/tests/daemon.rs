@@ -64,9 +64,10 @@ memory = "64M"
 EOF
 cat > once.toml <<'EOF'
 image = "berth.local/busybox:latest"
-command = ["sh", "-c", "echo bye >&2; exit 3"]
+command = ["sh", "-c", "echo bye >&2; echo run >> /data/runs; exit 3"]
 network = "none"
 restart = "on-failure:2"
+volumes = ["data:/data"]
 EOF
 cat > bad.toml <<'EOF'
 image = "berth.local/busybox:latest"
@@ -111,6 +112,16 @@ berthctl start berth-daemon"#,
     let (_, once_log) = sh(&mut testd, "cat /var/log/berth/containers/once.log");
     assert_eq!(once_log.matches("bye").count(), 3, "{once_log}");
     assert!(once_log.contains("\"stream\":\"stderr\""), "{once_log}");
+    // Its named volume: a btrfs subvolume kept outside the container, written by all 3 runs.
+    let (_, vol) = sh(
+        &mut testd,
+        "stat -c %i /var/lib/berth/volumes/data; wc -l < /var/lib/berth/volumes/data/runs",
+    );
+    assert_eq!(
+        vol.split_whitespace().collect::<Vec<_>>(),
+        ["256", "3"],
+        "{vol}"
+    );
     // The bad declaration was skipped, saying which key.
     let (_, dlog) = sh(&mut testd, "berthctl logs -n 50 berth-daemon");
     assert!(
