@@ -507,30 +507,34 @@ impl Supervisor {
         self.load();
         self.write_status();
         loop {
+            // Signals first: a stop that arrived while the daemon was busy (importing,
+            // pulling) must win over starting anything more.
+            if self.handle_signals(&signals) {
+                say("stopping the containers");
+                self.stop_all();
+                self.write_status();
+                return Ok(());
+            }
             self.tick();
             self.write_status();
             let timeout = self
                 .next_due()
                 .map(|t| t.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_secs(3600));
-            if wait_readable(signals.as_fd(), timeout) {
-                let mut stop = false;
-                while let Ok(Some(info)) = signals.read_signal() {
-                    if info.ssi_signo == Signal::SIGTERM as u32
-                        || info.ssi_signo == Signal::SIGINT as u32
-                    {
-                        stop = true;
-                    }
-                }
-                self.reap(|s, (pid, code)| s.exited(pid, code));
-                if stop {
-                    say("stopping the containers");
-                    self.stop_all();
-                    self.write_status();
-                    return Ok(());
-                }
+            wait_readable(signals.as_fd(), timeout);
+        }
+    }
+
+    /// Reads the pending signals and reaps exited children; true on SIGTERM or SIGINT.
+    fn handle_signals(&mut self, signals: &SignalFd) -> bool {
+        let mut stop = false;
+        while let Ok(Some(info)) = signals.read_signal() {
+            if info.ssi_signo == Signal::SIGTERM as u32 || info.ssi_signo == Signal::SIGINT as u32 {
+                stop = true;
             }
         }
+        self.reap(|s, (pid, code)| s.exited(pid, code));
+        stop
     }
 }
 

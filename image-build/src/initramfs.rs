@@ -191,11 +191,6 @@ const TEST_SERVICES: &[(&str, &str)] = &[
          memory_max = \"256M\"\npids_max = 64\nautostart = false\n",
     ),
     (
-        "berth-daemon",
-        "name = \"berth-daemon\"\nexec = \"/usr/bin/berth-daemon\"\ndelegate = true\n\
-         restart = \"on-failure\"\nstop_timeout_ms = 15000\nautostart = false\n",
-    ),
-    (
         "test-slow",
         "name = \"test-slow\"\nexec = \"/usr/bin/berth-testsvc\"\nargs = [\"slow\"]\n\
          ready = \"socket:/run/test-slow.sock\"\nready_timeout_ms = 60000\nautostart = false\n",
@@ -204,7 +199,7 @@ const TEST_SERVICES: &[(&str, &str)] = &[
 
 /// Refuses the image if a service definition in it is bad: it would not parse, names a
 /// missing dependency, sits in a cycle, or runs a program the image does not have.
-fn check_services(a: &Archive) -> Result<()> {
+pub fn check_services(a: &Archive) -> Result<()> {
     let prefix = format!("{SERVICES_DIR}/");
     let mut defs = Vec::new();
     let mut errors = Vec::new();
@@ -256,7 +251,7 @@ pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
 /// Copies the libraries the binaries load. Several image paths for one host file (the
 /// loader is both PT_INTERP /lib64/ld-linux-x86-64.so.2 and libc's DT_NEEDED) become
 /// one file and symlinks.
-fn add_libraries(a: &mut Archive, binaries: &[PathBuf]) -> Result<Vec<String>> {
+pub fn add_libraries(a: &mut Archive, binaries: &[PathBuf]) -> Result<Vec<String>> {
     let libs = elf::library_closure(Path::new("/"), binaries)?;
     let mut by_file: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
     for (image_path, host) in &libs {

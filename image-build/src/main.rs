@@ -142,13 +142,7 @@ fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> 
             "libraries": contents.libraries,
         },
     });
-    // The root holds the initramfs's tree and what only stage 2 needs: the built-in
-    // container image (the firmware need not read it at every boot).
-    let mut root_tree = archive.clone();
-    let applets = initramfs::busybox_applets(&busybox_bin)?;
-    for (path, data) in builtin_image::layout(&busybox_bin, &applets)? {
-        root_tree.add_file(&format!("{}/{path}", builtin_image::DIR), 0o644, data)?;
-    }
+    let root_tree = root_tree(&archive, &inputs.bin_dir, &busybox_bin)?;
     let disk = build_disk(&root_tree, &kernel.vmlinuz(), &out.join("initrd.img"), out)?;
     let mut manifest = manifest;
     manifest["disk"] = serde_json::to_value(&disk)?;
@@ -165,6 +159,40 @@ fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> 
     );
     Ok(())
 }
+
+/// The root holds the initramfs's tree and what only stage 2 needs, which the firmware
+/// then need not read at every boot: the container runtime, the image store and the
+/// daemon (with their libraries), the daemon's service, the built-in container image.
+fn root_tree(
+    initramfs: &archive::Archive,
+    bin_dir: &Path,
+    busybox: &Path,
+) -> Result<archive::Archive> {
+    let mut root = initramfs.clone();
+    let mut binaries = Vec::new();
+    for bin in ["berth-runtime", "berth-store", "berth-daemon"] {
+        let host = bin_dir.join(bin);
+        root.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
+        binaries.push(host);
+    }
+    initramfs::add_libraries(&mut root, &binaries)?;
+    root.add_file(
+        "usr/lib/berth/services/berth-daemon.toml",
+        0o644,
+        DAEMON_SERVICE.as_bytes().to_vec(),
+    )?;
+    initramfs::check_services(&root)?;
+    let applets = initramfs::busybox_applets(busybox)?;
+    for (path, data) in builtin_image::layout(busybox, &applets)? {
+        root.add_file(&format!("{}/{path}", builtin_image::DIR), 0o644, data)?;
+    }
+    Ok(root)
+}
+
+/// The container daemon: a delegated cgroup subtree (its containers live beside it),
+/// restarted whenever it dies, and given time to stop its containers.
+const DAEMON_SERVICE: &str = "name = \"berth-daemon\"\nexec = \"/usr/bin/berth-daemon\"\n\
+delegate = true\nrestart = \"always\"\nstop_timeout_ms = 15000\n";
 
 /// What the disk build made, for the manifest.
 #[derive(Debug, serde::Serialize)]

@@ -73,7 +73,7 @@ cat > bad.toml <<'EOF'
 image = "berth.local/busybox:latest"
 colour = "blue"
 EOF
-berthctl start berth-daemon"#,
+berthctl restart berth-daemon"#,
     );
     assert_eq!(code, 0, "{out}");
 

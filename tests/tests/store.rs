@@ -13,7 +13,8 @@ use berth_tests::testd::TestdClient;
 use common::boot_disk;
 use layers::{gzip, layer, oci_layout, zstd, E};
 
-const STORE: &str = "berth-store --min-free-mib 0 --min-free-percent 0";
+/// Its own store: the daemon (a service of the image) keeps the default one.
+const STORE: &str = "berth-store --root /var/lib/test-store --min-free-mib 0 --min-free-percent 0";
 
 fn sh(testd: &mut TestdClient, script: &str) -> (i32, String, String) {
     let out = testd.sh(script).unwrap();
@@ -93,7 +94,7 @@ fn layers_are_btrfs_snapshots_and_a_rootfs_is_a_writable_one() {
 
     // Each layer a read-only subvolume holding the whole tree up to it.
     let bottom = Digest::of(&l1);
-    let layers_dir = "/var/lib/berth/containers/layers";
+    let layers_dir = "/var/lib/test-store/layers";
     let (_, out, _) = sh(
         &mut testd,
         &format!(
