@@ -123,17 +123,7 @@ fn add_test_tools(a: &mut Archive, inputs: &Inputs, binaries: &mut Vec<PathBuf>)
             a.add_symlink(&path, "busybox")?;
         }
     }
-    // The runtime and the image store ride in the test image for their in-guest tests
-    // (cgroup v2, btrfs); the production image gets them with the daemon (issue 7), on
-    // the root only rather than the initramfs.
-    for bin in [
-        "berth-testd",
-        "berth-testsvc",
-        "berth-runtime",
-        "berth-runtime-bench",
-        "berth-store",
-        "berth-daemon",
-    ] {
+    for bin in TEST_BINARIES {
         let host = inputs.bin_dir.join(bin);
         a.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
         binaries.push(host);
@@ -153,6 +143,18 @@ fn add_test_tools(a: &mut Archive, inputs: &Inputs, binaries: &mut Vec<PathBuf>)
 }
 
 const SERVICES_DIR: &str = "usr/lib/berth/services";
+
+/// The test variant's workspace binaries, in its initramfs. The runtime, the store and
+/// the daemon are among them for the direct-kernel tests (cgroup v2); every variant's
+/// root carries those three anyway (main.rs, `root_tree`).
+const TEST_BINARIES: [&str; 6] = [
+    "berth-testd",
+    "berth-testsvc",
+    "berth-runtime",
+    "berth-runtime-bench",
+    "berth-store",
+    "berth-daemon",
+];
 
 /// The test image's services: testd (the harness's way in) and, started only when a
 /// test names them with `berth.start=`, the misbehaving services of the supervisor's
@@ -383,16 +385,7 @@ mod tests {
     #[test]
     fn the_test_services_pass_the_check() {
         let mut a = Archive::default();
-        // The runtime rides in the test image for its cgroup-v2 tests; the production image
-        // gets it with the daemon (issue 7), on the root only rather than the initramfs.
-        for bin in [
-            "berth-testd",
-            "berth-testsvc",
-            "berth-runtime",
-            "berth-runtime-bench",
-            "berth-store",
-            "berth-daemon",
-        ] {
+        for bin in TEST_BINARIES {
             a.add_file(&format!("usr/bin/{bin}"), 0o755, vec![])
                 .unwrap();
         }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_store::Digest;
-use common::{gzip, layer, oci_layout, zstd, E};
+use common::{gzip, gzipped, layer, oci_layout, zstd, E};
 
 struct Registry {
     child: Child,
@@ -159,21 +159,13 @@ fn a_multi_layer_image_pulls_with_gzip_zstd_and_whiteouts() {
     let (config, _) = oci_layout(
         &layout,
         &[
-            (
-                l1.clone(),
-                gzip(&l1),
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-            ),
+            gzipped(&l1),
             (
                 l2.clone(),
                 zstd(&l2),
                 "application/vnd.oci.image.layer.v1.tar+zstd",
             ),
-            (
-                l3.clone(),
-                gzip(&l3),
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-            ),
+            gzipped(&l3),
         ],
         serde_json::json!({"org.opencontainers.image.ref.name": "v1"}),
     );
@@ -214,24 +206,8 @@ fn an_index_resolves_to_linux_amd64() {
     let amd = layer(&[E::File("arch", 0o644, b"amd64")]);
     let arm = layer(&[E::File("arch", 0o644, b"arm64")]);
     let layout = t.path().join("layout");
-    let (_, amd_manifest) = oci_layout(
-        &layout,
-        &[(
-            amd.clone(),
-            gzip(&amd),
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        )],
-        serde_json::json!({}),
-    );
-    let (_, arm_manifest) = oci_layout(
-        &layout,
-        &[(
-            arm.clone(),
-            gzip(&arm),
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        )],
-        serde_json::json!({}),
-    );
+    let (_, amd_manifest) = oci_layout(&layout, &[gzipped(&amd)], serde_json::json!({}));
+    let (_, arm_manifest) = oci_layout(&layout, &[gzipped(&arm)], serde_json::json!({}));
     let size = |d: &Digest| {
         std::fs::metadata(layout.join("blobs/sha256").join(d.hex()))
             .unwrap()
@@ -280,18 +256,7 @@ fn a_tampered_blob_is_rejected_and_nothing_is_stored() {
     let layout = t.path().join("layout");
     oci_layout(
         &layout,
-        &[
-            (
-                l1.clone(),
-                gzip(&l1),
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-            ),
-            (
-                l2.clone(),
-                gzip(&l2),
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-            ),
-        ],
+        &[gzipped(&l1), gzipped(&l2)],
         serde_json::json!({"org.opencontainers.image.ref.name": "t"}),
     );
     push(&layout, "t", reg.port, "test/tampered:t", false);
@@ -392,11 +357,7 @@ fn a_connection_dropped_mid_layer_is_resumed() {
     let layout = t.path().join("layout");
     oci_layout(
         &layout,
-        &[(
-            big.clone(),
-            gzip(&big),
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        )],
+        &[gzipped(&big)],
         serde_json::json!({"org.opencontainers.image.ref.name": "big"}),
     );
     push(&layout, "big", reg.port, "test/big:1", false);
@@ -582,11 +543,7 @@ fn token_auth_as_docker_hub_does_it() {
     let layout = t.path().join("layout");
     oci_layout(
         &layout,
-        &[(
-            l.clone(),
-            gzip(&l),
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        )],
+        &[gzipped(&l)],
         serde_json::json!({"org.opencontainers.image.ref.name": "1"}),
     );
     push(&layout, "1", open_port, "public/app:1", false);
@@ -685,11 +642,7 @@ fn https_with_an_extra_ca_a_docker_schema2_manifest_and_a_mirror() {
     let layout = t.path().join("layout");
     let (config, _) = oci_layout(
         &layout,
-        &[(
-            l.clone(),
-            gzip(&l),
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        )],
+        &[gzipped(&l)],
         serde_json::json!({"org.opencontainers.image.ref.name": "s2"}),
     );
     // Docker's schema2 manifest rather than an OCI one.
@@ -756,18 +709,7 @@ fn two_pulls_of_one_image_at_once_both_succeed() {
     let layout = t.path().join("layout");
     oci_layout(
         &layout,
-        &[
-            (
-                l1.clone(),
-                gzip(&l1),
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-            ),
-            (
-                l2.clone(),
-                gzip(&l2),
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-            ),
-        ],
+        &[gzipped(&l1), gzipped(&l2)],
         serde_json::json!({"org.opencontainers.image.ref.name": "c"}),
     );
     push(&layout, "c", reg.port, "test/concurrent:1", false);

@@ -11,7 +11,7 @@ use std::path::Path;
 use berth_store::Digest;
 use berth_tests::testd::TestdClient;
 use common::boot_disk;
-use layers::{gzip, layer, oci_layout, zstd, E};
+use layers::{gzipped, layer, oci_layout, zstd, E};
 
 /// Its own store: the daemon (a service of the image) keeps the default one.
 const STORE: &str = "berth-store --root /var/lib/test-store --min-free-mib 0 --min-free-percent 0";
@@ -65,11 +65,7 @@ fn layers_are_btrfs_snapshots_and_a_rootfs_is_a_writable_one() {
     let (config, _) = oci_layout(
         &layout,
         &[
-            (
-                l1.clone(),
-                gzip(&l1),
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-            ),
+            gzipped(&l1),
             (
                 l2.clone(),
                 zstd(&l2),

@@ -59,6 +59,15 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// A layer for `oci_layout`: the tar, gzipped, with its media type.
+pub fn gzipped(tar: &[u8]) -> (Vec<u8>, Vec<u8>, &'static str) {
+    (
+        tar.to_vec(),
+        gzip(tar),
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    )
+}
+
 pub fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 3).unwrap()
 }
