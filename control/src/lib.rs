@@ -115,3 +115,176 @@ pub async fn connect(path: &Path) -> zbus::Result<zbus::Connection> {
         .map_err(|e| zbus::Error::Failure(format!("connecting to {}: {e}", path.display())))?;
     client(stream).await
 }
+
+/// The container daemon's socket and object path (`org.berth.Runtime1`).
+pub const RUNTIME_SOCKET: &str = "/run/berth/runtime.sock";
+pub const RUNTIME_PATH: &str = "/org/berth/Runtime";
+
+/// One declared container as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub image: String,
+    /// waiting, running, exited, failed, stopped.
+    pub state: String,
+    /// 0 when not running.
+    pub pid: u32,
+    pub restarts: u32,
+    /// The last exit code (128+signal when killed), -1 when it has not exited.
+    pub exit_code: i32,
+    /// Why it could not be set up (state failed), else empty.
+    pub error: String,
+    /// RFC 3339, or empty when it never ran.
+    pub started_at: String,
+    /// `hostport:containerport/proto` as declared.
+    pub ports: Vec<String>,
+    pub network: String,
+    /// Its address on the bridge, or empty.
+    pub address: String,
+    /// The declaration's file.
+    pub source: String,
+}
+
+/// One image reference in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ImageInfo {
+    pub reference: String,
+    /// The config digest (docker's image ID).
+    pub id: String,
+    /// Unpacked bytes.
+    pub size: u64,
+    /// When it was stored, seconds since the epoch.
+    pub stored: u64,
+}
+
+/// A running container's resource use, from its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ContainerStats {
+    pub name: String,
+    pub cpu_usec: u64,
+    pub memory_bytes: u64,
+    /// 0 when unlimited.
+    pub memory_limit: u64,
+    pub pids: u64,
+}
+
+/// Where a pull started by `Pull` stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct PullStatus {
+    pub reference: String,
+    pub bytes_done: u64,
+    /// 0 until the manifest is resolved.
+    pub bytes_total: u64,
+    pub finished: bool,
+    /// Why it failed, else empty.
+    pub error: String,
+    /// The image ID once finished.
+    pub id: String,
+}
+
+#[zbus::proxy(
+    interface = "org.berth.Runtime1",
+    default_service = "org.berth.Runtime1",
+    default_path = "/org/berth/Runtime"
+)]
+pub trait Runtime {
+    /// Every declared container.
+    fn containers(&self) -> zbus::Result<Vec<ContainerInfo>>;
+    /// Declares container `name` from a declaration (TOML, the format of
+    /// `/etc/berth/containers.d`), kept under `/var/lib/berth`, and starts it.
+    fn run(&self, name: &str, declaration: &str) -> zbus::Result<()>;
+    fn start(&self, name: &str) -> zbus::Result<()>;
+    /// Stops a container; it stays stopped until started (`unless-stopped`: across
+    /// reboots too).
+    fn stop(&self, name: &str) -> zbus::Result<()>;
+    fn restart(&self, name: &str) -> zbus::Result<()>;
+    /// Removes a container declared through the API (`force`: even when running).
+    fn remove(&self, name: &str, force: bool) -> zbus::Result<()>;
+    /// Everything known about a container, as JSON.
+    fn inspect(&self, name: &str) -> zbus::Result<String>;
+    /// As `Init1.ReadLog`, over the container's JSON-line log.
+    fn read_log(&self, name: &str, offset: u64, tail_lines: u32) -> zbus::Result<LogChunk>;
+    fn stats(&self) -> zbus::Result<Vec<ContainerStats>>;
+    fn images(&self) -> zbus::Result<Vec<ImageInfo>>;
+    /// Starts pulling an image; returns the job to follow with `PullStatus`.
+    fn pull(&self, reference: &str) -> zbus::Result<u32>;
+    fn pull_status(&self, job: u32) -> zbus::Result<PullStatus>;
+    fn remove_image(&self, reference: &str) -> zbus::Result<Vec<String>>;
+    /// Reads the declarations again and reconciles.
+    fn reload(&self) -> zbus::Result<()>;
+}
+
+/// The most a log read returns at once.
+pub const MAX_LOG_CHUNK: u64 = 64 * 1024;
+
+/// A piece of a log file, as `Init1.ReadLog` and `Runtime1.ReadLog` answer: `tail_lines` > 0
+/// gives the last lines, else whole lines from `offset` (at most [`MAX_LOG_CHUNK`]); a file
+/// shorter than `offset` was rotated and is read from 0.
+pub fn read_log_file(path: &Path, offset: u64, tail_lines: u32) -> std::io::Result<LogChunk> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(LogChunk {
+                text: String::new(),
+                next_offset: 0,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    if tail_lines > 0 {
+        // The last lines: read back at most a chunk, keep the last N lines of it.
+        let start = len.saturating_sub(MAX_LOG_CHUNK);
+        file.seek(SeekFrom::Start(start))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(tail_lines as usize);
+        let mut out = lines[from..].join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        return Ok(LogChunk {
+            text: out,
+            next_offset: len,
+        });
+    }
+    // Rotated since the last read: start the new file from its beginning.
+    let offset = if offset > len { 0 } else { offset };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_LOG_CHUNK).read_to_end(&mut bytes)?;
+    // Whole lines only, unless one line is longer than a chunk.
+    let cut = match bytes.iter().rposition(|b| *b == b'\n') {
+        Some(i) => i + 1,
+        None if bytes.len() as u64 == MAX_LOG_CHUNK => bytes.len(),
+        None => 0,
+    };
+    bytes.truncate(cut);
+    Ok(LogChunk {
+        next_offset: offset + bytes.len() as u64,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_logs_by_offset_and_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        assert_eq!(read_log_file(&path, 0, 0).unwrap().text, "");
+        std::fs::write(&path, "one\ntwo\nthree\npart").unwrap();
+        let all = read_log_file(&path, 0, 0).unwrap();
+        assert_eq!(all.text, "one\ntwo\nthree\n");
+        assert_eq!(all.next_offset, 14);
+        assert_eq!(read_log_file(&path, 0, 2).unwrap().text, "three\npart\n");
+        std::fs::write(&path, "new\n").unwrap();
+        let rotated = read_log_file(&path, all.next_offset, 0).unwrap();
+        assert_eq!(rotated.text, "new\n");
+    }
+}

@@ -16,8 +16,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use berth_control::{BootPhase, InitProxy, ServiceStatus};
+use berth_control::{BootPhase, InitProxy, RuntimeProxy, ServiceStatus};
 use clap::{Parser, Subcommand};
+
+mod console;
+mod containers;
 
 #[derive(Parser)]
 #[command(name = "berthctl", version, about = "Control a Berth host")]
@@ -28,6 +31,9 @@ struct Cli {
     /// Init's socket inside the guest.
     #[arg(long, global = true, value_name = "PATH", default_value = berth_control::INIT_SOCKET)]
     socket: PathBuf,
+    /// The container daemon's socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = berth_control::RUNTIME_SOCKET)]
+    runtime_socket: PathBuf,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -40,8 +46,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// List the host's services.
+    /// List the host's services (as `service list`).
     Services,
+    /// The host's services (init's): list, start, stop, restart, logs.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Reboot the host.
+    Reboot,
+    /// Power the host off.
+    Poweroff,
+    /// How long each boot phase took.
+    BootTime,
+    #[command(flatten)]
+    Container(Box<containers::Cmd>),
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// List the services.
+    List,
     /// Start a service.
     Start(Target),
     /// Stop a service (it stays stopped until started).
@@ -58,12 +81,6 @@ enum Cmd {
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: u32,
     },
-    /// Reboot the host.
-    Reboot,
-    /// Power the host off.
-    Poweroff,
-    /// How long each boot phase took.
-    BootTime,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +108,31 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let connected = watchdog(Duration::from_secs(cli.timeout), cli.vm.is_some());
+    if let Cmd::Container(cmd) = cli.command {
+        let cmd = *cmd;
+        if cli.vm.is_some() {
+            return Err(
+                "container commands work on the host itself (the VM's control port reaches init only)"
+                    .into(),
+            );
+        }
+        // exec needs no daemon: it runs berth-runtime here.
+        let conn = if matches!(cmd, containers::Cmd::Exec { .. }) {
+            None
+        } else {
+            Some(
+                berth_control::connect(&cli.runtime_socket)
+                    .await
+                    .map_err(|e| format!("{e} (is berth-daemon running?)"))?,
+            )
+        };
+        connected.store(true, std::sync::atomic::Ordering::SeqCst);
+        let Some(conn) = conn else {
+            return containers::run_local(cmd);
+        };
+        let rt = RuntimeProxy::new(&conn).await.map_err(|e| e.to_string())?;
+        return containers::run(&rt, cmd, cli.json).await;
+    }
     let conn = match &cli.vm {
         Some(path) => {
             let stream = UnixStream::connect(path).map_err(|e| {
@@ -106,29 +148,44 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     .map_err(|e| e.to_string())?;
     connected.store(true, std::sync::atomic::Ordering::SeqCst);
     let init = InitProxy::new(&conn).await.map_err(|e| e.to_string())?;
-    let err = |e: berth_control::zbus::Error| match e {
-        berth_control::zbus::Error::MethodError(_, Some(msg), _) => msg,
-        other => other.to_string(),
+    let err = error_text;
+    let service = match cli.command {
+        Cmd::Services => ServiceCmd::List,
+        Cmd::Service(s) => s,
+        Cmd::Reboot => return init.reboot().await.map_err(err).map(|()| ExitCode::SUCCESS),
+        Cmd::Poweroff => {
+            return init
+                .power_off()
+                .await
+                .map_err(err)
+                .map(|()| ExitCode::SUCCESS)
+        }
+        Cmd::BootTime => {
+            let phases = init.boot_timeline().await.map_err(err)?;
+            print_timeline(&phases, cli.json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Container(_) => return Err("unreachable: handled above".into()),
     };
-    match cli.command {
-        Cmd::Services => {
+    match service {
+        ServiceCmd::List => {
             let list = init.services().await.map_err(err)?;
             print_services(&list, cli.json);
         }
-        Cmd::Start(t) => {
+        ServiceCmd::Start(t) => {
             init.start(&t.name).await.map_err(err)?;
             if !t.no_wait {
                 return settle(&init, &t.name, None, cli.json).await;
             }
         }
-        Cmd::Restart(t) => {
+        ServiceCmd::Restart(t) => {
             let before = find(&init, &t.name).await?;
             init.restart(&t.name).await.map_err(err)?;
             if !t.no_wait {
                 return settle(&init, &t.name, Some(before.restarts), cli.json).await;
             }
         }
-        Cmd::Stop(t) => {
+        ServiceCmd::Stop(t) => {
             init.stop(&t.name).await.map_err(err)?;
             if !t.no_wait {
                 let deadline = Instant::now() + SETTLE_TIMEOUT;
@@ -142,7 +199,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
             }
         }
-        Cmd::Logs {
+        ServiceCmd::Logs {
             name,
             follow,
             lines,
@@ -159,14 +216,16 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
             }
         }
-        Cmd::Reboot => init.reboot().await.map_err(err)?,
-        Cmd::Poweroff => init.power_off().await.map_err(err)?,
-        Cmd::BootTime => {
-            let phases = init.boot_timeline().await.map_err(err)?;
-            print_timeline(&phases, cli.json);
-        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A D-Bus error as the operator should read it: the server's message when it gave one.
+fn error_text(e: berth_control::zbus::Error) -> String {
+    match e {
+        berth_control::zbus::Error::MethodError(_, Some(msg), _) => msg,
+        other => other.to_string(),
+    }
 }
 
 /// Ends the process if the connection (its D-Bus handshake) is not up in time: a VM

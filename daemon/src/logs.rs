@@ -35,6 +35,17 @@ impl LogFile {
         })))
     }
 
+    /// A log that keeps nothing (when the real one cannot be opened: the pipe must
+    /// still be drained).
+    pub fn discard() -> Arc<Mutex<LogFile>> {
+        Arc::new(Mutex::new(LogFile {
+            path: PathBuf::new(),
+            max_bytes: u64::MAX,
+            file: None,
+            written: 0,
+        }))
+    }
+
     fn write_line(&mut self, stream: &str, line: &str) {
         if self.written >= self.max_bytes {
             let old = self.path.with_extension("log.1");

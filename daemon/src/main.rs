@@ -15,6 +15,12 @@ use clap::Parser;
 struct Cli {
     #[arg(long, default_value = "/etc/berth/containers.d")]
     declarations: PathBuf,
+    /// Declarations made through the API (`berthctl run`).
+    #[arg(long, default_value = "/var/lib/berth/containers.d")]
+    api_declarations: PathBuf,
+    /// What must survive reboots (operators' stops of `unless-stopped` containers).
+    #[arg(long, default_value = "/var/lib/berth/daemon")]
+    state_dir: PathBuf,
     #[arg(long, default_value = berth_store::store::DEFAULT_ROOT)]
     store: PathBuf,
     #[arg(long, default_value = berth_store::registry::CONFIG_PATH)]
@@ -32,9 +38,13 @@ struct Cli {
     builtin_images: PathBuf,
     #[arg(long, default_value = berth_daemon::volumes::DEFAULT_DIR)]
     volumes: PathBuf,
+    #[arg(long, default_value = berth_control::RUNTIME_SOCKET)]
+    socket: PathBuf,
 }
 
 fn main() -> ExitCode {
+    // First, while there is one thread: the environment is changed here.
+    let stored = berth_daemon::fdstore::take_listen_fds();
     let cli = Cli::parse();
     let runtime = cli.runtime.unwrap_or_else(|| {
         std::env::current_exe()
@@ -45,6 +55,8 @@ fn main() -> ExitCode {
     });
     let mut sup = berth_daemon::supervisor::Supervisor::new(berth_daemon::supervisor::Paths {
         declarations: cli.declarations,
+        api_declarations: cli.api_declarations,
+        state_dir: cli.state_dir,
         store: cli.store,
         registries: cli.registries,
         runtime_root: cli.runtime_root,
@@ -53,8 +65,9 @@ fn main() -> ExitCode {
         log_dir: cli.log_dir,
         builtin_images: cli.builtin_images,
         volumes: cli.volumes,
+        socket: cli.socket,
     });
-    match sup.run() {
+    match sup.run(stored) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth-daemon: {e}");

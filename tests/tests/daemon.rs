@@ -1,14 +1,17 @@
 //! The container daemon in the guest, as a delegated service of init on Berth's disk
 //! (btrfs /var, the built-in busybox image on the verified root): declared containers
-//! started, logged, restarted by policy, limited by their cgroup, stopped with the
-//! daemon; a bad declaration skipped with its reason.
+//! started, logged, restarted by policy, limited by their cgroup; the daemon killed and
+//! restarted with its containers kept running and their logs flowing, an exit during
+//! its absence recovered from init; berthctl's container verbs; a removed declaration
+//! removing its container; containers stopped with the daemon; a named volume and an
+//! API-declared container across a reboot; a bad declaration skipped with its reason.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use berth_tests::testd::TestdClient;
-use common::boot_disk;
+use common::{boot_disk, boot_disk_again, power_off};
 
 fn sh(testd: &mut TestdClient, script: &str) -> (i32, String) {
     let out = testd.sh(script).unwrap();
@@ -39,7 +42,7 @@ fn wait_for(
             return s;
         }
         if Instant::now() > deadline {
-            let (_, log) = sh(testd, "berthctl logs -n 40 berth-daemon");
+            let (_, log) = sh(testd, "berthctl service logs -n 40 berth-daemon");
             panic!("timed out waiting for {what}: {s}\n{log}");
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -73,7 +76,7 @@ cat > bad.toml <<'EOF'
 image = "berth.local/busybox:latest"
 colour = "blue"
 EOF
-berthctl restart berth-daemon"#,
+berthctl service restart berth-daemon"#,
     );
     assert_eq!(code, 0, "{out}");
 
@@ -107,7 +110,7 @@ berthctl restart berth-daemon"#,
     let s = wait_for(&mut testd, "once given up", |s| {
         s["once"]["state"] == "exited"
     });
-    assert_eq!(s["once"]["code"], 3, "{s}");
+    assert_eq!(s["once"]["exit_code"], 3, "{s}");
     assert_eq!(s["once"]["restarts"], 2, "{s}");
     let (_, once_log) = sh(&mut testd, "cat /var/log/berth/containers/once.log");
     assert_eq!(once_log.matches("bye").count(), 3, "{once_log}");
@@ -123,14 +126,17 @@ berthctl restart berth-daemon"#,
         "{vol}"
     );
     // The bad declaration was skipped, saying which key.
-    let (_, dlog) = sh(&mut testd, "berthctl logs -n 50 berth-daemon");
+    let (_, dlog) = sh(&mut testd, "berthctl service logs -n 50 berth-daemon");
     assert!(
         dlog.contains("bad.toml") && dlog.contains("colour"),
         "{dlog}"
     );
 
+    readoption(&mut testd, new_pid);
+    api_verbs(&mut testd);
+
     // Stopping the daemon stops its containers.
-    let (code, out) = sh(&mut testd, "berthctl stop berth-daemon");
+    let (code, out) = sh(&mut testd, "berthctl service stop berth-daemon");
     assert_eq!(code, 0, "{out}");
     let (_, alive) = sh(
         &mut testd,
@@ -142,4 +148,197 @@ berthctl restart berth-daemon"#,
         "berth-runtime --root /run/berth/runtime list -q",
     );
     assert_eq!(left.trim(), "", "containers left: {left}");
+
+    // Started again: its containers come back (not an operator's stop).
+    let (code, out) = sh(&mut testd, "berthctl service start berth-daemon");
+    assert_eq!(code, 0, "{out}");
+    wait_for(&mut testd, "web back", |s| s["web"]["state"] == "running");
+
+    // A removed declaration: the container is stopped and removed.
+    let (_, rootfs) = sh(&mut testd, "ls -d /var/lib/berth/store/containers/web");
+    assert!(rootfs.contains("/web"), "{rootfs}");
+    sh(&mut testd, "rm /etc/berth/containers.d/web.toml");
+    wait_for(&mut testd, "web removed", |s| s.get("web").is_none());
+    let (_, rootfs) = sh(
+        &mut testd,
+        "ls /var/lib/berth/store/containers/ ; berth-runtime --root /run/berth/runtime list -q",
+    );
+    assert!(!rootfs.contains("web"), "{rootfs}");
+
+    // A reboot: the named volume keeps its file; the API-declared container returns.
+    sh(&mut testd, "sync");
+    drop(testd);
+    power_off(vm);
+    let vm = boot_disk_again("daemon-reboot", t.path());
+    let mut testd = vm.testd().expect("testd");
+    let (_, runs) = sh(&mut testd, "cat /var/lib/berth/volumes/data/runs");
+    assert_eq!(runs.lines().count(), 3, "{runs}");
+    wait_for(&mut testd, "api back after the reboot", |s| {
+        s["api"]["state"] == "running"
+    });
+}
+
+/// The daemon SIGKILLed: its container keeps running and its output keeps coming (in
+/// order, nothing lost); the next daemon adopts it, and recovers from init the exit of
+/// a container that died while no daemon was there.
+fn readoption(testd: &mut TestdClient, web_pid: i64) {
+    let kill_daemon = |testd: &mut TestdClient| format!("kill -9 {}", daemon_pid(testd));
+    let script = kill_daemon(testd);
+    let (code, out) = sh(testd, &script);
+    assert_eq!(code, 0, "{out}");
+    // Back (init restarts it), and it has taken the container over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, log) = sh(testd, "berthctl service logs -n 200 berth-daemon");
+        if log.contains(&format!("web: re-adopted (pid {web_pid})")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "web not re-adopted:\n{log}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, alive) = sh(testd, &format!("kill -0 {web_pid} && echo alive"));
+    assert_eq!(alive.trim(), "alive", "the container died with the daemon");
+    // Its ticks since its last start: consecutive across the daemon's absence.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, log) = sh(testd, "cat /var/log/berth/containers/web.log");
+    let last_run = log.rsplit("\"started\\n\"").next().unwrap_or_default();
+    let ticks: Vec<u64> = last_run
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| {
+            r["log"]
+                .as_str()?
+                .strip_prefix("tick ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(ticks.len() >= 5, "{log}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines lost or reordered: {ticks:?}"
+    );
+    // The adopted container can be stopped and started by the new daemon.
+    let (code, out) = sh(testd, "berthctl stop web && berthctl ps -a");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stopped"), "{out}");
+    let (_, alive) = sh(
+        testd,
+        &format!("kill -0 {web_pid} 2>/dev/null && echo alive || echo gone"),
+    );
+    assert_eq!(alive.trim(), "gone");
+    let (code, out) = sh(testd, "berthctl start web");
+    assert_eq!(code, 0, "{out}");
+    let s = wait_for(testd, "web started again", |s| {
+        s["web"]["state"] == "running"
+    });
+    let pid = s["web"]["pid"].as_i64().unwrap();
+    let restarts = s["web"]["restarts"].as_i64().unwrap();
+
+    // The container dies while no daemon runs: init reaps it and keeps its status.
+    let script = format!("{}; kill -9 {pid}", kill_daemon(testd));
+    let (code, out) = sh(testd, &script);
+    assert_eq!(code, 0, "{out}");
+    let s = wait_for(testd, "web restarted after dying unseen", |s| {
+        s["web"]["state"] == "running" && s["web"]["restarts"].as_i64() == Some(restarts + 1)
+    });
+    assert_eq!(s["web"]["exit_code"], 137, "{s}");
+}
+
+fn daemon_pid(testd: &mut TestdClient) -> i64 {
+    let (_, out) = sh(testd, "berthctl --json services");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "berth-daemon")
+        .and_then(|s| s["pid"].as_i64())
+        .filter(|p| *p > 0)
+        .unwrap_or_else(|| panic!("berth-daemon is not running: {out}"))
+}
+
+/// berthctl's docker-shaped verbs against the daemon's API.
+fn api_verbs(testd: &mut TestdClient) {
+    let (code, out) = sh(
+        testd,
+        "berthctl run -d --name api --restart always --network host -e GREETING=hi \
+         berth.local/busybox:latest sh -c 'echo $GREETING from api; echo oops >&2; exec sleep 1000'",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.trim(), "api");
+    let (_, decl) = sh(testd, "cat /var/lib/berth/containers.d/api.toml");
+    assert!(decl.contains("GREETING"), "{decl}");
+    let (code, out) = sh(
+        testd,
+        "sleep 1; berthctl ps; berthctl logs api; berthctl logs -t --tail 1 api",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("api") && out.contains("running"), "{out}");
+    assert!(out.contains("hi from api") && out.contains("oops"), "{out}");
+    let (_, json) = sh(testd, "berthctl --json ps");
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "api" && c["pid"].as_u64() > Some(0)),
+        "{json}"
+    );
+    let (code, out) = sh(
+        testd,
+        "berthctl exec -e X=y api sh -c 'cat /etc/hostname; echo $X; exit 4'",
+    );
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["api", "y"]);
+    let (_, inspect) = sh(testd, "berthctl inspect api");
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(
+        v[0]["Declaration"]["image"], "berth.local/busybox:latest",
+        "{inspect}"
+    );
+    let (_, stats) = sh(testd, "berthctl --json stats");
+    let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let api = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "api")
+        .cloned()
+        .unwrap();
+    assert!(
+        api["memory_bytes"].as_u64() > Some(0) && api["pids"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    let (_, images) = sh(testd, "berthctl images");
+    assert!(images.contains("berth.local/busybox:latest"), "{images}");
+    // Refusals that say why.
+    let (code, out) = sh(
+        testd,
+        "berthctl run -d --name api berth.local/busybox:latest true",
+    );
+    assert_ne!(code, 0);
+    assert!(out.contains("already exists"), "{out}");
+    let (code, out) = sh(
+        testd,
+        "berthctl run -d --name bad --restart sometimes berth.local/busybox:latest true",
+    );
+    assert_ne!(code, 0);
+    assert!(out.contains("restart"), "{out}");
+    let (code, out) = sh(testd, "berthctl rm web");
+    assert_ne!(code, 0);
+    assert!(out.contains("/etc/berth/containers.d/web.toml"), "{out}");
+    let (code, out) = sh(testd, "berthctl rmi berth.local/busybox:latest");
+    assert_ne!(code, 0, "{out}");
+    // A foreground run: its output, then its exit code.
+    let (code, out) = sh(
+        testd,
+        "berthctl run --name fg --network none berth.local/busybox:latest sh -c 'echo fg says hi; exit 5'",
+    );
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("fg says hi"), "{out}");
+    let (code, out) = sh(testd, "berthctl rm fg && berthctl ps -a");
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("fg ")), "{out}");
+    // api stays for the reboot.
 }

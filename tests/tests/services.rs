@@ -43,7 +43,7 @@ fn wait_for(
 }
 
 fn log_of(vm: &Vm, name: &str) -> String {
-    vm.berthctl(&["logs", name, "-n", "1000"])
+    vm.berthctl(&["service", "logs", name, "-n", "1000"])
         .expect("berthctl logs")
 }
 
@@ -222,14 +222,16 @@ fn supervises_restarts_fd_store_exit_forwarding_and_crash_loops() {
 
     // A restart on request waits until the service is ready again.
     let before = service(&vm, "test-notify")["restarts"].as_u64().unwrap();
-    let out = vm.berthctl(&["restart", "test-notify"]).unwrap();
+    let out = vm.berthctl(&["service", "restart", "test-notify"]).unwrap();
     assert!(
         out.contains("test-notify") && out.contains("ready"),
         "{out}"
     );
     assert!(service(&vm, "test-notify")["restarts"].as_u64().unwrap() > before);
     // A bad name is an error that names it.
-    let bad = vm.berthctl_output(&["restart", "no-such"]).unwrap();
+    let bad = vm
+        .berthctl_output(&["service", "restart", "no-such"])
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no-such"));
 }

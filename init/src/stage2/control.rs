@@ -28,9 +28,6 @@ use zbus::{fdo, Guid};
 use crate::shutdown::Action;
 use crate::{info, warn};
 
-/// The most a log read returns at once.
-const MAX_LOG_CHUNK: u64 = 64 * 1024;
-
 pub enum Request {
     Start(String, Sender<Result<(), String>>),
     Stop(String, Sender<Result<(), String>>),
@@ -359,7 +356,7 @@ impl Api {
 
     async fn read_log(&self, name: String, offset: u64, tail_lines: u32) -> fdo::Result<LogChunk> {
         let path = self.known(&name)?;
-        read_log(&path, offset, tail_lines)
+        berth_control::read_log_file(&path, offset, tail_lines)
             .map_err(|e| fdo::Error::Failed(format!("{}: {e}", path.display())))
     }
 
@@ -376,56 +373,6 @@ impl Api {
     }
 }
 
-/// A piece of a log file (see `berth_control::InitProxy::read_log`).
-pub fn read_log(path: &Path, offset: u64, tail_lines: u32) -> std::io::Result<LogChunk> {
-    use std::io::{Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(LogChunk {
-                text: String::new(),
-                next_offset: 0,
-            })
-        }
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata()?.len();
-    if tail_lines > 0 {
-        // The last lines: read back at most a chunk, keep the last N lines of it.
-        let start = len.saturating_sub(MAX_LOG_CHUNK);
-        file.seek(SeekFrom::Start(start))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let text = String::from_utf8_lossy(&bytes);
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(tail_lines as usize);
-        let mut out = lines[from..].join("\n");
-        if !out.is_empty() {
-            out.push('\n');
-        }
-        return Ok(LogChunk {
-            text: out,
-            next_offset: len,
-        });
-    }
-    // Rotated since the last read: start the new file from its beginning.
-    let offset = if offset > len { 0 } else { offset };
-    file.seek(SeekFrom::Start(offset))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_LOG_CHUNK).read_to_end(&mut bytes)?;
-    // Whole lines only, unless one line is longer than a chunk.
-    let cut = match bytes.iter().rposition(|b| *b == b'\n') {
-        Some(i) => i + 1,
-        None if bytes.len() as u64 == MAX_LOG_CHUNK => bytes.len(),
-        None => 0,
-    };
-    bytes.truncate(cut);
-    Ok(LogChunk {
-        next_offset: offset + bytes.len() as u64,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,21 +383,6 @@ mod tests {
         assert!(is_client_hello(b"\0AUTH ANONYMOUS\r\n"));
         assert!(!is_client_hello(b"l\x01\0\x01"));
         assert!(!is_client_hello(b"\0\0\0"));
-    }
-
-    #[test]
-    fn reads_logs_by_offset_and_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.log");
-        assert_eq!(read_log(&path, 0, 0).unwrap().text, "");
-        std::fs::write(&path, "one\ntwo\nthree\npart").unwrap();
-        let all = read_log(&path, 0, 0).unwrap();
-        assert_eq!(all.text, "one\ntwo\nthree\n");
-        assert_eq!(all.next_offset, 14);
-        assert_eq!(read_log(&path, 0, 2).unwrap().text, "three\npart\n");
-        std::fs::write(&path, "new\n").unwrap();
-        let rotated = read_log(&path, all.next_offset, 0).unwrap();
-        assert_eq!(rotated.text, "new\n");
     }
 
     #[test]

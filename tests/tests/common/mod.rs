@@ -71,9 +71,21 @@ pub fn boot_disk(name: &str, dir: &std::path::Path) -> Vm {
     let disk = dir.join("disk.qcow2");
     berth_tests::vm::create_overlay(&image_dir().join("berth.raw"), &disk, Some("2G"))
         .expect("creating the disk overlay");
+    boot_disk_again(name, dir)
+}
+
+/// Boots the disk an earlier [`boot_disk`] made in `dir` again (a reboot, after a
+/// clean power-off).
+pub fn boot_disk_again(name: &str, dir: &std::path::Path) -> Vm {
     let mut cfg = config(name);
-    cfg.disk = Some(disk);
+    cfg.disk = Some(dir.join("disk.qcow2"));
     cfg.disk_persistent = true;
     cfg.append = disk_cmdline();
     boot(cfg)
+}
+
+/// A clean power-off (ACPI), waited for.
+pub fn power_off(mut vm: Vm) {
+    vm.powerdown().expect("system_powerdown");
+    vm.wait_exit(SHUTDOWN_TIMEOUT).expect("clean poweroff");
 }

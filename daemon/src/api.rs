@@ -1,0 +1,446 @@
+//! The daemon's control API: `org.berth.Runtime1` (see `berth-control`) served peer to
+//! peer on `/run/berth/runtime.sock` (root only: 0600 in a 0700 directory, and each
+//! peer's SO_PEERCRED uid must be 0).
+//!
+//! As in init, the D-Bus side runs on its own threads (one per connection), so a slow
+//! client never stalls the supervisor. Reads are answered from a snapshot the
+//! supervisor publishes (and from files: logs, cgroups, the image store); changes go to
+//! the supervisor's loop as [`Request`]s, with an eventfd to wake it, and are answered
+//! when done. Pulls run on their own threads: a big image never blocks the loop.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_control::{ContainerInfo, ContainerStats, ImageInfo, LogChunk, PullStatus, RUNTIME_PATH};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use zbus::connection::{AuthMechanism, Builder};
+use zbus::{fdo, Guid};
+
+/// A change for the supervisor's loop, with where its verdict goes.
+pub enum Request {
+    Run {
+        name: String,
+        declaration: String,
+        reply: Reply,
+    },
+    Start(String, Reply),
+    Stop(String, Reply),
+    Restart(String, Reply),
+    Remove {
+        name: String,
+        force: bool,
+        reply: Reply,
+    },
+    Reload(Reply),
+}
+
+pub type Reply = Sender<Result<(), String>>;
+
+/// One container as the supervisor last published it.
+#[derive(Clone)]
+pub struct Published {
+    pub info: ContainerInfo,
+    /// Everything for `inspect`.
+    pub detail: serde_json::Value,
+    /// Its cgroup directory (absolute), when it has one.
+    pub cgroup: Option<PathBuf>,
+}
+
+/// What the API serves from files, and the supervisor's latest snapshot.
+pub struct Shared {
+    pub containers: Mutex<BTreeMap<String, Published>>,
+    pub log_dir: PathBuf,
+    pub store: PathBuf,
+    pub registries: PathBuf,
+    pulls: Mutex<BTreeMap<u32, PullStatus>>,
+    next_pull: AtomicU32,
+}
+
+impl Shared {
+    pub fn new(log_dir: PathBuf, store: PathBuf, registries: PathBuf) -> Shared {
+        Shared {
+            containers: Mutex::new(BTreeMap::new()),
+            log_dir,
+            store,
+            registries,
+            pulls: Mutex::new(BTreeMap::new()),
+            next_pull: AtomicU32::new(1),
+        }
+    }
+}
+
+/// The loop's end of the API.
+pub struct Control {
+    pub requests: Receiver<Request>,
+    wake: Arc<EventFd>,
+    pub shared: Arc<Shared>,
+}
+
+impl Control {
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    pub fn clear_wake(&self) {
+        let _ = self.wake.read();
+    }
+
+    pub fn publish(&self, containers: BTreeMap<String, Published>) {
+        if let Ok(mut c) = self.shared.containers.lock() {
+            *c = containers;
+        }
+    }
+}
+
+/// Starts serving on `socket`. An error leaves the daemon running without its API
+/// (said by the caller): the declared containers matter more.
+pub fn start(socket: &Path, shared: Shared) -> Result<Control, String> {
+    let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map(Arc::new)
+        .map_err(|e| format!("eventfd: {e}"))?;
+    let (tx, rx) = channel();
+    let shared = Arc::new(shared);
+    let listener = bind(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let api = Api {
+        tx,
+        wake: wake.clone(),
+        shared: shared.clone(),
+    };
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || accept_loop(listener, api))
+        .map_err(|e| format!("starting the API thread: {e}"))?;
+    Ok(Control {
+        requests: rx,
+        wake,
+        shared,
+    })
+}
+
+fn bind(socket: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn accept_loop(listener: UnixListener, api: Api) {
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("berth-daemon: API: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        match getsockopt(&stream, PeerCredentials) {
+            Ok(c) if c.uid() == 0 => {}
+            Ok(c) => {
+                eprintln!("berth-daemon: API: uid {} refused (root only)", c.uid());
+                continue;
+            }
+            Err(e) => {
+                eprintln!("berth-daemon: API: peer credentials: {e}; refused");
+                continue;
+            }
+        }
+        let api = api.clone();
+        let spawned = std::thread::Builder::new()
+            .name("api-conn".into())
+            .spawn(move || serve(stream, api));
+        if let Err(e) = spawned {
+            eprintln!("berth-daemon: API: starting a connection thread: {e}");
+        }
+    }
+}
+
+fn serve(stream: UnixStream, api: Api) {
+    let result = zbus::block_on(async move {
+        let conn = Builder::unix_stream(stream)
+            .server(Guid::generate())
+            .p2p()
+            .auth_mechanism(AuthMechanism::Anonymous)
+            .serve_at(RUNTIME_PATH, api)
+            .build()
+            .await?;
+        conn.closed().await;
+        Ok::<(), zbus::Error>(())
+    });
+    if let Err(e) = result {
+        eprintln!("berth-daemon: API: connection: {e}");
+    }
+}
+
+/// How long a change may take before the caller is told it is still going (a stop
+/// waits up to the container's stop timeout, plus the runtime's own work).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct Api {
+    tx: Sender<Request>,
+    wake: Arc<EventFd>,
+    shared: Arc<Shared>,
+}
+
+fn failed(e: impl std::fmt::Display) -> fdo::Error {
+    fdo::Error::Failed(e.to_string())
+}
+
+impl Api {
+    /// Hands a change to the loop and waits for its verdict. (Blocking is fine: each
+    /// connection has its own thread and executor.)
+    fn change(&self, make: impl FnOnce(Reply) -> Request) -> fdo::Result<()> {
+        let (tx, rx) = channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| failed("the daemon is not taking requests"))?;
+        let _ = self.wake.write(1);
+        match rx.recv_timeout(CHANGE_TIMEOUT) {
+            Ok(result) => result.map_err(fdo::Error::Failed),
+            Err(_) => Err(failed(
+                "the daemon did not answer in time; it may still be working",
+            )),
+        }
+    }
+
+    fn published(&self, name: &str) -> fdo::Result<Published> {
+        self.shared
+            .containers
+            .lock()
+            .map_err(|_| failed("state unavailable"))?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| fdo::Error::Failed(format!("no container named {name:?}")))
+    }
+
+    fn store(&self) -> fdo::Result<berth_store::store::Store> {
+        berth_store::store::Store::open(&self.shared.store, Default::default()).map_err(failed)
+    }
+}
+
+#[zbus::interface(name = "org.berth.Runtime1")]
+impl Api {
+    async fn containers(&self) -> fdo::Result<Vec<ContainerInfo>> {
+        let c = self
+            .shared
+            .containers
+            .lock()
+            .map_err(|_| failed("state unavailable"))?;
+        Ok(c.values().map(|p| p.info.clone()).collect())
+    }
+
+    async fn run(&self, name: String, declaration: String) -> fdo::Result<()> {
+        self.change(|reply| Request::Run {
+            name,
+            declaration,
+            reply,
+        })
+    }
+
+    async fn start(&self, name: String) -> fdo::Result<()> {
+        self.change(|r| Request::Start(name, r))
+    }
+
+    async fn stop(&self, name: String) -> fdo::Result<()> {
+        self.change(|r| Request::Stop(name, r))
+    }
+
+    async fn restart(&self, name: String) -> fdo::Result<()> {
+        self.change(|r| Request::Restart(name, r))
+    }
+
+    async fn remove(&self, name: String, force: bool) -> fdo::Result<()> {
+        self.change(|reply| Request::Remove { name, force, reply })
+    }
+
+    async fn reload(&self) -> fdo::Result<()> {
+        self.change(Request::Reload)
+    }
+
+    async fn inspect(&self, name: String) -> fdo::Result<String> {
+        Ok(self.published(&name)?.detail.to_string())
+    }
+
+    async fn read_log(&self, name: String, offset: u64, tail_lines: u32) -> fdo::Result<LogChunk> {
+        // Only a known container's log: the name never becomes a path otherwise.
+        self.published(&name)?;
+        let path = self.shared.log_dir.join(format!("{name}.log"));
+        berth_control::read_log_file(&path, offset, tail_lines)
+            .map_err(|e| failed(format!("{}: {e}", path.display())))
+    }
+
+    async fn stats(&self) -> fdo::Result<Vec<ContainerStats>> {
+        let c = self
+            .shared
+            .containers
+            .lock()
+            .map_err(|_| failed("state unavailable"))?
+            .clone();
+        Ok(c.values()
+            .filter(|p| p.info.state == "running")
+            .map(|p| cgroup_stats(&p.info.name, p.cgroup.as_deref()))
+            .collect())
+    }
+
+    async fn images(&self) -> fdo::Result<Vec<ImageInfo>> {
+        let store = self.store()?;
+        Ok(store
+            .images()
+            .map_err(failed)?
+            .into_iter()
+            .map(|i| ImageInfo {
+                reference: i.reference,
+                id: i.id.to_string(),
+                size: i.size,
+                stored: i.stored,
+            })
+            .collect())
+    }
+
+    async fn pull(&self, reference: String) -> fdo::Result<u32> {
+        let r = berth_store::reference::Reference::parse(&reference).map_err(failed)?;
+        let job = self.shared.next_pull.fetch_add(1, Ordering::SeqCst);
+        let status = PullStatus {
+            reference: r.to_string(),
+            bytes_done: 0,
+            bytes_total: 0,
+            finished: false,
+            error: String::new(),
+            id: String::new(),
+        };
+        if let Ok(mut p) = self.shared.pulls.lock() {
+            p.insert(job, status);
+        }
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("pull".into())
+            .spawn(move || pull_job(&shared, job, &r))
+            .map_err(failed)?;
+        Ok(job)
+    }
+
+    async fn pull_status(&self, job: u32) -> fdo::Result<PullStatus> {
+        self.shared
+            .pulls
+            .lock()
+            .map_err(|_| failed("state unavailable"))?
+            .get(&job)
+            .cloned()
+            .ok_or_else(|| failed(format!("no pull numbered {job}")))
+    }
+
+    async fn remove_image(&self, reference: String) -> fdo::Result<Vec<String>> {
+        let store = self.store()?;
+        let _lock = store
+            .lock(berth_store::store::LockKind::Exclusive)
+            .map_err(failed)?;
+        store.remove(&reference).map_err(failed)
+    }
+}
+
+/// Pulls `r` into the store, keeping job `job`'s status current.
+fn pull_job(shared: &Shared, job: u32, r: &berth_store::reference::Reference) {
+    let update = |f: &dyn Fn(&mut PullStatus)| {
+        if let Ok(mut p) = shared.pulls.lock() {
+            if let Some(s) = p.get_mut(&job) {
+                f(s);
+            }
+        }
+    };
+    let result = (|| -> Result<String, String> {
+        let store = berth_store::store::Store::open(&shared.store, Default::default())
+            .map_err(|e| e.to_string())?;
+        let _lock = store
+            .lock(berth_store::store::LockKind::Shared)
+            .map_err(|e| e.to_string())?;
+        let config =
+            berth_store::registry::Config::load(&shared.registries).map_err(|e| e.to_string())?;
+        let client = berth_store::registry::Client::new(config).map_err(|e| e.to_string())?;
+        // Bytes per layer so far; their sum is the progress.
+        let layers = Mutex::new(BTreeMap::<usize, u64>::new());
+        let progress = |p: berth_store::pull::Progress| match p {
+            berth_store::pull::Progress::Resolved { bytes, .. } => {
+                update(&|s| s.bytes_total = bytes);
+            }
+            berth_store::pull::Progress::Downloaded { layer, bytes, .. } => {
+                if let Ok(mut l) = layers.lock() {
+                    l.insert(layer, bytes);
+                    let done = l.values().sum();
+                    update(&|s| s.bytes_done = done);
+                }
+            }
+            _ => {}
+        };
+        let image =
+            berth_store::pull::pull(&store, &client, r, &progress).map_err(|e| e.to_string())?;
+        Ok(image.id.to_string())
+    })();
+    update(&|s| {
+        s.finished = true;
+        match &result {
+            Ok(id) => {
+                s.id = id.clone();
+                s.bytes_done = s.bytes_total;
+            }
+            Err(e) => s.error = e.clone(),
+        }
+    });
+}
+
+/// A container's resource use from its cgroup's files (zeros where one is missing).
+pub fn cgroup_stats(name: &str, cgroup: Option<&Path>) -> ContainerStats {
+    let read = |file: &str| -> Option<String> { std::fs::read_to_string(cgroup?.join(file)).ok() };
+    let number =
+        |file: &str| -> u64 { read(file).and_then(|t| t.trim().parse().ok()).unwrap_or(0) };
+    let cpu_usec = read("cpu.stat")
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    ContainerStats {
+        name: name.to_string(),
+        cpu_usec,
+        memory_bytes: number("memory.current"),
+        memory_limit: number("memory.max"),
+        pids: number("pids.current"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_come_from_the_cgroup_files() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            t.path().join("cpu.stat"),
+            "usage_usec 1234\nuser_usec 1000\n",
+        )
+        .unwrap();
+        std::fs::write(t.path().join("memory.current"), "4096\n").unwrap();
+        std::fs::write(t.path().join("memory.max"), "max\n").unwrap();
+        std::fs::write(t.path().join("pids.current"), "3\n").unwrap();
+        let s = cgroup_stats("web", Some(t.path()));
+        assert_eq!(
+            (s.cpu_usec, s.memory_bytes, s.memory_limit, s.pids),
+            (1234, 4096, 0, 3)
+        );
+        assert_eq!(cgroup_stats("gone", None).pids, 0);
+    }
+}
