@@ -54,6 +54,8 @@ bench: image image-test floor
 	$(BIN)/berth-vm bench-runtimes --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
 		--runs 50 --writable --json $(OUT)/bench-runtimes-writable.json
 	$(BIN)/berth-store-bench --runs 5 --json $(OUT)/bench-pull.json
+	$(BIN)/berth-vm bench-daemon --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
+		--disk $(OUT)/test/berth.raw --containers 100 --json $(OUT)/bench-daemon.json
 
 clean:
 	rm -rf $(OUT)

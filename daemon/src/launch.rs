@@ -111,8 +111,11 @@ pub fn start(
     let bundle = run.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
     std::fs::write(bundle.join("config.json"), cfg.to_string()).map_err(|e| e.to_string())?;
-    // A leftover of an earlier run (the daemon restarted, or the container died).
-    delete(paths, name);
+    // A leftover of an earlier run (the daemon restarted, or the container died). Only
+    // then: one process fewer per start.
+    if berth_runtime::state::dir(&paths.runtime_root, name).exists() {
+        delete(paths, name);
+    }
     create_and_start(paths, name, &bundle, &run.join("pid"), notifier)
 }
 

@@ -1,12 +1,17 @@
-//! Container logs: each of a container's stdout and stderr pipes read by a thread, line
+//! Container logs: every container's stdout and stderr pipes read by one thread (epoll), line
 //! by line, into `/var/log/berth/containers/NAME.log` as JSON lines docker's json-file
 //! driver would recognise (`{"log":"...\n","stream":"stdout","time":"RFC 3339"}`), so
 //! `berthctl logs` can show stream and time. Rotated to `NAME.log.1` past a size.
 
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustix::buffer::spare_capacity;
+use rustix::event::epoll;
 
 /// Lines longer than this are split (a runaway line must not grow memory).
 const MAX_LINE: usize = 64 * 1024;
@@ -68,28 +73,152 @@ impl LogFile {
     }
 }
 
-/// Reads `pipe` until its writers are gone, one record per line.
-pub fn pump(
-    pipe: OwnedFd,
+/// One thread reads every container's pipes (epoll), so a hundred containers cost the
+/// daemon one thread, not two hundred.
+struct Pumps {
+    epoll: OwnedFd,
+    pipes: Mutex<HashMap<u64, Pipe>>,
+    next: AtomicU64,
+}
+
+struct Pipe {
+    fd: OwnedFd,
     stream: &'static str,
     log: Arc<Mutex<LogFile>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(std::fs::File::from(pipe));
-        let mut buf = Vec::new();
+    /// The start of a line whose end has not come yet.
+    partial: Vec<u8>,
+}
+
+static PUMPS: OnceLock<Option<Arc<Pumps>>> = OnceLock::new();
+
+fn pumps() -> Option<&'static Arc<Pumps>> {
+    PUMPS
+        .get_or_init(|| {
+            let epoll = match epoll::create(epoll::CreateFlags::CLOEXEC) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    eprintln!("berth-daemon: logs: epoll: {e}");
+                    return None;
+                }
+            };
+            let pumps = Arc::new(Pumps {
+                epoll,
+                pipes: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(1),
+            });
+            let worker = pumps.clone();
+            match std::thread::Builder::new()
+                .name("logs".into())
+                .spawn(move || worker.run())
+            {
+                Ok(_) => Some(pumps),
+                Err(e) => {
+                    eprintln!("berth-daemon: logs: starting the log thread: {e}");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+impl Pumps {
+    fn run(&self) {
+        let mut events = Vec::with_capacity(64);
         loop {
-            buf.clear();
-            match std::io::Read::take(&mut reader, MAX_LINE as u64).read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf);
-                    if let Ok(mut l) = log.lock() {
-                        l.write_line(stream, &line);
+            events.clear();
+            if let Err(e) = epoll::wait(&self.epoll, spare_capacity(&mut events), None) {
+                if e != rustix::io::Errno::INTR {
+                    eprintln!("berth-daemon: logs: epoll_wait: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                continue;
+            }
+            let Ok(mut pipes) = self.pipes.lock() else {
+                return;
+            };
+            for ev in &events {
+                let token = ev.data.u64();
+                let open = pipes.get_mut(&token).is_some_and(Pipe::drain);
+                if !open {
+                    if let Some(p) = pipes.remove(&token) {
+                        let _ = epoll::delete(&self.epoll, &p.fd);
                     }
                 }
             }
         }
-    })
+    }
+}
+
+impl Pipe {
+    /// Reads what is there; false once the writers are gone (what was left is logged).
+    fn drain(&mut self) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match rustix::io::read(&self.fd, &mut buf) {
+                Ok(0) => {
+                    if !self.partial.is_empty() {
+                        let rest = std::mem::take(&mut self.partial);
+                        self.write(&rest);
+                    }
+                    return false;
+                }
+                Ok(n) => self.take(&buf[..n]),
+                Err(rustix::io::Errno::AGAIN) => return true,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Whole lines become records; a line longer than MAX_LINE is split.
+    fn take(&mut self, mut data: &[u8]) {
+        while let Some(i) = data.iter().position(|b| *b == b'\n') {
+            let mut line = std::mem::take(&mut self.partial);
+            line.extend_from_slice(&data[..=i]);
+            self.write(&line);
+            data = &data[i + 1..];
+        }
+        self.partial.extend_from_slice(data);
+        while self.partial.len() >= MAX_LINE {
+            let rest = self.partial.split_off(MAX_LINE);
+            let line = std::mem::replace(&mut self.partial, rest);
+            self.write(&line);
+        }
+    }
+
+    fn write(&self, line: &[u8]) {
+        if let Ok(mut l) = self.log.lock() {
+            l.write_line(self.stream, &String::from_utf8_lossy(line));
+        }
+    }
+}
+
+/// Logs what comes out of `pipe` until its writers are gone, one record per line.
+pub fn pump(pipe: OwnedFd, stream: &'static str, log: Arc<Mutex<LogFile>>) {
+    let Some(pumps) = pumps() else {
+        return; // said when the thread failed; the pipe closes (the writer gets EPIPE)
+    };
+    if let Err(e) = rustix::fs::fcntl_setfl(&pipe, rustix::fs::OFlags::NONBLOCK) {
+        eprintln!("berth-daemon: logs: O_NONBLOCK: {e}");
+    }
+    let token = pumps.next.fetch_add(1, Ordering::Relaxed);
+    let Ok(mut pipes) = pumps.pipes.lock() else {
+        return;
+    };
+    let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
+    if let Err(e) = epoll::add(&pumps.epoll, &pipe, epoll::EventData::new_u64(token), flags) {
+        eprintln!("berth-daemon: logs: epoll_ctl: {e}");
+        return;
+    }
+    pipes.insert(
+        token,
+        Pipe {
+            fd: pipe,
+            stream,
+            log,
+            partial: Vec::new(),
+        },
+    );
 }
 
 #[cfg(test)]
@@ -101,13 +230,21 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let log = LogFile::open(t.path(), "web", 200).unwrap();
         let (r, w) = rustix::pipe::pipe().unwrap();
-        let h = pump(r, "stdout", log.clone());
+        pump(r, "stdout", log.clone());
         let mut w = std::fs::File::from(w);
         writeln!(w, "hello").unwrap();
         writeln!(w, "{}", "x".repeat(300)).unwrap();
-        writeln!(w, "after").unwrap();
+        write!(w, "after").unwrap();
         drop(w);
-        h.join().unwrap();
+        // The last line has no newline: logged when the writer is gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_to_string(t.path().join("web.log"))
+            .unwrap_or_default()
+            .contains("after")
+        {
+            assert!(std::time::Instant::now() < deadline, "not logged");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let old = std::fs::read_to_string(t.path().join("web.log.1")).unwrap();
         let first: serde_json::Value = serde_json::from_str(old.lines().next().unwrap()).unwrap();
         assert_eq!(first["log"], "hello\n");

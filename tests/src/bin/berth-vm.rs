@@ -63,6 +63,21 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The container daemon in the test image's disk: its RSS idle and with 100 idle
+    /// containers (busybox sleep), and the time to start those 100.
+    BenchDaemon {
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initrd: PathBuf,
+        /// The test image's disk (the built-in busybox image is on its root).
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        containers: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// create + start + wait + delete of /bin/true: berth-runtime against crun and runc,
     /// in the test image (cgroup v2), interleaved.
     BenchRuntimes {
@@ -143,6 +158,13 @@ fn main() -> ExitCode {
             writable,
             json,
         } => bench_runtimes(kernel, initrd, runs.max(1), writable, json.as_deref()),
+        Cmd::BenchDaemon {
+            kernel,
+            initrd,
+            disk,
+            containers,
+            json,
+        } => bench_daemon(kernel, initrd, &disk, containers.max(1), json.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -443,6 +465,164 @@ fn bench_runtimes(
         ours / median("runc")
     );
     if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The daemon's resident memory (VmRSS, KiB) and thread count, found through init.
+fn daemon_memory(testd: &mut berth_tests::testd::TestdClient) -> Result<(u64, u64)> {
+    let out = testd.sh(
+        "pid=$(head -1 /sys/fs/cgroup/berth/berth-daemon/main/cgroup.procs); \
+         grep -E '^(VmRSS|Threads):' /proc/$pid/status",
+    )?;
+    let field = |name: &str| -> Result<u64> {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {name} in {:?}", out.stdout))
+    };
+    Ok((field("VmRSS:")?, field("Threads:")?))
+}
+
+fn bench_daemon(
+    kernel: PathBuf,
+    initrd: PathBuf,
+    disk: &Path,
+    count: usize,
+    json: Option<&Path>,
+) -> Result<()> {
+    let overlay = berth_tests::vm::work_dir("bench-daemon-disk")?.join("disk.qcow2");
+    berth_tests::vm::create_overlay(disk, &overlay, Some("4G"))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(kernel.with_file_name("manifest.json"))?)?;
+    let mut cfg = VmConfig::new(kernel, initrd);
+    cfg.name = "bench-daemon".into();
+    cfg.testd = true;
+    cfg.memory_mib = 2048;
+    cfg.disk = Some(overlay);
+    cfg.disk_persistent = true;
+    cfg.append = manifest["disk"]["cmdline"]
+        .as_str()
+        .context("disk.cmdline in the manifest")?
+        .split_whitespace()
+        .filter(|w| !w.starts_with("console="))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let vm = Vm::boot(cfg)?;
+    vm.wait_for_line("berth: ready", BOOT_TIMEOUT)?;
+    let mut testd = vm.testd()?;
+    // Idle: settled after importing the built-in image.
+    let out = testd.sh("for i in $(seq 100); do grep -q '{' /run/berth/containers/status.json 2>/dev/null && break; sleep 0.2; done; sleep 2")?;
+    anyhow::ensure!(out.exit_code == Some(0), "daemon not up: {}", out.stderr);
+    let (idle_kb, idle_threads) = daemon_memory(&mut testd)?;
+    // The declarations staged, then moved in at once and the daemon told (SIGHUP):
+    // timed in the guest, until status.json says all run.
+    let script = format!(
+        "set -e; mkdir -p /tmp/decls /etc/berth/containers.d; \
+         for i in $(seq {count}); do printf 'image = \"berth.local/busybox:latest\"\ncommand = [\"sleep\", \"100000\"]\nnetwork = \"none\"\nrestart = \"always\"\n' > /tmp/decls/idle$i.toml; done; \
+         pid=$(head -1 /sys/fs/cgroup/berth/berth-daemon/main/cgroup.procs); \
+         t0=$(cut -d' ' -f1 /proc/uptime); mv /tmp/decls/*.toml /etc/berth/containers.d/; kill -HUP $pid; \
+         n=0; while [ $n -lt {count} ]; do sleep 0.1; n=$(grep -c '\"state\": \"running\"' /run/berth/containers/status.json || true); \
+           if grep -q '\"state\": \"failed\"' /run/berth/containers/status.json; then grep -m3 error /run/berth/containers/status.json; exit 1; fi; done; \
+         t1=$(cut -d' ' -f1 /proc/uptime); echo $t0 $t1"
+    );
+    eprintln!(
+        "berth-vm: starting {count} containers through the daemon ({})",
+        vm.accel.name()
+    );
+    let out = testd.run_with(&["sh", "-c", &script], None, Duration::from_secs(3600))?;
+    anyhow::ensure!(
+        out.exit_code == Some(0),
+        "starting: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let times: Vec<f64> = out
+        .stdout
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    anyhow::ensure!(times.len() == 2, "timing: {}", out.stdout);
+    let start_s = times[1] - times[0];
+    std::thread::sleep(Duration::from_secs(3));
+    let (busy_kb, busy_threads) = daemon_memory(&mut testd)?;
+    // The floor: the same number of `berth-runtime create` + `start` of busybox sleep from
+    // one prepared bundle, in a shell loop: no image store, no rootfs per container, no
+    // config to build, no logs.
+    let floor_setup =
+        "set -e; d=/tmp/floor; mkdir -p $d/rootfs/bin $d/rootfs/proc $d/rootfs/dev $d/rootfs/sys; \
+        cp /usr/bin/busybox $d/rootfs/bin/; ln -sf busybox $d/rootfs/bin/sleep";
+    let out = testd.sh(floor_setup)?;
+    anyhow::ensure!(out.exit_code == Some(0), "floor setup: {}", out.stderr);
+    let config = BENCH_CONFIG.replace(
+        r#""args": ["/bin/true"]"#,
+        r#""args": ["/bin/sleep", "100000"]"#,
+    );
+    anyhow::ensure!(config != BENCH_CONFIG, "the floor's config kept /bin/true");
+    let out = testd.run_with(
+        &["sh", "-c", "cat > /tmp/floor/config.json"],
+        Some(&config),
+        Duration::from_secs(30),
+    )?;
+    anyhow::ensure!(out.exit_code == Some(0), "floor config: {}", out.stderr);
+    let floor_script = format!(
+        "set -e; t0=$(cut -d' ' -f1 /proc/uptime); for i in $(seq {count}); do \
+         berth-runtime --root /run/floor create --bundle /tmp/floor f$i </dev/null >/dev/null 2>&1; \
+         berth-runtime --root /run/floor start f$i; done; t1=$(cut -d' ' -f1 /proc/uptime); echo $t0 $t1"
+    );
+    let out = testd.run_with(
+        &["sh", "-c", &floor_script],
+        None,
+        Duration::from_secs(3600),
+    )?;
+    anyhow::ensure!(
+        out.exit_code == Some(0),
+        "floor: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let floor: Vec<f64> = out
+        .stdout
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    anyhow::ensure!(floor.len() == 2, "floor timing: {}", out.stdout);
+    let floor_s = floor[1] - floor[0];
+    let procs = testd.sh(
+        "find /sys/fs/cgroup/berth/berth-daemon/containers -mindepth 1 -maxdepth 1 -type d | wc -l",
+    )?;
+    println!(
+        "container daemon, {} guest, {count} idle containers (busybox sleep, network none):",
+        vm.accel.name()
+    );
+    println!("  daemon RSS idle:            {idle_kb} KB ({idle_threads} threads)");
+    println!(
+        "  daemon RSS with {count}:        {busy_kb} KB ({busy_threads} threads), {:.1} KB per container",
+        busy_kb.saturating_sub(idle_kb) as f64 / count as f64
+    );
+    println!(
+        "  time to start {count}:         {start_s:.2} s ({:.0} ms per container; cgroups listed: {})",
+        start_s * 1000.0 / count as f64,
+        procs.stdout.trim()
+    );
+    println!(
+        "  floor (berth-runtime create + start in a shell loop): {floor_s:.2} s; daemon/floor {:.2}x",
+        start_s / floor_s
+    );
+    if let Some(path) = json {
+        let report = serde_json::json!({
+            "accel": vm.accel.name(),
+            "containers": count,
+            "floor_seconds": floor_s,
+            "idle_rss_kb": idle_kb,
+            "idle_threads": idle_threads,
+            "busy_rss_kb": busy_kb,
+            "busy_threads": busy_threads,
+            "start_seconds": start_s,
+        });
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
