@@ -17,9 +17,10 @@ set -euo pipefail
 #   podman bsdutils                   a real client driving berth-runtime (script(1) for -it)
 #   docker-registry skopeo            a real registry for the store's pull tests, and
 #                                     what loads it (the tests start it on 127.0.0.1)
+#   nftables                          nft, shipped in the image for the daemon's NAT table
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
           syslinux syslinux-common systemd-boot-efi cpio zstd busybox-static kmod socat
-          cryptsetup-bin podman bsdutils docker-registry skopeo)
+          cryptsetup-bin podman bsdutils docker-registry skopeo nftables)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 

@@ -70,6 +70,8 @@ pub enum Cmd {
     Inspect { names: Vec<String> },
     /// Resource use of the running containers.
     Stats,
+    /// Read the declarations again (the daemon also notices changes by itself).
+    Reload,
 }
 
 #[derive(clap::Args)]
@@ -293,6 +295,7 @@ pub async fn run(rt: &RuntimeProxy<'_>, cmd: Cmd, json: bool) -> Result<ExitCode
             }
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
+        Cmd::Reload => rt.reload().await.map_err(err)?,
         Cmd::Stats => {
             // CPU use over one second, as docker's first sample does.
             let first = rt.stats().await.map_err(err)?;

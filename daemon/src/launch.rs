@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::declaration::{Declaration, Network, Volume};
+use crate::declaration::{Declaration, Volume};
 use crate::fdstore::Notifier;
 use crate::spec::{self, Context};
 use crate::supervisor::Paths;
@@ -53,20 +53,16 @@ pub fn pump_logs(paths: &Paths, name: &str, stdout: Option<OwnedFd>, stderr: Opt
     }
 }
 
-/// Sets up and starts the container `decl` declares: returns its pid.
+/// Sets up and starts the container `decl` declares: returns its pid. `netns`: the
+/// namespace to join (bridge networking: made and plumbed by `network`).
 pub fn start(
     paths: &Paths,
     decl: &Declaration,
     cgroup_parent: Option<&str>,
+    netns: Option<PathBuf>,
     notifier: Option<&Notifier>,
 ) -> Result<i32, String> {
     let name = decl.name.as_str();
-    if decl.network == Network::Bridge {
-        return Err(
-            "network \"bridge\" is not supported yet: declare network = \"host\" or \"none\""
-                .into(),
-        );
-    }
     let store = berth_store::store::Store::open(&paths.store, Default::default())
         .map_err(|e| e.to_string())?;
     let _lock = store
@@ -100,7 +96,7 @@ pub fn start(
     let ctx = Context {
         rootfs,
         cgroup: cgroup_parent.map(|p| format!("{p}/{name}")),
-        netns: None,
+        netns,
         etc_files: etc_files(decl, &run)?,
         volume_dirs: volumes(paths, decl)?,
         nofile: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)

@@ -10,6 +10,8 @@ pub mod declaration;
 pub mod fdstore;
 pub mod launch;
 pub mod logs;
+pub mod netns;
+pub mod network;
 pub mod seccomp;
 pub mod spec;
 pub mod status;

@@ -40,6 +40,11 @@ struct Cli {
     volumes: PathBuf,
     #[arg(long, default_value = berth_control::RUNTIME_SOCKET)]
     socket: PathBuf,
+    /// Bridge settings: `[bridge]` with `name` and `subnet` (default berth0, 10.88.0.0/16).
+    #[arg(long, default_value = "/etc/berth/network.toml")]
+    network_config: PathBuf,
+    #[arg(long, default_value = "/run/berth/netns")]
+    netns_dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +71,8 @@ fn main() -> ExitCode {
         builtin_images: cli.builtin_images,
         volumes: cli.volumes,
         socket: cli.socket,
+        network_config: cli.network_config,
+        netns_dir: cli.netns_dir,
     });
     match sup.run(stored) {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,6 +25,9 @@ pub struct Record {
     /// An operator stopped it: it stays down until started.
     #[serde(default)]
     pub stopped: bool,
+    /// Its address on the bridge (kept with its namespace across daemon restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -49,6 +49,10 @@ pub struct Paths {
     pub volumes: PathBuf,
     /// The API's socket.
     pub socket: PathBuf,
+    /// Bridge settings (`[bridge]`: name, subnet).
+    pub network_config: PathBuf,
+    /// Bridge containers' network namespaces.
+    pub netns_dir: PathBuf,
 }
 
 /// First restart delay, doubling per failure up to the cap; reset after a good run.
@@ -137,6 +141,8 @@ pub struct Supervisor {
     init_exits: Vec<ExitRecord>,
     reload_due: Option<Instant>,
     control: Option<Control>,
+    /// Bridge networking, or why there is none (then bridge containers fail with it).
+    bridge: Result<crate::network::Bridge, String>,
 }
 
 fn say(msg: &str) {
@@ -159,7 +165,13 @@ fn cgroup_parent() -> Option<String> {
 impl Supervisor {
     pub fn new(paths: Paths) -> Supervisor {
         let stopped_forever = status::read_stopped(&paths.state_dir.join("stopped.json"));
+        let bridge = crate::network::load_config(&paths.network_config)
+            .and_then(|c| crate::network::Bridge::new(&c, paths.netns_dir.clone()));
+        if let Err(e) = &bridge {
+            say(&format!("bridge networking unavailable: {e}"));
+        }
         Supervisor {
+            bridge,
             paths,
             containers: BTreeMap::new(),
             cgroup_parent: cgroup_parent(),
@@ -258,11 +270,25 @@ impl Supervisor {
                     launch::delete(&self.paths, name);
                     remove_leftovers(&self.paths, name);
                 }
+                crate::netns::remove(&self.paths.netns_dir.join(name));
                 continue;
             };
             c.restarts = rec.restarts;
             c.exit_code = rec.exit_code;
             c.started_at = rec.started_at.clone();
+            if let (Some(address), Ok(bridge)) = (rec.address, self.bridge.as_mut()) {
+                if c.decl.network == crate::declaration::Network::Bridge {
+                    bridge.adopt(
+                        name,
+                        address,
+                        crate::network::Attached {
+                            address,
+                            ports: c.decl.ports.clone(),
+                            allow_metadata: c.decl.allow_metadata,
+                        },
+                    );
+                }
+            }
             if rec.stopped {
                 c.stopped = true;
                 c.state = State::Stopped;
@@ -351,12 +377,24 @@ impl Supervisor {
             let Some(c) = self.containers.get(&name) else {
                 continue;
             };
-            let result = launch::start(
-                &self.paths,
-                &c.decl,
-                self.cgroup_parent.as_deref(),
-                self.notifier.as_ref(),
-            );
+            let netns = match (c.decl.network, self.bridge.as_mut()) {
+                (crate::declaration::Network::Bridge, Ok(b)) => b
+                    .attach(&name, &c.decl.ports, c.decl.allow_metadata)
+                    .map(Some),
+                (crate::declaration::Network::Bridge, Err(e)) => {
+                    Err(format!("bridge networking unavailable: {e}"))
+                }
+                _ => Ok(None),
+            };
+            let result = netns.and_then(|netns| {
+                launch::start(
+                    &self.paths,
+                    &c.decl,
+                    self.cgroup_parent.as_deref(),
+                    netns,
+                    self.notifier.as_ref(),
+                )
+            });
             let Some(c) = self.containers.get_mut(&name) else {
                 continue;
             };
@@ -376,6 +414,16 @@ impl Supervisor {
             }
             // A long start (a pull) must not hide a stop request.
             self.write_status();
+        }
+        self.apply_rules();
+    }
+
+    /// NAT and published ports for the containers on the bridge, when that changed.
+    fn apply_rules(&mut self) {
+        if let Ok(b) = self.bridge.as_mut() {
+            if let Err(e) = b.apply_rules() {
+                say(&format!("bridge rules: {e}"));
+            }
         }
     }
 
@@ -464,6 +512,7 @@ impl Supervisor {
                     },
                     started_at: c.started_at.clone(),
                     stopped: c.stopped,
+                    address: self.bridge.as_ref().ok().and_then(|b| b.address(n)),
                 };
                 (n, rec)
             })
@@ -506,7 +555,13 @@ impl Supervisor {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
-            address: String::new(),
+            address: self
+                .bridge
+                .as_ref()
+                .ok()
+                .and_then(|b| b.address(&d.name))
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             source: c.source.display().to_string(),
         };
         let detail = serde_json::json!({
@@ -526,6 +581,13 @@ impl Supervisor {
             "Rootfs": self.paths.store.join("containers").join(&d.name).join("rootfs"),
             "Bundle": self.paths.run_dir.join(&d.name).join("bundle"),
             "Cgroup": cgroup,
+            "NetworkSettings": {
+                "Network": info.network,
+                "IPAddress": info.address,
+                "Ports": info.ports,
+                "NetNs": (d.network == crate::declaration::Network::Bridge)
+                    .then(|| self.paths.netns_dir.join(&d.name)),
+            },
         });
         Published {
             info,
@@ -601,6 +663,10 @@ impl Supervisor {
         launch::delete(&self.paths, name);
         remove_leftovers(&self.paths, name);
         self.containers.remove(name);
+        if let Ok(b) = self.bridge.as_mut() {
+            b.detach(name);
+        }
+        self.apply_rules();
         if self.stopped_forever.remove(name) {
             self.save_stopped_forever();
         }
@@ -638,6 +704,9 @@ impl Supervisor {
             ));
             let image_changed = c.decl.image != decl.image;
             self.stop_containers(std::slice::from_ref(&name));
+            if let Ok(b) = self.bridge.as_mut() {
+                b.detach(&name); // its network may have changed: made again at start
+            }
             if image_changed {
                 if let Err(e) = remove_rootfs(&self.paths, &name) {
                     say(&format!("{name}: removing its old rootfs: {e}"));
@@ -796,9 +865,8 @@ impl Supervisor {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| format!("signalfd: {e}"))?;
         let watch = watch_dir(&self.paths.declarations);
-        self.import_builtin();
-        self.load();
-        self.adopt(stored);
+        // The API first: berthctl works (reads answer, changes wait their turn) while
+        // the first boot imports the built-in images.
         let shared = crate::api::Shared::new(
             self.paths.log_dir.clone(),
             self.paths.store.clone(),
@@ -808,6 +876,10 @@ impl Supervisor {
             Ok(c) => self.control = Some(c),
             Err(e) => say(&format!("no API: {e}")),
         }
+        self.import_builtin();
+        self.load();
+        self.adopt(stored);
+        self.apply_rules();
         self.write_status();
         if let Some(n) = &self.notifier {
             let _ = n.ready();

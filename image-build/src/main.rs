@@ -175,6 +175,14 @@ fn root_tree(
         root.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
         binaries.push(host);
     }
+    // nft (Debian's nftables, GPL-2: run, not linked) writes the daemon's NAT table.
+    let nft = Path::new(NFT);
+    anyhow::ensure!(
+        nft.exists(),
+        "{NFT} is missing: run `make deps` (package nftables)"
+    );
+    root.add_host_file("usr/sbin/nft", 0o755, nft)?;
+    binaries.push(nft.to_path_buf());
     initramfs::add_libraries(&mut root, &binaries)?;
     root.add_file(
         "usr/lib/berth/services/berth-daemon.toml",
@@ -188,6 +196,9 @@ fn root_tree(
     }
     Ok(root)
 }
+
+/// The build machine's nft, with its libraries resolved like ours.
+const NFT: &str = "/usr/sbin/nft";
 
 /// The container daemon: a delegated cgroup subtree (its containers live beside it),
 /// restarted whenever it dies, and given time to stop its containers.

@@ -68,20 +68,34 @@ pub fn disk_cmdline() -> String {
 /// Boots the test image's disk (a 2 GiB overlay in `dir`, kept across boots) to
 /// `berth: ready`: the verified root and btrfs /var, as a real machine runs.
 pub fn boot_disk(name: &str, dir: &std::path::Path) -> Vm {
-    let disk = dir.join("disk.qcow2");
-    berth_tests::vm::create_overlay(&image_dir().join("berth.raw"), &disk, Some("2G"))
-        .expect("creating the disk overlay");
+    new_disk(dir);
     boot_disk_again(name, dir)
 }
 
 /// Boots the disk an earlier [`boot_disk`] made in `dir` again (a reboot, after a
 /// clean power-off).
 pub fn boot_disk_again(name: &str, dir: &std::path::Path) -> Vm {
+    boot(disk_config(name, dir))
+}
+
+/// The config [`boot_disk_again`] boots, for tests that add to it (a network, say);
+/// the disk must exist (see [`new_disk`]).
+pub fn disk_config(name: &str, dir: &std::path::Path) -> VmConfig {
     let mut cfg = config(name);
     cfg.disk = Some(dir.join("disk.qcow2"));
     cfg.disk_persistent = true;
     cfg.append = disk_cmdline();
-    boot(cfg)
+    cfg
+}
+
+/// A fresh 2 GiB overlay of the test image's disk in `dir`.
+pub fn new_disk(dir: &std::path::Path) {
+    berth_tests::vm::create_overlay(
+        &image_dir().join("berth.raw"),
+        &dir.join("disk.qcow2"),
+        Some("2G"),
+    )
+    .expect("creating the disk overlay");
 }
 
 /// A clean power-off (ACPI), waited for.

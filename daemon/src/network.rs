@@ -1,0 +1,482 @@
+//! Bridge networking: a bridge (`berth0`, the pool's first address), and per container
+//! a network namespace kept at `/run/berth/netns/NAME` with a veth pair (its end named
+//! `eth0` inside), an address from the pool and a default route through the bridge.
+//! NAT and published ports are one nftables table, `inet berth`, replaced whole (one
+//! `nft -f -` transaction) whenever the set of containers or ports changes.
+//!
+//! Why the `nft` binary rather than netlink: nftables' netlink protocol is a batch of
+//! expression bytecode per rule; the only Rust crates that speak it are GPL-3
+//! (rustables) or link GPL libnftnl. The binary (GPL-2, shipped beside ours, not linked)
+//! reads the ruleset language operators already read with `nft list table inet berth`.
+//!
+//! What the rules do: outgoing traffic from the pool is masqueraded; each published port
+//! is a DNAT to its container; nothing from outside reaches a container unless it is a
+//! published port's DNAT or a reply; and containers cannot reach the cloud metadata
+//! address unless their declaration says `allow_metadata` (it hands out the instance's
+//! credentials).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+
+use crate::declaration::{Port, Protocol};
+
+/// The cloud metadata address (EC2, GCE, OpenStack, Azure).
+pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// What a container's end of its veth pair is called inside.
+const INSIDE: &str = "eth0";
+
+/// `/etc/berth/network.toml`'s `[bridge]` (every key optional).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    #[serde(default = "default_bridge")]
+    pub name: String,
+    /// The pool: `10.88.0.0/16` by default (podman's).
+    #[serde(default = "default_subnet")]
+    pub subnet: String,
+}
+
+fn default_bridge() -> String {
+    "berth0".into()
+}
+
+fn default_subnet() -> String {
+    "10.88.0.0/16".into()
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        BridgeConfig {
+            name: default_bridge(),
+            subnet: default_subnet(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    bridge: Option<BridgeConfig>,
+}
+
+/// The bridge's settings from `path` (defaults when it is missing).
+pub fn load_config(path: &Path) -> Result<BridgeConfig, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str::<ConfigFile>(&text)
+            .map(|c| c.bridge.unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BridgeConfig::default()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// An IPv4 pool: network address and prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Pool {
+    pub fn parse(s: &str) -> Result<Pool, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("subnet {s:?}: expected ADDRESS/PREFIX"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("subnet {s:?}: {addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("subnet {s:?}: the prefix must be 8 to 30"))?;
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Pool {
+            network: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
+    }
+
+    /// The bridge's own address: the first in the pool.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(a) & mask == u32::from(self.network)
+    }
+
+    /// The lowest address that is neither the network, the gateway, the broadcast, nor
+    /// in `taken`.
+    pub fn allocate<'a>(&self, taken: impl Iterator<Item = &'a Ipv4Addr>) -> Option<Ipv4Addr> {
+        let taken: std::collections::BTreeSet<u32> = taken.map(|a| u32::from(*a)).collect();
+        let first = u32::from(self.network) + 2;
+        let broadcast = u32::from(self.network) | (u32::MAX >> self.prefix);
+        (first..broadcast)
+            .find(|a| !taken.contains(a))
+            .map(Ipv4Addr::from)
+    }
+
+    fn text(&self) -> String {
+        format!("{}/{}", self.network, self.prefix)
+    }
+}
+
+/// What the rules need to know of one attached container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub address: Ipv4Addr,
+    pub ports: Vec<Port>,
+    pub allow_metadata: bool,
+}
+
+pub struct Bridge {
+    name: String,
+    pool: Pool,
+    netns_dir: PathBuf,
+    ready: bool,
+    /// Attached containers by name.
+    attached: BTreeMap<String, Attached>,
+    /// The ruleset last applied (nft runs only when it changes).
+    applied: Option<String>,
+}
+
+impl Bridge {
+    pub fn new(config: &BridgeConfig, netns_dir: PathBuf) -> Result<Bridge, String> {
+        if config.name.is_empty() || config.name.len() > 15 || config.name.contains(['/', ' ']) {
+            return Err(format!("bridge name {:?} is not a link name", config.name));
+        }
+        Ok(Bridge {
+            name: config.name.clone(),
+            pool: Pool::parse(&config.subnet)?,
+            netns_dir,
+            ready: false,
+            attached: BTreeMap::new(),
+            applied: None,
+        })
+    }
+
+    pub fn netns_path(&self, container: &str) -> PathBuf {
+        self.netns_dir.join(container)
+    }
+
+    /// The host end of a container's veth pair: short (IFNAMSIZ is 16) and stable.
+    fn host_link(container: &str) -> String {
+        // FNV-1a: a stable, well-spread 32-bit hash of the name.
+        let hash = container.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        format!("vb{hash:08x}")
+    }
+
+    /// The bridge with its address, up, and forwarding on.
+    fn ensure_bridge(&mut self) -> Result<(), String> {
+        if self.ready {
+            return Ok(());
+        }
+        let mut nl = berth_netlink::Netlink::open().map_err(|e| e.to_string())?;
+        nl.add_bridge(&self.name).map_err(|e| e.to_string())?;
+        let index = nl.link_index(&self.name).map_err(|e| e.to_string())?;
+        nl.add_address(index, self.pool.gateway(), self.pool.prefix)
+            .map_err(|e| e.to_string())?;
+        nl.set_up(index, None).map_err(|e| e.to_string())?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| format!("enabling IPv4 forwarding: {e}"))?;
+        self.ready = true;
+        Ok(())
+    }
+
+    /// Takes back a container that is already attached (its namespace survived a daemon
+    /// restart): its address is kept.
+    pub fn adopt(&mut self, container: &str, address: Ipv4Addr, attached: Attached) {
+        if self.netns_path(container).exists() && self.pool.contains(address) {
+            self.ready = false; // checked again before the next attach
+            self.attached.insert(container.to_string(), attached);
+        }
+    }
+
+    pub fn address(&self, container: &str) -> Option<Ipv4Addr> {
+        self.attached.get(container).map(|a| a.address)
+    }
+
+    /// Gives `container` its namespace, veth pair and address (or keeps those it has);
+    /// returns the namespace file for its OCI config.
+    pub fn attach(
+        &mut self,
+        container: &str,
+        ports: &[Port],
+        allow_metadata: bool,
+    ) -> Result<PathBuf, String> {
+        for p in ports {
+            let clash = self.attached.iter().find(|(other, a)| {
+                other.as_str() != container
+                    && a.ports.iter().any(|q| {
+                        q.host_port == p.host_port
+                            && q.protocol == p.protocol
+                            && (q.host_ip.is_none()
+                                || p.host_ip.is_none()
+                                || q.host_ip == p.host_ip)
+                    })
+            });
+            if let Some((other, _)) = clash {
+                return Err(format!(
+                    "host port {} is already published by container {other}",
+                    p.host_port
+                ));
+            }
+        }
+        self.ensure_bridge()?;
+        let path = self.netns_path(container);
+        if let Some(a) = self.attached.get_mut(container) {
+            if path.exists() {
+                a.ports = ports.to_vec();
+                a.allow_metadata = allow_metadata;
+                return Ok(path);
+            }
+        }
+        self.attached.remove(container);
+        let address = self
+            .pool
+            .allocate(self.attached.values().map(|a| &a.address))
+            .ok_or_else(|| format!("the pool {} has no free address", self.pool.text()))?;
+        self.plumb(container, &path, address)
+            .inspect_err(|_| self.teardown(container))?;
+        self.attached.insert(
+            container.to_string(),
+            Attached {
+                address,
+                ports: ports.to_vec(),
+                allow_metadata,
+            },
+        );
+        Ok(path)
+    }
+
+    fn plumb(&self, container: &str, path: &Path, address: Ipv4Addr) -> Result<(), String> {
+        crate::netns::create(path)?;
+        let ns = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let host = Self::host_link(container);
+        let mut nl = berth_netlink::Netlink::open().map_err(|e| e.to_string())?;
+        nl.delete_link(&host).map_err(|e| e.to_string())?; // a leftover
+        nl.add_veth_into(&host, INSIDE, ns.as_fd())
+            .map_err(|e| e.to_string())?;
+        let bridge = nl.link_index(&self.name).map_err(|e| e.to_string())?;
+        let index = nl.link_index(&host).map_err(|e| e.to_string())?;
+        nl.set_up(index, Some(bridge)).map_err(|e| e.to_string())?;
+        let (prefix, gateway) = (self.pool.prefix, self.pool.gateway());
+        crate::netns::run_in(&ns, move || {
+            let mut nl = berth_netlink::Netlink::open().map_err(|e| e.to_string())?;
+            let lo = nl.link_index("lo").map_err(|e| e.to_string())?;
+            nl.set_up(lo, None).map_err(|e| e.to_string())?;
+            let eth = nl.link_index(INSIDE).map_err(|e| e.to_string())?;
+            nl.add_address(eth, address, prefix)
+                .map_err(|e| e.to_string())?;
+            nl.set_up(eth, None).map_err(|e| e.to_string())?;
+            nl.add_default_route(gateway).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Removes a container's veth pair (its peer goes with it) and namespace; its
+    /// address returns to the pool.
+    pub fn detach(&mut self, container: &str) {
+        self.teardown(container);
+        self.attached.remove(container);
+    }
+
+    fn teardown(&self, container: &str) {
+        if let Ok(mut nl) = berth_netlink::Netlink::open() {
+            let _ = nl.delete_link(&Self::host_link(container));
+        }
+        crate::netns::remove(&self.netns_path(container));
+    }
+
+    /// Applies the ruleset for the attached containers when it changed.
+    pub fn apply_rules(&mut self) -> Result<(), String> {
+        if self.attached.is_empty() && self.applied.is_none() {
+            return Ok(()); // nothing on the bridge yet: no table to write
+        }
+        let rules = ruleset(&self.name, self.pool, &self.attached);
+        if self.applied.as_deref() == Some(rules.as_str()) {
+            return Ok(());
+        }
+        nft(&rules)?;
+        self.applied = Some(rules);
+        Ok(())
+    }
+}
+
+/// Runs `nft -f -` with `script` (one transaction: all of it or nothing).
+fn nft(script: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("writing to nft: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("running nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft refused the ruleset: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The `inet berth` table for these containers (replacing any earlier one).
+pub fn ruleset(bridge: &str, pool: Pool, attached: &BTreeMap<String, Attached>) -> String {
+    let mut dnat = String::new();
+    for (name, a) in attached {
+        for p in &a.ports {
+            let proto = match p.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+            };
+            let daddr = p
+                .host_ip
+                .map(|ip| format!("ip daddr {ip} "))
+                .unwrap_or_default();
+            dnat += &format!(
+                "    iifname != \"{bridge}\" {daddr}{proto} dport {} dnat ip to {}:{} comment \"{name}\"\n",
+                p.host_port, a.address, p.container_port
+            );
+        }
+    }
+    let allowed: Vec<String> = attached
+        .values()
+        .filter(|a| a.allow_metadata)
+        .map(|a| a.address.to_string())
+        .collect();
+    let metadata = if allowed.is_empty() {
+        format!("    iifname \"{bridge}\" ip daddr {METADATA} drop\n")
+    } else {
+        format!(
+            "    iifname \"{bridge}\" ip daddr {METADATA} ip saddr != {{ {} }} drop\n",
+            allowed.join(", ")
+        )
+    };
+    format!(
+        "table inet berth {{}}\n\
+         delete table inet berth\n\
+         table inet berth {{\n\
+         \x20 chain prerouting {{\n\
+         \x20   type nat hook prerouting priority dstnat; policy accept;\n\
+         {dnat}\
+         \x20 }}\n\
+         \x20 chain postrouting {{\n\
+         \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+         \x20   ip saddr {pool} oifname != \"{bridge}\" masquerade\n\
+         \x20 }}\n\
+         \x20 chain forward {{\n\
+         \x20   type filter hook forward priority filter; policy accept;\n\
+         {metadata}\
+         \x20   oifname \"{bridge}\" ct state established,related accept\n\
+         \x20   oifname \"{bridge}\" ct status dnat accept\n\
+         \x20   oifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
+         \x20 }}\n\
+         }}\n",
+        pool = pool.text()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_parse_and_allocate_past_the_gateway() {
+        let p = Pool::parse("10.88.7.9/16").unwrap();
+        assert_eq!(p.network, Ipv4Addr::new(10, 88, 0, 0));
+        assert_eq!(p.gateway(), Ipv4Addr::new(10, 88, 0, 1));
+        let taken = [Ipv4Addr::new(10, 88, 0, 2)];
+        assert_eq!(p.allocate(taken.iter()), Some(Ipv4Addr::new(10, 88, 0, 3)));
+        let small = Pool::parse("192.168.5.0/30").unwrap();
+        let one = small.allocate([].iter()).unwrap();
+        assert_eq!(one, Ipv4Addr::new(192, 168, 5, 2));
+        assert_eq!(small.allocate([one].iter()), None, "only .2 fits in a /30");
+        for bad in ["10.88.0.0", "10.88.0.0/33", "10.88.0.0/31", "ten/16"] {
+            assert!(Pool::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_ruleset_publishes_declared_ports_only_and_guards_metadata() {
+        let mut attached = BTreeMap::new();
+        attached.insert(
+            "web".to_string(),
+            Attached {
+                address: Ipv4Addr::new(10, 88, 0, 2),
+                ports: vec![crate::declaration::parse_port("8080:80").unwrap()],
+                allow_metadata: false,
+            },
+        );
+        attached.insert(
+            "agent".to_string(),
+            Attached {
+                address: Ipv4Addr::new(10, 88, 0, 3),
+                ports: vec![crate::declaration::parse_port("127.0.0.1:5353:53/udp").unwrap()],
+                allow_metadata: true,
+            },
+        );
+        let r = ruleset("berth0", Pool::parse("10.88.0.0/16").unwrap(), &attached);
+        assert!(
+            r.contains("iifname != \"berth0\" tcp dport 8080 dnat ip to 10.88.0.2:80"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip daddr 127.0.0.1 udp dport 5353 dnat ip to 10.88.0.3:53"),
+            "{r}"
+        );
+        assert_eq!(r.matches("dnat ip to").count(), 2, "{r}");
+        assert!(
+            r.contains("ip daddr 169.254.169.254 ip saddr != { 10.88.0.3 } drop"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip saddr 10.88.0.0/16 oifname != \"berth0\" masquerade"),
+            "{r}"
+        );
+        // Replaced whole: the table is made (so delete cannot fail), deleted, rewritten.
+        assert!(
+            r.starts_with("table inet berth {}\ndelete table inet berth\n"),
+            "{r}"
+        );
+        attached.clear();
+        let r = ruleset("berth0", Pool::parse("10.88.0.0/16").unwrap(), &attached);
+        assert!(
+            r.contains("iifname \"berth0\" ip daddr 169.254.169.254 drop"),
+            "{r}"
+        );
+        assert!(!r.contains("dnat ip to"), "{r}");
+    }
+
+    #[test]
+    fn config_defaults_and_refusals() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("network.toml");
+        assert_eq!(load_config(&p).unwrap(), BridgeConfig::default());
+        std::fs::write(&p, "[bridge]\nsubnet = \"172.30.0.0/24\"\n").unwrap();
+        assert_eq!(load_config(&p).unwrap().subnet, "172.30.0.0/24");
+        std::fs::write(&p, "[bridge]\nsubnett = \"x\"\n").unwrap();
+        assert!(load_config(&p).unwrap_err().contains("subnett"));
+        assert_eq!(Bridge::host_link("web").len(), 10);
+        assert_ne!(Bridge::host_link("web"), Bridge::host_link("web2"));
+    }
+}

@@ -1,0 +1,296 @@
+//! Blocking rtnetlink: the few link, address and route requests Berth makes (a bridge,
+//! veth pairs moved into container namespaces, addresses, default routes), on
+//! netlink-packet-route's message types and netlink-sys's socket.
+//!
+//! Why not rtnetlink: it needs an async runtime (tokio, or smol's global executor with
+//! its threads) for what is a request and its acknowledgement; the daemon is a plain
+//! loop. The request/ack exchange here is the whole of what it would do for us.
+//!
+//! A socket works in the network namespace it was opened in: open one inside a
+//! container's namespace (from a thread that entered it) to configure its side.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Socket(std::io::Error),
+    /// The kernel refused a request.
+    #[error("{what}: {source}")]
+    Refused {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: unreadable answer from the kernel: {problem}")]
+    Decode { what: String, problem: String },
+    #[error("no link named {0:?}")]
+    NoSuchLink(String),
+}
+
+pub type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// A route netlink socket in the calling thread's network namespace.
+pub struct Netlink {
+    socket: Socket,
+    sequence: u32,
+}
+
+impl Netlink {
+    pub fn open() -> Result<Netlink> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+        socket.bind_auto().map_err(NetlinkError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NetlinkError::Socket)?;
+        Ok(Netlink {
+            socket,
+            sequence: 0,
+        })
+    }
+
+    /// Sends `message` and collects the answers until the acknowledgement (or the end
+    /// of a dump); a refusal becomes an error naming `what`.
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags | NLM_F_REQUEST | NLM_F_ACK;
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0).map_err(|e| refused(what, e))?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut answers = Vec::new();
+        loop {
+            let mut data: Vec<u8> = Vec::with_capacity(64 * 1024);
+            self.socket
+                .recv(&mut data, 0)
+                .map_err(|e| refused(what, e))?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .map_err(|e| NetlinkError::Decode {
+                        what: what.to_string(),
+                        problem: e.to_string(),
+                    })?;
+                let length = reply.header.length as usize;
+                if length == 0 {
+                    break;
+                }
+                offset += length;
+                if reply.header.sequence_number != self.sequence {
+                    continue; // a late answer to an earlier request
+                }
+                match reply.payload {
+                    NetlinkPayload::Error(e) => match e.code {
+                        None if !dump => return Ok(answers),
+                        None => {}
+                        Some(code) => {
+                            return Err(refused(
+                                what,
+                                std::io::Error::from_raw_os_error(-code.get()),
+                            ))
+                        }
+                    },
+                    NetlinkPayload::Done(_) => return Ok(answers),
+                    NetlinkPayload::InnerMessage(m) => answers.push(m),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The index of link `name`.
+    pub fn link_index(&mut self, name: &str) -> Result<u32> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(
+            RouteNetlinkMessage::GetLink(m),
+            0,
+            &format!("looking up link {name}"),
+        ) {
+            Ok(answers) => answers
+                .into_iter()
+                .find_map(|a| match a {
+                    RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                    _ => None,
+                })
+                .ok_or_else(|| NetlinkError::NoSuchLink(name.to_string())),
+            Err(NetlinkError::Refused { source, .. })
+                if source.raw_os_error() == Some(19) /* ENODEV */ =>
+            {
+                Err(NetlinkError::NoSuchLink(name.to_string()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates bridge `name` (an existing one is fine).
+    pub fn add_bridge(&mut self, name: &str) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        match self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("creating bridge {name}"),
+        ) {
+            Err(NetlinkError::Refused { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Creates the veth pair `host` / `peer`, with `peer` moved at once into the network
+    /// namespace `netns` (an open /proc/PID/ns/net or bind-mounted namespace file) and,
+    /// there, named `peer_name_inside`.
+    pub fn add_veth_into(
+        &mut self,
+        host: &str,
+        peer_name_inside: &str,
+        netns: BorrowedFd<'_>,
+    ) -> Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name_inside.to_string()));
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(host.to_string()));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("creating veth {host} (peer {peer_name_inside} in the container)"),
+        )
+        .map(|_| ())
+    }
+
+    /// Deletes link `name` (a missing one is fine).
+    pub fn delete_link(&mut self, name: &str) -> Result<()> {
+        let index = match self.link_index(name) {
+            Ok(i) => i,
+            Err(NetlinkError::NoSuchLink(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.request(
+            RouteNetlinkMessage::DelLink(m),
+            0,
+            &format!("deleting link {name}"),
+        )
+        .map(|_| ())
+    }
+
+    /// Brings link `index` up, optionally enslaving it to bridge `master`.
+    pub fn set_up(&mut self, index: u32, master: Option<u32>) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        if let Some(master) = master {
+            m.attributes.push(LinkAttribute::Controller(master));
+        }
+        self.request(
+            RouteNetlinkMessage::SetLink(m),
+            0,
+            &format!("bringing link {index} up"),
+        )
+        .map(|_| ())
+    }
+
+    /// Adds `address/prefix` to link `index` (already there is fine).
+    pub fn add_address(&mut self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = prefix;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(address.into()));
+        m.attributes.push(AddressAttribute::Address(address.into()));
+        match self.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("adding {address}/{prefix} to link {index}"),
+        ) {
+            Err(NetlinkError::Refused { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// A default IPv4 route through `gateway`.
+    pub fn add_default_route(&mut self, gateway: Ipv4Addr) -> Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = RouteScope::Universe;
+        m.header.kind = RouteType::Unicast;
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("adding a default route via {gateway}"),
+        )
+        .map(|_| ())
+    }
+}
+
+fn refused(what: &str, source: std::io::Error) -> NetlinkError {
+    NetlinkError::Refused {
+        what: what.to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_found_and_a_missing_link_is_named() {
+        let mut nl = Netlink::open().unwrap();
+        assert_eq!(nl.link_index("lo").unwrap(), 1);
+        match nl.link_index("no-such-link0") {
+            Err(NetlinkError::NoSuchLink(n)) => assert_eq!(n, "no-such-link0"),
+            other => panic!("{other:?}"),
+        }
+        // Deleting what is not there is not an error (teardown is idempotent).
+        nl.delete_link("no-such-link0").unwrap();
+    }
+}
