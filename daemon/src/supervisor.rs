@@ -259,6 +259,9 @@ impl Supervisor {
     /// gone are removed.
     pub fn adopt(&mut self, stored: Vec<(String, OwnedFd)>) {
         let records = status::read_records(&self.status_path());
+        // Every pipe init kept is dropped from its store below unless it is pumped.
+        let stored_names: BTreeSet<String> = stored.iter().map(|(n, _)| n.clone()).collect();
+        let mut kept = BTreeSet::new();
         let mut fds: BTreeMap<String, OwnedFd> = stored.into_iter().collect();
         let mut ended = Vec::new();
         for (name, rec) in &records {
@@ -301,6 +304,7 @@ impl Supervisor {
             }
             // Its output from while the daemon was away is in the pipes: read it now.
             launch::pump_logs(&self.paths, name, pipes.0, pipes.1);
+            kept.extend(launch::pipe_names(name));
             c.state = State::Running {
                 pid: rec.pid,
                 since: Instant::now(),
@@ -322,8 +326,10 @@ impl Supervisor {
                 None => ended.push((name.clone(), rec.pid)),
             }
         }
-        // Pipes of containers nobody knows any more: let init close them.
-        for name in fds.keys() {
+        // Pipes of containers that ended or that nobody knows any more: let init close
+        // them (what was left in them has been read above, or had no reader).
+        drop(fds);
+        for name in stored_names.difference(&kept) {
             if let Some(n) = &self.notifier {
                 let _ = n.remove(name);
             }

@@ -291,6 +291,13 @@ fn api_verbs(testd: &mut TestdClient) {
     );
     assert_eq!(code, 4, "{out}");
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["api", "y"]);
+    // A terminal: the pty made in the container, handed over the console socket.
+    let (code, out) = sh(
+        testd,
+        "berthctl exec -t api sh -c 'tty; echo cols=$(stty size)'",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
     let (_, inspect) = sh(testd, "berthctl inspect api");
     let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(
