@@ -170,7 +170,7 @@ fn root_tree(
 ) -> Result<archive::Archive> {
     let mut root = initramfs.clone();
     let mut binaries = Vec::new();
-    for bin in ["berth-runtime", "berth-store", "berth-daemon"] {
+    for bin in ["berth-runtime", "berth-store", "berth-daemon", "berth-net"] {
         let host = bin_dir.join(bin);
         root.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
         binaries.push(host);
@@ -189,6 +189,11 @@ fn root_tree(
         0o644,
         DAEMON_SERVICE.as_bytes().to_vec(),
     )?;
+    root.add_file(
+        "usr/lib/berth/services/berth-net.toml",
+        0o644,
+        NET_SERVICE.as_bytes().to_vec(),
+    )?;
     initramfs::check_services(&root)?;
     let applets = initramfs::busybox_applets(busybox)?;
     for (path, data) in builtin_image::layout(busybox, &applets)? {
@@ -204,6 +209,11 @@ const NFT: &str = "/usr/sbin/nft";
 /// restarted whenever it dies, and given time to stop its containers.
 const DAEMON_SERVICE: &str = "name = \"berth-daemon\"\nexec = \"/usr/bin/berth-daemon\"\n\
 delegate = true\nrestart = \"always\"\nstop_timeout_ms = 15000\n";
+
+/// The host's network: ready when the links present at boot have leases (or after its
+/// bounded wait), so services that need the network can say `after = ["berth-net"]`.
+const NET_SERVICE: &str = "name = \"berth-net\"\nexec = \"/usr/bin/berth-net\"\n\
+ready = \"notify\"\nrestart = \"always\"\n";
 
 /// What the disk build made, for the manifest.
 #[derive(Debug, serde::Serialize)]

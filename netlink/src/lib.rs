@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -250,6 +250,70 @@ impl Netlink {
             }
             other => other.map(|_| ()),
         }
+    }
+
+    /// Sets link `index`'s MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(
+            RouteNetlinkMessage::SetLink(m),
+            0,
+            &format!("setting link {index}'s MTU to {mtu}"),
+        )
+        .map(|_| ())
+    }
+
+    /// Removes `address/prefix` from link `index` (its prefix route goes with it).
+    pub fn delete_address(&mut self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = prefix;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(address.into()));
+        m.attributes.push(AddressAttribute::Address(address.into()));
+        self.request(
+            RouteNetlinkMessage::DelAddress(m),
+            0,
+            &format!("removing {address}/{prefix} from link {index}"),
+        )
+        .map(|_| ())
+    }
+
+    /// A route to `destination/prefix` out of link `index`, through `gateway` (or on the
+    /// link when it is 0.0.0.0, as DHCP option 121 says); an existing one is replaced.
+    pub fn replace_route(
+        &mut self,
+        destination: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+        index: u32,
+    ) -> Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = prefix;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Dhcp;
+        m.header.kind = RouteType::Unicast;
+        if prefix > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(destination)));
+        }
+        if gateway.is_unspecified() {
+            m.header.scope = RouteScope::Link;
+        } else {
+            m.header.scope = RouteScope::Universe;
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        }
+        m.attributes.push(RouteAttribute::Oif(index));
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            &format!("adding the route {destination}/{prefix} via {gateway} on link {index}"),
+        )
+        .map(|_| ())
     }
 
     /// A default IPv4 route through `gateway`.

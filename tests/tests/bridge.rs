@@ -7,8 +7,8 @@
 //! The guest's network is QEMU's user network, restricted: it reaches only what the test
 //! forwards. The "outside" and the metadata service are test servers on 127.0.0.1,
 //! forwarded with guestfwd (QEMU 7.2 takes guestfwd addresses inside the user network
-//! only, hence 169.254.169.0/24). The guest's own address is set by hand here until the
-//! host network component (issue 8) configures it.
+//! only, hence 169.254.169.0/24). The guest's own address comes from that network's DHCP
+//! server, through berth-net.
 
 mod common;
 
@@ -97,12 +97,11 @@ fn bridge_containers_publish_ports_reach_out_through_nat_but_not_metadata() {
     let vm = boot(cfg);
     let mut testd = vm.testd().expect("testd");
 
-    // The host's side, by hand (issue 8 brings DHCP).
+    // The host's side: its lease (berth-net, before the ready line; a restricted user
+    // network hands out no router or DNS, so resolv.conf is written here), the API.
     let (code, out) = sh(
         &mut testd,
-        "for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.2; done; \
-         ip link set eth0 up && ip addr add 169.254.169.15/24 dev eth0 && \
-         ip route add default via 169.254.169.2 && \
+        "ip -4 -o addr show eth0 | grep -q 169.254.169.15/24 && \
          echo 'nameserver 169.254.169.4' > /etc/resolv.conf && \
          for i in $(seq 150); do [ -S /run/berth/runtime.sock ] && break; sleep 0.2; done",
     );
