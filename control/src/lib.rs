@@ -106,6 +106,41 @@ pub async fn client(stream: UnixStream) -> zbus::Result<zbus::Connection> {
         .await
 }
 
+/// A root-only listening socket at `path`: its directory 0700, the socket 0600 (a stale
+/// one from an earlier run replaced). Servers also check each peer's uid.
+pub fn listen(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves `interface` at `object_path` to the one client on `stream`, until it hangs
+/// up (peer to peer, ANONYMOUS: the socket decides who may talk). Blocks the calling
+/// thread, which runs zbus's executor for this connection alone.
+pub fn serve_one<I: zbus::object_server::Interface>(
+    stream: UnixStream,
+    object_path: &str,
+    interface: I,
+) -> zbus::Result<()> {
+    zbus::block_on(async move {
+        let conn = Builder::unix_stream(stream)
+            .server(zbus::Guid::generate())
+            .p2p()
+            .auth_mechanism(AuthMechanism::Anonymous)
+            .serve_at(object_path, interface)
+            .build()
+            .await?;
+        conn.closed().await;
+        Ok(())
+    })
+}
+
 /// How long a client waits for an answer to one call.
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,8 +20,7 @@ use std::time::Duration;
 use berth_control::{ContainerInfo, ContainerStats, ImageInfo, LogChunk, PullStatus, RUNTIME_PATH};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use zbus::connection::{AuthMechanism, Builder};
-use zbus::{fdo, Guid};
+use zbus::fdo;
 
 /// A change for the supervisor's loop, with where its verdict goes.
 pub enum Request {
@@ -108,7 +106,8 @@ pub fn start(socket: &Path, shared: Shared) -> Result<Control, String> {
         .map_err(|e| format!("eventfd: {e}"))?;
     let (tx, rx) = channel();
     let shared = Arc::new(shared);
-    let listener = bind(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let listener =
+        berth_control::listen(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     let api = Api {
         tx,
         wake: wake.clone(),
@@ -123,17 +122,6 @@ pub fn start(socket: &Path, shared: Shared) -> Result<Control, String> {
         wake,
         shared,
     })
-}
-
-fn bind(socket: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
 }
 
 fn accept_loop(listener: UnixListener, api: Api) {
@@ -168,18 +156,7 @@ fn accept_loop(listener: UnixListener, api: Api) {
 }
 
 fn serve(stream: UnixStream, api: Api) {
-    let result = zbus::block_on(async move {
-        let conn = Builder::unix_stream(stream)
-            .server(Guid::generate())
-            .p2p()
-            .auth_mechanism(AuthMechanism::Anonymous)
-            .serve_at(RUNTIME_PATH, api)
-            .build()
-            .await?;
-        conn.closed().await;
-        Ok::<(), zbus::Error>(())
-    });
-    if let Err(e) = result {
+    if let Err(e) = berth_control::serve_one(stream, RUNTIME_PATH, api) {
         eprintln!("berth-daemon: API: connection: {e}");
     }
 }

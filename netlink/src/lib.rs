@@ -232,14 +232,8 @@ impl Netlink {
 
     /// Adds `address/prefix` to link `index` (already there is fine).
     pub fn add_address(&mut self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<()> {
-        let mut m = AddressMessage::default();
-        m.header.family = AddressFamily::Inet;
-        m.header.prefix_len = prefix;
-        m.header.index = index;
-        m.attributes.push(AddressAttribute::Local(address.into()));
-        m.attributes.push(AddressAttribute::Address(address.into()));
         match self.request(
-            RouteNetlinkMessage::NewAddress(m),
+            RouteNetlinkMessage::NewAddress(address_message(index, address, prefix)),
             NLM_F_CREATE | NLM_F_EXCL,
             &format!("adding {address}/{prefix} to link {index}"),
         ) {
@@ -267,14 +261,8 @@ impl Netlink {
 
     /// Removes `address/prefix` from link `index` (its prefix route goes with it).
     pub fn delete_address(&mut self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<()> {
-        let mut m = AddressMessage::default();
-        m.header.family = AddressFamily::Inet;
-        m.header.prefix_len = prefix;
-        m.header.index = index;
-        m.attributes.push(AddressAttribute::Local(address.into()));
-        m.attributes.push(AddressAttribute::Address(address.into()));
         self.request(
-            RouteNetlinkMessage::DelAddress(m),
+            RouteNetlinkMessage::DelAddress(address_message(index, address, prefix)),
             0,
             &format!("removing {address}/{prefix} from link {index}"),
         )
@@ -333,6 +321,17 @@ impl Netlink {
         )
         .map(|_| ())
     }
+}
+
+/// `address/prefix` on link `index`, as RTM_NEWADDR and RTM_DELADDR carry it.
+fn address_message(index: u32, address: Ipv4Addr, prefix: u8) -> AddressMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.prefix_len = prefix;
+    m.header.index = index;
+    m.attributes.push(AddressAttribute::Local(address.into()));
+    m.attributes.push(AddressAttribute::Address(address.into()));
+    m
 }
 
 fn refused(what: &str, source: std::io::Error) -> NetlinkError {

@@ -12,7 +12,6 @@
 
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -22,8 +21,7 @@ use std::time::Duration;
 use berth_control::{BootPhase, ExitRecord, LogChunk, ServiceStatus, CONTROL_PORT, INIT_PATH};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use zbus::connection::{AuthMechanism, Builder};
-use zbus::{fdo, Guid};
+use zbus::fdo;
 
 use crate::shutdown::Action;
 use crate::{info, warn};
@@ -90,7 +88,7 @@ pub fn start(socket: &Path, log_dir: &Path) -> Option<Control> {
         snapshot: snapshot.clone(),
         caller_service: None,
     };
-    match bind(socket) {
+    match berth_control::listen(socket) {
         Ok(listener) => {
             let api = api.clone();
             spawn_thread("control", move || accept_loop(listener, api));
@@ -110,17 +108,6 @@ fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) {
     if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
         warn!("control API: starting thread {name}: {e}");
     }
-}
-
-fn bind(socket: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
 }
 
 fn accept_loop(listener: UnixListener, api: Api) {
@@ -158,18 +145,7 @@ fn accept_loop(listener: UnixListener, api: Api) {
 
 /// One client, until it hangs up.
 fn serve(stream: UnixStream, api: Api) {
-    let result = zbus::block_on(async move {
-        let conn = Builder::unix_stream(stream)
-            .server(Guid::generate())
-            .p2p()
-            .auth_mechanism(AuthMechanism::Anonymous)
-            .serve_at(INIT_PATH, api)
-            .build()
-            .await?;
-        conn.closed().await;
-        Ok::<(), zbus::Error>(())
-    });
-    if let Err(e) = result {
+    if let Err(e) = berth_control::serve_one(stream, INIT_PATH, api) {
         warn!("control API: connection: {e}");
     }
 }
