@@ -487,6 +487,16 @@ fn daemon_memory(testd: &mut berth_tests::testd::TestdClient) -> Result<(u64, u6
     Ok((field("VmRSS:")?, field("Threads:")?))
 }
 
+/// Seconds between the two /proc/uptime readings a timing script printed ("t0 t1").
+fn uptime_span(stdout: &str, what: &str) -> Result<f64> {
+    let t: Vec<f64> = stdout
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    anyhow::ensure!(t.len() == 2, "{what}: {stdout}");
+    Ok(t[1] - t[0])
+}
+
 fn bench_daemon(
     kernel: PathBuf,
     initrd: PathBuf,
@@ -540,13 +550,7 @@ fn bench_daemon(
         out.stdout,
         out.stderr
     );
-    let times: Vec<f64> = out
-        .stdout
-        .split_whitespace()
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    anyhow::ensure!(times.len() == 2, "timing: {}", out.stdout);
-    let start_s = times[1] - times[0];
+    let start_s = uptime_span(&out.stdout, "timing")?;
     std::thread::sleep(Duration::from_secs(3));
     let (busy_kb, busy_threads) = daemon_memory(&mut testd)?;
     // The floor: the same number of `berth-runtime create` + `start` of busybox sleep from
@@ -584,13 +588,7 @@ fn bench_daemon(
         out.stdout,
         out.stderr
     );
-    let floor: Vec<f64> = out
-        .stdout
-        .split_whitespace()
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    anyhow::ensure!(floor.len() == 2, "floor timing: {}", out.stdout);
-    let floor_s = floor[1] - floor[0];
+    let floor_s = uptime_span(&out.stdout, "floor timing")?;
     let procs = testd.sh(
         "find /sys/fs/cgroup/berth/berth-daemon/containers -mindepth 1 -maxdepth 1 -type d | wc -l",
     )?;
