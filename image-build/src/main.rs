@@ -170,7 +170,13 @@ fn root_tree(
 ) -> Result<archive::Archive> {
     let mut root = initramfs.clone();
     let mut binaries = Vec::new();
-    for bin in ["berth-runtime", "berth-store", "berth-daemon", "berth-net"] {
+    for bin in [
+        "berth-runtime",
+        "berth-store",
+        "berth-daemon",
+        "berth-net",
+        "berth-agent",
+    ] {
         let host = bin_dir.join(bin);
         root.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
         binaries.push(host);
@@ -194,6 +200,11 @@ fn root_tree(
         0o644,
         NET_SERVICE.as_bytes().to_vec(),
     )?;
+    root.add_file(
+        "usr/lib/berth/services/berth-agent.toml",
+        0o644,
+        AGENT_SERVICE.as_bytes().to_vec(),
+    )?;
     initramfs::check_services(&root)?;
     let applets = initramfs::busybox_applets(busybox)?;
     for (path, data) in builtin_image::layout(busybox, &applets)? {
@@ -210,10 +221,19 @@ const NFT: &str = "/usr/sbin/nft";
 const DAEMON_SERVICE: &str = "name = \"berth-daemon\"\nexec = \"/usr/bin/berth-daemon\"\n\
 delegate = true\nrestart = \"always\"\nstop_timeout_ms = 15000\n";
 
-/// The host's network: ready when the links present at boot have leases (or after its
-/// bounded wait), so services that need the network can say `after = ["berth-net"]`.
+/// The host's network: ready when the links present at boot are configured (or after
+/// its bounded wait), so services that need the network can say `after = ["berth-net"]`.
+/// After the agent's local datasources (config drive, ...), so a link the config makes
+/// static never takes a DHCP lease first; it follows the agent's later changes to
+/// /run/berth/network.json (a metadata service's) by itself.
 const NET_SERVICE: &str = "name = \"berth-net\"\nexec = \"/usr/bin/berth-net\"\n\
-ready = \"notify\"\nrestart = \"always\"\n";
+after = [\"berth-agent\"]\nready = \"notify\"\nrestart = \"always\"\n";
+
+/// The config agent: reads the local datasources at boot and hands their settings on
+/// (the network's to berth-net through /run/berth/network.json); ready once it has, and
+/// within 15 s whatever a datasource does, so it never holds the network back for long.
+const AGENT_SERVICE: &str = "name = \"berth-agent\"\nexec = \"/usr/bin/berth-agent\"\n\
+ready = \"notify\"\nready_timeout_ms = 15000\nrestart = \"on-failure\"\n";
 
 /// What the disk build made, for the manifest.
 #[derive(Debug, serde::Serialize)]

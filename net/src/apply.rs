@@ -1,11 +1,12 @@
-//! A lease made real: the link's address, MTU and routes over rtnetlink, and
-//! `/etc/resolv.conf` from every link's lease.
+//! Leases and static entries made real: a link's addresses, MTU and routes over
+//! rtnetlink, and `/etc/resolv.conf` from the static config and every lease.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use berth_netlink::Netlink;
+use berth_netlink::{Netlink, RouteOrigin};
 
+use crate::config::LinkConfig;
 use crate::dhcp::Lease;
 
 fn nl_err(e: berth_netlink::NetlinkError) -> String {
@@ -24,12 +25,12 @@ pub fn lease(link: &str, lease: &Lease) -> Result<(), String> {
     // Option 121, when present, replaces the router option (RFC 3442).
     if lease.routes.is_empty() {
         if let Some(router) = lease.routers.first() {
-            nl.replace_route(Ipv4Addr::UNSPECIFIED, 0, *router, index)
+            nl.replace_route(Ipv4Addr::UNSPECIFIED, 0, *router, index, RouteOrigin::Dhcp)
                 .map_err(nl_err)?;
         }
     } else {
         for (dest, prefix, gateway) in &lease.routes {
-            nl.replace_route(*dest, *prefix, *gateway, index)
+            nl.replace_route(*dest, *prefix, *gateway, index, RouteOrigin::Dhcp)
                 .map_err(nl_err)?;
         }
     }
@@ -44,29 +45,45 @@ pub fn drop_lease(link: &str, lease: &Lease) -> Result<(), String> {
         .map_err(nl_err)
 }
 
-/// resolv.conf's text for these leases (nameservers in link order, at most 3 as libc
-/// reads; search domains from option 119, else each lease's domain name).
-pub fn resolv_conf<'a>(leases: impl Iterator<Item = &'a Lease>) -> String {
-    let mut servers: Vec<Ipv4Addr> = Vec::new();
-    let mut search: Vec<String> = Vec::new();
-    for l in leases {
-        for s in &l.dns {
+/// Resolvers from one place (the static config, a link's entry, a lease).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Resolvers {
+    pub servers: Vec<IpAddr>,
+    pub search: Vec<String>,
+}
+
+impl From<&Lease> for Resolvers {
+    /// A lease's servers, and its search list (option 119), else its domain name.
+    fn from(l: &Lease) -> Resolvers {
+        Resolvers {
+            servers: l.dns.iter().map(|a| IpAddr::V4(*a)).collect(),
+            search: if l.search.is_empty() {
+                l.domain.iter().cloned().collect()
+            } else {
+                l.search.clone()
+            },
+        }
+    }
+}
+
+/// resolv.conf's text for these sources in order (nameservers at most 3, as libc
+/// reads; duplicates once).
+pub fn resolv_conf(sources: &[Resolvers]) -> String {
+    let mut servers: Vec<IpAddr> = Vec::new();
+    let mut search: Vec<&str> = Vec::new();
+    for r in sources {
+        for s in &r.servers {
             if !servers.contains(s) {
                 servers.push(*s);
             }
         }
-        let domains = if l.search.is_empty() {
-            l.domain.iter().cloned().collect()
-        } else {
-            l.search.clone()
-        };
-        for d in domains {
-            if !search.contains(&d) {
+        for d in &r.search {
+            if !search.contains(&d.as_str()) {
                 search.push(d);
             }
         }
     }
-    let mut text = String::from("# written by berth-net from DHCP\n");
+    let mut text = String::from("# written by berth-net (static config and DHCP)\n");
     for s in servers.iter().take(3) {
         text += &format!("nameserver {s}\n");
     }
@@ -74,6 +91,42 @@ pub fn resolv_conf<'a>(leases: impl Iterator<Item = &'a Lease>) -> String {
         text += &format!("search {}\n", search.join(" "));
     }
     text
+}
+
+/// Applies a link's static entry: MTU, addresses, then routes (their gateways are on
+/// the addresses' prefixes). Idempotent.
+pub fn static_link(link: &str, entry: &LinkConfig) -> Result<(), String> {
+    let mut nl = Netlink::open().map_err(nl_err)?;
+    let index = nl.link_index(link).map_err(nl_err)?;
+    if let Some(mtu) = entry.mtu {
+        nl.set_mtu(index, mtu).map_err(nl_err)?;
+    }
+    for a in &entry.addresses {
+        nl.add_address(index, a.addr(), a.prefix_len())
+            .map_err(nl_err)?;
+    }
+    for r in &entry.routes {
+        nl.replace_route(
+            r.to.addr(),
+            r.to.prefix_len(),
+            r.via,
+            index,
+            RouteOrigin::Static,
+        )
+        .map_err(nl_err)?;
+    }
+    Ok(())
+}
+
+/// Takes a static entry's addresses away (their routes go with them).
+pub fn unapply_static(link: &str, entry: &LinkConfig) -> Result<(), String> {
+    let mut nl = Netlink::open().map_err(nl_err)?;
+    let index = nl.link_index(link).map_err(nl_err)?;
+    for a in &entry.addresses {
+        nl.delete_address(index, a.addr(), a.prefix_len())
+            .map_err(nl_err)?;
+    }
+    Ok(())
 }
 
 /// Writes resolv.conf through a rename (readers never see half of it).
@@ -115,11 +168,16 @@ mod tests {
             None,
             &["a.example", "b.example"],
         );
-        let text = resolv_conf([a, b].iter());
+        let configured = Resolvers {
+            servers: vec!["2001:db8::53".parse().unwrap()],
+            search: vec!["corp.example".into()],
+        };
+        let text = resolv_conf(&[configured, (&a).into(), (&b).into()]);
         assert_eq!(
             text,
-            "# written by berth-net from DHCP\nnameserver 10.0.2.3\nnameserver 10.1.0.3\n\
-             nameserver 8.8.8.8\nsearch c.internal a.example b.example\n"
+            "# written by berth-net (static config and DHCP)\nnameserver 2001:db8::53\n\
+             nameserver 10.0.2.3\nnameserver 10.1.0.3\n\
+             search corp.example c.internal a.example b.example\n"
         );
     }
 }

@@ -9,7 +9,7 @@
 //! A socket works in the network namespace it was opened in: open one inside a
 //! container's namespace (from a thread that entered it) to configure its side.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
@@ -43,6 +43,13 @@ pub enum NetlinkError {
 }
 
 pub type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// Who a route comes from, as `ip route` shows it (`proto dhcp`, `proto static`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOrigin {
+    Dhcp,
+    Static,
+}
 
 /// A route netlink socket in the calling thread's network namespace.
 pub struct Netlink {
@@ -230,8 +237,14 @@ impl Netlink {
         .map(|_| ())
     }
 
-    /// Adds `address/prefix` to link `index` (already there is fine).
-    pub fn add_address(&mut self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<()> {
+    /// Adds `address/prefix` (IPv4 or IPv6) to link `index` (already there is fine).
+    pub fn add_address(
+        &mut self,
+        index: u32,
+        address: impl Into<IpAddr>,
+        prefix: u8,
+    ) -> Result<()> {
+        let address = address.into();
         match self.request(
             RouteNetlinkMessage::NewAddress(address_message(index, address, prefix)),
             NLM_F_CREATE | NLM_F_EXCL,
@@ -260,7 +273,13 @@ impl Netlink {
     }
 
     /// Removes `address/prefix` from link `index` (its prefix route goes with it).
-    pub fn delete_address(&mut self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<()> {
+    pub fn delete_address(
+        &mut self,
+        index: u32,
+        address: impl Into<IpAddr>,
+        prefix: u8,
+    ) -> Result<()> {
+        let address = address.into();
         self.request(
             RouteNetlinkMessage::DelAddress(address_message(index, address, prefix)),
             0,
@@ -270,36 +289,49 @@ impl Netlink {
     }
 
     /// A route to `destination/prefix` out of link `index`, through `gateway` (or on the
-    /// link when it is 0.0.0.0, as DHCP option 121 says); an existing one is replaced.
+    /// link when it is unspecified, as DHCP option 121 says); an existing one is
+    /// replaced. Destination and gateway are both IPv4 or both IPv6.
     pub fn replace_route(
         &mut self,
-        destination: Ipv4Addr,
+        destination: impl Into<IpAddr>,
         prefix: u8,
-        gateway: Ipv4Addr,
+        gateway: impl Into<IpAddr>,
         index: u32,
+        origin: RouteOrigin,
     ) -> Result<()> {
+        let (destination, gateway) = (destination.into(), gateway.into());
+        let what = format!("adding the route {destination}/{prefix} via {gateway} on link {index}");
+        if destination.is_ipv4() != gateway.is_ipv4() {
+            return Err(refused(
+                &what,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "mixed address families"),
+            ));
+        }
         let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
+        m.header.address_family = family(destination);
         m.header.destination_prefix_length = prefix;
         m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Dhcp;
+        m.header.protocol = match origin {
+            RouteOrigin::Dhcp => RouteProtocol::Dhcp,
+            RouteOrigin::Static => RouteProtocol::Static,
+        };
         m.header.kind = RouteType::Unicast;
         if prefix > 0 {
             m.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(destination)));
+                .push(RouteAttribute::Destination(route_address(destination)));
         }
         if gateway.is_unspecified() {
             m.header.scope = RouteScope::Link;
         } else {
             m.header.scope = RouteScope::Universe;
             m.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+                .push(RouteAttribute::Gateway(route_address(gateway)));
         }
         m.attributes.push(RouteAttribute::Oif(index));
         self.request(
             RouteNetlinkMessage::NewRoute(m),
             NLM_F_CREATE | NLM_F_REPLACE,
-            &format!("adding the route {destination}/{prefix} via {gateway} on link {index}"),
+            &what,
         )
         .map(|_| ())
     }
@@ -324,14 +356,28 @@ impl Netlink {
 }
 
 /// `address/prefix` on link `index`, as RTM_NEWADDR and RTM_DELADDR carry it.
-fn address_message(index: u32, address: Ipv4Addr, prefix: u8) -> AddressMessage {
+fn address_message(index: u32, address: IpAddr, prefix: u8) -> AddressMessage {
     let mut m = AddressMessage::default();
-    m.header.family = AddressFamily::Inet;
+    m.header.family = family(address);
     m.header.prefix_len = prefix;
     m.header.index = index;
-    m.attributes.push(AddressAttribute::Local(address.into()));
-    m.attributes.push(AddressAttribute::Address(address.into()));
+    m.attributes.push(AddressAttribute::Local(address));
+    m.attributes.push(AddressAttribute::Address(address));
     m
+}
+
+fn family(address: IpAddr) -> AddressFamily {
+    match address {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn route_address(address: IpAddr) -> RouteAddress {
+    match address {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
 }
 
 fn refused(what: &str, source: std::io::Error) -> NetlinkError {

@@ -8,3 +8,4 @@ pub mod lock;
 pub mod qmp;
 pub mod testd;
 pub mod vm;
+pub mod volumes;

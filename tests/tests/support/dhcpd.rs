@@ -2,11 +2,13 @@
 //! hands each ethernet frame over as a UDP datagram on 127.0.0.1, so the server sees
 //! the guest's broadcasts and answers with frames of its own (ARP for its address, and
 //! DHCP OFFER/ACK with the options a cloud's server gives: router, DNS, domain, MTU,
-//! a short lease so renewals happen while the test watches).
+//! a short lease so renewals happen while the test watches), and NTP on its own address
+//! (named in option 42) with a clock [`CLOCK_AHEAD`] ahead of the host's.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use dhcproto::{Decodable, Encodable};
@@ -15,6 +17,8 @@ pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 15);
 pub const DNS: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 53);
 pub const MTU: u16 = 1460;
+/// How far ahead of the host's clock the server's NTP answers are.
+pub const CLOCK_AHEAD: Duration = Duration::from_secs(3600);
 const SERVER_MAC: [u8; 6] = [0x52, 0x54, 0, 0xff, 0, 1];
 
 pub struct Dhcpd {
@@ -76,7 +80,18 @@ fn answer(frame: &[u8], lease_secs: u32, acks: &AtomicUsize) -> Option<Vec<u8>> 
                 return None;
             }
             let udp = ip.get(ihl..)?;
-            if u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]) != 67 {
+            let dst_port = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+            if dst_port == 123 && ip.get(16..20)? == SERVER.octets() {
+                let client = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+                let src_port = u16::from_be_bytes([udp[0], udp[1]]);
+                let ntp = ntp_reply(udp.get(8..)?)?;
+                return Some(ethernet(
+                    src_mac,
+                    0x0800,
+                    &ipv4_udp(123, client, src_port, &ntp),
+                ));
+            }
+            if dst_port != 67 {
                 return None;
             }
             let request = Message::decode(&mut dhcproto::Decoder::new(udp.get(8..)?)).ok()?;
@@ -89,7 +104,11 @@ fn answer(frame: &[u8], lease_secs: u32, acks: &AtomicUsize) -> Option<Vec<u8>> 
                 _ => return None,
             };
             let dhcp = reply(&request, kind, lease_secs).to_vec().ok()?;
-            Some(ethernet(src_mac, 0x0800, &ipv4_udp(&dhcp)))
+            Some(ethernet(
+                src_mac,
+                0x0800,
+                &ipv4_udp(67, Ipv4Addr::BROADCAST, 68, &dhcp),
+            ))
         }
         _ => None,
     }
@@ -115,7 +134,27 @@ fn reply(request: &Message, kind: MessageType, lease_secs: u32) -> Message {
     o.insert(DhcpOption::DomainName("test.internal".into()));
     o.insert(DhcpOption::InterfaceMtu(MTU));
     o.insert(DhcpOption::AddressLeaseTime(lease_secs));
+    o.insert(DhcpOption::NtpServers(vec![SERVER]));
     m
+}
+
+/// An SNTP server's answer (RFC 5905 7.3: version 4, mode 4, stratum 2; the request's
+/// transmit time as origin; receive and transmit times from a clock CLOCK_AHEAD ahead).
+fn ntp_reply(request: &[u8]) -> Option<Vec<u8>> {
+    if request.len() < 48 || request[0] & 7 != 3 {
+        return None;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()? + CLOCK_AHEAD;
+    let ntp = ((now.as_secs() + 2_208_988_800) << 32)
+        | ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000);
+    let mut r = vec![0u8; 48];
+    r[0] = (4 << 3) | 4;
+    r[1] = 2;
+    r[12..16].copy_from_slice(b"TEST");
+    r[24..32].copy_from_slice(&request[40..48]);
+    r[32..40].copy_from_slice(&ntp.to_be_bytes());
+    r[40..48].copy_from_slice(&ntp.to_be_bytes());
+    Some(r)
 }
 
 /// Who-has SERVER? SERVER is at SERVER_MAC.
@@ -133,19 +172,18 @@ fn arp_reply(arp: &[u8], asker: [u8; 6]) -> Option<Vec<u8>> {
     Some(ethernet(asker, 0x0806, &r))
 }
 
-/// A UDP datagram 67 -> 68 from SERVER to the broadcast address (no UDP checksum, which
-/// IPv4 allows).
-fn ipv4_udp(payload: &[u8]) -> Vec<u8> {
+/// A UDP datagram from SERVER (no UDP checksum, which IPv4 allows).
+fn ipv4_udp(src_port: u16, dst: Ipv4Addr, dst_port: u16, payload: &[u8]) -> Vec<u8> {
     let udp_len = u16::try_from(8 + payload.len()).unwrap();
     let total = 20 + udp_len;
     let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip.extend_from_slice(&SERVER.octets());
-    ip.extend_from_slice(&Ipv4Addr::BROADCAST.octets());
+    ip.extend_from_slice(&dst.octets());
     let sum = checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip.extend_from_slice(&67u16.to_be_bytes());
-    ip.extend_from_slice(&68u16.to_be_bytes());
+    ip.extend_from_slice(&src_port.to_be_bytes());
+    ip.extend_from_slice(&dst_port.to_be_bytes());
     ip.extend_from_slice(&udp_len.to_be_bytes());
     ip.extend_from_slice(&[0, 0]);
     ip.extend_from_slice(payload);
