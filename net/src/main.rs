@@ -17,12 +17,15 @@ use berth_net::dhcp::{Action, Client, Destination};
 use berth_net::links::Link;
 use berth_net::timesync::{self, Servers};
 use berth_net::{apply, links, notify, say, socket, BOOT_WAIT};
+use berth_netlink::LinkEvents;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// How often sysfs is looked at for links that appeared (hot-plug) or went.
-const SCAN_EVERY: Duration = Duration::from_secs(2);
+/// Links come and go as the kernel announces them (RTNLGRP_LINK); sysfs is looked at
+/// again this often besides, and every 2 s when the announcements cannot be heard.
+const SCAN_EVERY: Duration = Duration::from_secs(30);
+const SCAN_EVERY_UNHEARD: Duration = Duration::from_secs(2);
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// What each link has (addresses, leases with their hostname and time servers), for the
 /// agent and operators.
@@ -97,17 +100,33 @@ fn run() -> Result<(), String> {
         cloud_ntp: timesync::cloud_servers(Path::new("/sys/class/dmi/id")),
         time,
     };
+    // Listening before the first look, so no link slips in between.
+    let mut events = match LinkEvents::open() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            say(&format!(
+                "link announcements: {e}; looking at sysfs every 2 s instead"
+            ));
+            None
+        }
+    };
+    let scan_every = if events.is_some() {
+        SCAN_EVERY
+    } else {
+        SCAN_EVERY_UNHEARD
+    };
     scan(&mut net, true);
     after_change(&net);
-    let mut next_scan = start + SCAN_EVERY;
+    let mut next_scan = start + scan_every;
     let mut ready = false;
+    let mut links_announced = false;
     loop {
         let now = Instant::now();
-        if now >= next_scan {
+        if now >= next_scan || links_announced {
             if scan(&mut net, false) {
                 after_change(&net);
             }
-            next_scan = now + SCAN_EVERY;
+            next_scan = now + scan_every;
         }
         if !ready {
             let waiting: Vec<&str> = net
@@ -136,7 +155,8 @@ fn run() -> Result<(), String> {
             .chain((!ready).then_some(start + BOOT_WAIT))
             .min()
             .unwrap_or(next_scan);
-        let readable = wait(&signals, &watch, &net.managed, deadline);
+        let readable = wait(&signals, &watch, events.as_ref(), &net.managed, deadline);
+        links_announced = readable.announced && events.as_mut().is_some_and(LinkEvents::drain);
         if readable.signal {
             say("releasing the leases");
             for (name, m) in net.managed.iter_mut() {
@@ -492,12 +512,14 @@ fn bring_up(link: &Link) -> Result<UdpSocket, String> {
 struct Readable {
     signal: bool,
     config: bool,
+    announced: bool,
     links: Vec<String>,
 }
 
 fn wait(
     signals: &SignalFd,
     watch: &Inotify,
+    events: Option<&LinkEvents>,
     managed: &BTreeMap<String, Managed>,
     deadline: Instant,
 ) -> Readable {
@@ -507,6 +529,11 @@ fn wait(
         PollFd::new(signals, PollFlags::IN),
         PollFd::new(watch, PollFlags::IN),
     ];
+    // Without announcements, an fd that never becomes readable keeps the indices.
+    match events {
+        Some(e) => fds.push(PollFd::new(e, PollFlags::IN)),
+        None => fds.push(PollFd::new(watch, PollFlags::empty())),
+    }
     let names: Vec<&String> = managed.keys().collect();
     for m in managed.values() {
         fds.push(PollFd::from_borrowed_fd(m.socket.as_fd(), PollFlags::IN));
@@ -521,10 +548,11 @@ fn wait(
     Readable {
         signal: !fds[0].revents().is_empty(),
         config: !fds[1].revents().is_empty(),
+        announced: events.is_some() && !fds[2].revents().is_empty(),
         links: names
             .iter()
             .enumerate()
-            .filter(|(i, _)| !fds[i + 2].revents().is_empty())
+            .filter(|(i, _)| !fds[i + 3].revents().is_empty())
             .map(|(_, n)| (*n).clone())
             .collect(),
     }

@@ -355,6 +355,52 @@ impl Netlink {
     }
 }
 
+/// RTNLGRP_LINK (linux/rtnetlink.h): the kernel's announcements of links added,
+/// removed and changed.
+const RTNLGRP_LINK: u32 = 1;
+
+/// A socket on which the kernel announces links as they come, change and go (hot-plug),
+/// so nobody has to poll /sys/class/net.
+pub struct LinkEvents {
+    socket: Socket,
+}
+
+impl LinkEvents {
+    pub fn open() -> Result<LinkEvents> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+        socket.bind_auto().map_err(NetlinkError::Socket)?;
+        socket
+            .add_membership(RTNLGRP_LINK)
+            .map_err(NetlinkError::Socket)?;
+        socket
+            .set_non_blocking(true)
+            .map_err(NetlinkError::Socket)?;
+        Ok(LinkEvents { socket })
+    }
+
+    /// Takes what arrived; true when anything did. An overrun (ENOBUFS: announcements
+    /// were lost) counts as something, since the caller looks at the links afresh.
+    pub fn drain(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let mut data: Vec<u8> = Vec::with_capacity(64 * 1024);
+            match self.socket.recv(&mut data, 0) {
+                Ok(0) => return any,
+                Ok(_) => any = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return any,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => any = true,
+            }
+        }
+    }
+}
+
+impl std::os::fd::AsFd for LinkEvents {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 /// `address/prefix` on link `index`, as RTM_NEWADDR and RTM_DELADDR carry it.
 fn address_message(index: u32, address: IpAddr, prefix: u8) -> AddressMessage {
     let mut m = AddressMessage::default();
@@ -401,5 +447,25 @@ mod tests {
         }
         // Deleting what is not there is not an error (teardown is idempotent).
         nl.delete_link("no-such-link0").unwrap();
+    }
+
+    #[test]
+    fn link_events_are_heard() {
+        // Needs its own network namespace to add a link without touching the host's.
+        if nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+            eprintln!("no network namespace here (not root?): skipped");
+            return;
+        }
+        let mut events = LinkEvents::open().unwrap();
+        assert!(!events.drain());
+        let mut nl = Netlink::open().unwrap();
+        if let Err(e) = nl.add_bridge("evtest0") {
+            eprintln!("no bridges in this kernel ({e}): skipped");
+            return;
+        }
+        assert!(events.drain());
+        assert!(!events.drain());
+        nl.delete_link("evtest0").unwrap();
+        assert!(events.drain());
     }
 }

@@ -84,6 +84,14 @@ fn every_link_gets_its_lease_and_a_silent_one_does_not_hold_the_boot() {
         !addrs.lines().any(|l| l.contains(&format!(" {silent} "))),
         "{addrs}"
     );
+    // IPv6: the kernel's SLAAC from the user network's router advertisements (prefix
+    // fec0::/64), the address made from the MAC (EUI-64).
+    let v6 = sh(&mut testd, "cat /proc/net/if_inet6");
+    assert!(
+        v6.lines()
+            .any(|l| l.starts_with("fec0000000000000505400fffe000010") && l.ends_with(&first)),
+        "{v6}"
+    );
     // What the test server's lease carried: the router, the MTU, DNS and domain.
     let routes = sh(&mut testd, "ip route");
     assert!(
@@ -178,12 +186,16 @@ fn a_config_drive_makes_the_second_link_static() {
         &server.netdev("n1"),
         "-device",
         "virtio-net-pci,netdev=n1,mac=52:54:00:00:00:21",
+        // An empty PCIe slot for the NIC hot-plugged below (q35 has no hot-plug on its
+        // root bus).
+        "-device",
+        "pcie-root-port,id=hp0,bus=pcie.0,chassis=1",
     ]
     .iter()
     .map(|s| s.to_string())
     .chain(berth_tests::volumes::drive_args(&drive, "cfg"))
     .collect();
-    let vm = boot(cfg);
+    let mut vm = boot(cfg);
     let console = vm.console();
     let mut testd = vm.testd().expect("testd");
     let link = link_named(&mut testd);
@@ -242,4 +254,40 @@ fn a_config_drive_makes_the_second_link_static() {
         .find(|l| l.starts_with("berth: ready"))
         .unwrap_or_else(|| panic!("no ready line: {console}"));
     assert!(ready.contains(&format!("{second}=10.9.0.77")), "{ready}");
+
+    // A NIC plugged in now is heard of (RTNLGRP_LINK), brought up and leased.
+    vm.qmp()
+        .execute(
+            "netdev_add",
+            Some(serde_json::json!({
+                "type": "user", "id": "hp", "restrict": true, "net": "10.5.0.0/24"
+            })),
+        )
+        .unwrap();
+    vm.qmp()
+        .execute(
+            "device_add",
+            Some(serde_json::json!({
+                "driver": "virtio-net-pci", "id": "hpnic", "netdev": "hp",
+                "mac": "52:54:00:00:00:22", "bus": "hp0"
+            })),
+        )
+        .unwrap();
+    let plugged = Instant::now();
+    loop {
+        let addrs = sh(&mut testd, "ip -4 -o addr show");
+        if addrs.contains("10.5.0.15/24") {
+            eprintln!("hot-plugged NIC leased after {:?}", plugged.elapsed());
+            break;
+        }
+        assert!(
+            plugged.elapsed() < Duration::from_secs(60),
+            "no lease on the hot-plugged NIC: {addrs}\n{}",
+            sh(&mut testd, "berthctl service logs -n 30 berth-net")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let third = link_named(&mut testd)("52:54:00:00:00:22");
+    let log = sh(&mut testd, "berthctl service logs -n 50 berth-net");
+    assert!(log.contains(&format!("{third}: up")), "{log}");
 }
