@@ -34,7 +34,8 @@ floor: build
 
 run: image
 	$(BIN)/berth-vm run --kernel $(IMAGE_DIR)/vmlinuz --initrd $(IMAGE_DIR)/initrd.img \
-		--disk $(IMAGE_DIR)/berth.raw --firmware $(FIRMWARE)
+		--disk $(IMAGE_DIR)/berth.raw --firmware $(FIRMWARE) \
+		--user-data demo/user-data.yaml --forward 8080:8080
 
 lint: deps
 	$(CARGO) fmt --all --check

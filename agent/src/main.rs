@@ -1,22 +1,43 @@
-//! `berth-agent`: the config agent. So far it reads an OpenStack config drive's
-//! `network_data.json` and hands it to berth-net as Berth's network settings
-//! (`/run/berth/network.json`); platform detection, the other datasources, user-data
-//! formats and applying them arrive with issue 9.
+//! `berth-agent`: the config agent. At boot it finds the machine's datasource (an
+//! OpenStack config drive, a NoCloud volume, QEMU's fw_cfg; the network ones come next),
+//! keeps what it gave under /var/lib/berth/agent (applied again on a boot that finds
+//! none), reads the user-data (`#cloud-config`, MIME multipart, TOML, gzip), says what it
+//! skipped and why, applies the rest item by item, and hands network and time settings
+//! to berth-net and container declarations to the daemon. A broken document never stops
+//! the boot: the machine comes up with the defaults plus whatever was valid.
 
+mod apply;
 mod datasource;
+mod settings;
+mod userdata;
 mod volumes;
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use berth_net::config::{openstack, NetworkConfig, CONFIG_PATH};
+use berth_net::config::NetworkConfig;
 use nix::sys::signal::{SigSet, Signal};
+use serde::{Deserialize, Serialize};
 
-/// Where datasource volumes are mounted while they are read.
-const MOUNT_DIR: &str = "/run/berth/agent/mnt";
+use datasource::Fetched;
+use settings::Report;
+
+/// What the agent keeps between boots.
+const STATE_DIR: &str = "/var/lib/berth/agent";
+/// The last boot's report (source, problems, item statuses), for `berthctl config`.
+const REPORT: &str = "/run/berth/agent/report.json";
 
 fn say(msg: &str) {
     eprintln!("berth-agent: {msg}");
+}
+
+/// Said on the console too: what an operator must see (what was skipped, and why).
+fn announce(msg: &str) {
+    say(msg);
+    if let Ok(mut c) = std::fs::OpenOptions::new().write(true).open("/dev/console") {
+        let _ = writeln!(c, "berth-agent: {msg}");
+    }
 }
 
 fn main() -> ExitCode {
@@ -30,7 +51,7 @@ fn main() -> ExitCode {
             run();
             berth_net::notify("READY=1\nSTATUS=config applied\n");
             // The agent stays, as init's service (its API on /run/berth/agent.sock and
-            // the network datasources come with issue 9), until asked to stop.
+            // the network datasources come next), until asked to stop.
             wait_for_stop();
             ExitCode::SUCCESS
         }
@@ -41,40 +62,150 @@ fn main() -> ExitCode {
     }
 }
 
+/// What was kept of the last datasource.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Kept {
+    source: String,
+    instance_id: Option<String>,
+    hostname: Option<String>,
+    network: Option<NetworkConfig>,
+}
+
+#[derive(Serialize)]
+struct BootReport<'a> {
+    source: &'a str,
+    instance_id: Option<&'a str>,
+    problems: &'a Report,
+    applied: &'a [apply::Status],
+}
+
 /// Never fails the boot: each problem is said and the machine goes on with defaults.
 fn run() {
-    let drive = match datasource::config_drive::read(Path::new(MOUNT_DIR)) {
-        Ok(Some(d)) => d,
-        Ok(None) => return,
-        Err(e) => {
-            say(&format!("config drive: {e}"));
-            return;
-        }
-    };
-    say(&format!("config drive on {}", drive.device.display()));
-    // Said rather than passed over: the formats and applying them are issue 9's.
-    for (name, bytes) in [
-        ("meta_data.json", drive.meta_data.as_ref().map(String::len)),
-        ("user_data", drive.user_data.as_ref().map(Vec::len)),
-    ] {
-        if let Some(n) = bytes {
-            say(&format!("{name} ({n} bytes) is not applied yet"));
-        }
-    }
-    let Some(text) = drive.network_data else {
-        return;
-    };
-    match openstack::parse(&text) {
-        Ok((config, warnings)) => {
-            for w in warnings {
-                say(&format!("network_data.json: {w}"));
+    let state = Path::new(STATE_DIR);
+    let (kept, user_data) = match datasource::find_local(&announce) {
+        Some(f) => {
+            for p in &f.problems {
+                announce(p);
             }
-            write_network(&config, Path::new(CONFIG_PATH));
+            keep(state, &f)
         }
-        Err(e) => say(&format!(
-            "network_data.json: {e}; the links keep DHCP (Berth's default)"
-        )),
+        None => match load_kept(state) {
+            Some(k) => {
+                say(&format!(
+                    "no datasource this boot: applying the kept copy from {}",
+                    k.0.source
+                ));
+                k
+            }
+            None => {
+                say("no datasource: the defaults stay (DHCP on every link, no containers)");
+                return;
+            }
+        },
+    };
+    let (settings, report) = match &user_data {
+        Some(raw) => userdata::parse(raw),
+        None => (settings::Settings::default(), Report::default()),
+    };
+    for e in &report.errors {
+        announce(&format!("error: {e} (skipped)"));
     }
+    for w in &report.warnings {
+        announce(&format!("warning: {w}"));
+    }
+    let applied = apply::apply(
+        &settings,
+        kept.network.as_ref(),
+        kept.hostname.as_deref(),
+        &apply::Targets::host(),
+    );
+    for s in &applied {
+        if s.ok {
+            say(&format!("{}: {}", s.item, s.detail));
+        } else {
+            announce(&format!("{}: failed: {}", s.item, s.detail));
+        }
+    }
+    let failed = applied.iter().filter(|s| !s.ok).count();
+    announce(&format!(
+        "config from {}: {} items applied, {failed} failed, {} errors, {} warnings",
+        kept.source,
+        applied.len() - failed,
+        report.errors.len(),
+        report.warnings.len()
+    ));
+    let boot = BootReport {
+        source: &kept.source,
+        instance_id: kept.instance_id.as_deref(),
+        problems: &report,
+        applied: &applied,
+    };
+    if let Err(e) = write(
+        Path::new(REPORT),
+        &serde_json::to_vec_pretty(&boot).unwrap_or_default(),
+    ) {
+        say(&e);
+    }
+}
+
+/// Keeps what the datasource gave (a later boot without it applies the same), saying
+/// when this is a new instance.
+fn keep(state: &Path, f: &Fetched) -> (Kept, Option<Vec<u8>>) {
+    let before = load_kept(state);
+    if let (Some((old, _)), Some(new)) = (&before, &f.instance_id) {
+        if old.instance_id.as_deref() != Some(new) {
+            say(&format!(
+                "a new instance ({new}; was {})",
+                old.instance_id.as_deref().unwrap_or("unknown")
+            ));
+        }
+    }
+    let kept = Kept {
+        source: f.source.clone(),
+        instance_id: f.instance_id.clone(),
+        hostname: f.hostname.clone(),
+        network: f.network.clone(),
+    };
+    let saved = serde_json::to_vec_pretty(&kept)
+        .map_err(|e| e.to_string())
+        .and_then(|json| write(&state.join("datasource.json"), &json))
+        .and_then(|()| match &f.user_data {
+            Some(d) => write(&state.join("user-data"), d),
+            None => match std::fs::remove_file(state.join("user-data")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+                _ => Ok(()),
+            },
+        });
+    if let Err(e) = saved {
+        say(&format!("keeping the config for the next boots: {e}"));
+    }
+    say(&format!("datasource: {}", f.source));
+    (kept, f.user_data.clone())
+}
+
+fn load_kept(state: &Path) -> Option<(Kept, Option<Vec<u8>>)> {
+    let json = std::fs::read(state.join("datasource.json")).ok()?;
+    let kept: Kept = match serde_json::from_slice(&json) {
+        Ok(k) => k,
+        Err(e) => {
+            say(&format!(
+                "{}/datasource.json: {e}; not used",
+                state.display()
+            ));
+            return None;
+        }
+    };
+    let user_data = std::fs::read(state.join("user-data")).ok();
+    Some((kept, user_data))
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    path.parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, data))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn wait_for_stop() {
@@ -87,23 +218,5 @@ fn wait_for_stop() {
     }
     if let Err(e) = mask.wait() {
         say(&format!("waiting for a signal: {e}"));
-    }
-}
-
-/// Hands the settings to berth-net (it follows the file), replacing it by a rename so
-/// it never reads half of one.
-fn write_network(config: &NetworkConfig, path: &Path) {
-    let tmp = path.with_extension("json.tmp");
-    let written = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&tmp, config.to_json()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    match written {
-        Ok(()) => say(&format!(
-            "network settings ({} link entries) handed to berth-net",
-            config.links.len()
-        )),
-        Err(e) => say(&format!("writing {}: {e}", path.display())),
     }
 }

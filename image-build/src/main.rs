@@ -217,9 +217,11 @@ fn root_tree(
 const NFT: &str = "/usr/sbin/nft";
 
 /// The container daemon: a delegated cgroup subtree (its containers live beside it),
-/// restarted whenever it dies, and given time to stop its containers.
+/// restarted whenever it dies, and given time to stop its containers. After the agent,
+/// so its first reconcile sees the user-data's declarations (later ones reach it by
+/// inotify).
 const DAEMON_SERVICE: &str = "name = \"berth-daemon\"\nexec = \"/usr/bin/berth-daemon\"\n\
-delegate = true\nrestart = \"always\"\nstop_timeout_ms = 15000\n";
+after = [\"berth-agent\"]\ndelegate = true\nrestart = \"always\"\nstop_timeout_ms = 15000\n";
 
 /// The host's network: ready when the links present at boot are configured (or after
 /// its bounded wait), so services that need the network can say `after = ["berth-net"]`.

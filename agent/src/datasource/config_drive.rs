@@ -1,64 +1,65 @@
 //! OpenStack's config drive: an ISO 9660 or FAT volume labelled `config-2` holding
-//! `openstack/latest/{meta_data.json,network_data.json,user_data}` (OpenStack Nova's
-//! config drive layout).
+//! `openstack/latest/{meta_data.json,network_data.json,user_data}` (Nova's config drive
+//! layout): the instance `uuid` and `hostname` from meta_data.json, the network from
+//! network_data.json.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::volumes::{self, VolumeError};
+use berth_net::config::openstack;
+use serde_json::Value;
+
+use super::{DatasourceError, Fetched};
+use crate::volumes;
 
 pub const LABEL: &str = "config-2";
 const LATEST: &str = "openstack/latest";
 
-/// What a config drive holds (each file is optional on the drive).
-#[derive(Debug, Default)]
-pub struct ConfigDrive {
-    pub device: PathBuf,
-    pub meta_data: Option<String>,
-    pub network_data: Option<String>,
-    pub user_data: Option<Vec<u8>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigDriveError {
-    #[error(transparent)]
-    Volume(#[from] VolumeError),
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
 /// The first `config-2` volume's files, read through a read-only mount at `mount_at`
 /// (unmounted again before returning); None when the machine has no config drive.
-pub fn read(mount_at: &Path) -> Result<Option<ConfigDrive>, ConfigDriveError> {
+pub fn read(mount_at: &Path) -> Result<Option<Fetched>, DatasourceError> {
     let found = volumes::with_label(Path::new("/sys/class/block"), Path::new("/dev"), LABEL);
     let Some(volume) = found.first() else {
         return Ok(None);
     };
     let mounted = volume.mount_read_only(mount_at)?;
-    let drive = read_tree(&mounted.path, &volume.device)?;
-    Ok(Some(drive))
+    let mut fetched = read_tree(&mounted.path)?;
+    fetched.source = format!("config drive ({})", volume.device.display());
+    Ok(Some(fetched))
 }
 
 /// The files of a config drive's tree at `root`.
-pub fn read_tree(root: &Path, device: &Path) -> Result<ConfigDrive, ConfigDriveError> {
+pub fn read_tree(root: &Path) -> Result<Fetched, DatasourceError> {
     let latest = root.join(LATEST);
-    let read = |name: &str| -> Result<Option<Vec<u8>>, ConfigDriveError> {
-        let path = latest.join(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(ConfigDriveError::Read { path, source }),
-        }
+    let mut fetched = Fetched {
+        user_data: super::read_optional(&latest.join("user_data"))?,
+        ..Fetched::default()
     };
-    let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
-    Ok(ConfigDrive {
-        device: device.to_path_buf(),
-        meta_data: text(read("meta_data.json")?),
-        network_data: text(read("network_data.json")?),
-        user_data: read("user_data")?,
-    })
+    if let Some(meta) = super::read_optional(&latest.join("meta_data.json"))? {
+        match serde_json::from_slice::<Value>(&meta) {
+            Ok(v) => {
+                let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+                fetched.instance_id = field("uuid");
+                fetched.hostname = field("hostname").or(field("name"));
+            }
+            Err(e) => fetched.problems.push(format!("meta_data.json: {e}")),
+        }
+    }
+    if let Some(net) = super::read_optional(&latest.join("network_data.json"))? {
+        match openstack::parse(&String::from_utf8_lossy(&net)) {
+            Ok((config, warnings)) => {
+                fetched.problems.extend(
+                    warnings
+                        .into_iter()
+                        .map(|w| format!("network_data.json: {w}")),
+                );
+                fetched.network = Some(config);
+            }
+            Err(e) => fetched.problems.push(format!(
+                "network_data.json: {e}; the links keep DHCP (Berth's default)"
+            )),
+        }
+    }
+    Ok(fetched)
 }
 
 #[cfg(test)]
@@ -72,9 +73,27 @@ mod tests {
         std::fs::create_dir_all(&latest).unwrap();
         std::fs::write(latest.join("network_data.json"), "{\"links\": []}").unwrap();
         std::fs::write(latest.join("user_data"), b"#cloud-config\n").unwrap();
-        let drive = read_tree(t.path(), Path::new("/dev/vdb")).unwrap();
-        assert_eq!(drive.network_data.as_deref(), Some("{\"links\": []}"));
+        std::fs::write(
+            latest.join("meta_data.json"),
+            r#"{"uuid": "83679162-1378-4288-a2d4-70e13ec132aa", "hostname": "os-1.novalocal"}"#,
+        )
+        .unwrap();
+        let drive = read_tree(t.path()).unwrap();
+        assert!(drive.network.is_some());
         assert_eq!(drive.user_data.as_deref(), Some(&b"#cloud-config\n"[..]));
-        assert!(drive.meta_data.is_none());
+        assert_eq!(drive.hostname.as_deref(), Some("os-1.novalocal"));
+        assert_eq!(
+            drive.instance_id.as_deref(),
+            Some("83679162-1378-4288-a2d4-70e13ec132aa")
+        );
+        std::fs::write(latest.join("meta_data.json"), "{").unwrap();
+        std::fs::remove_file(latest.join("network_data.json")).unwrap();
+        let drive = read_tree(t.path()).unwrap();
+        assert!(drive.network.is_none());
+        assert!(
+            drive.problems[0].starts_with("meta_data.json"),
+            "{:?}",
+            drive.problems
+        );
     }
 }

@@ -1,5 +1,99 @@
-//! Where a machine's configuration comes from. Only the OpenStack config drive so far
-//! (its network description, for berth-net); the others and user-data arrive with
-//! issue 9.
+//! Where a machine's configuration comes from: the local datasources read at boot before
+//! the network is up (an OpenStack config drive, a NoCloud volume, QEMU's fw_cfg). The
+//! first one present is the machine's; the network ones (EC2, GCE, the OpenStack metadata
+//! service, `berth.config_url=`) come next.
 
 pub mod config_drive;
+pub mod fw_cfg;
+pub mod nocloud;
+
+use std::path::{Path, PathBuf};
+
+use berth_net::config::NetworkConfig;
+
+use crate::userdata::MAX_DOCUMENT;
+use crate::volumes::VolumeError;
+
+/// What a datasource gave.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Which datasource, for the report (`NoCloud (/dev/vdb)`).
+    pub source: String,
+    pub instance_id: Option<String>,
+    /// The metadata's hostname (used when the user-data names none).
+    pub hostname: Option<String>,
+    pub user_data: Option<Vec<u8>>,
+    pub network: Option<NetworkConfig>,
+    /// What was wrong with the metadata (the user-data is checked later).
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasourceError {
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_DOCUMENT} bytes")]
+    TooLarge { path: PathBuf },
+}
+
+/// Where datasource volumes are mounted while they are read.
+const MOUNT_DIR: &str = "/run/berth/agent/mnt";
+const FW_CFG_BY_NAME: &str = "/sys/firmware/qemu_fw_cfg/by_name";
+
+/// One datasource's read: what it gave, nothing (not this machine's), or why it failed.
+type Reader<'a> = dyn Fn() -> Result<Option<Fetched>, DatasourceError> + 'a;
+
+/// The first local datasource present, in the order cloud-init's ds-identify would
+/// prefer them; each one's failure is said and the next tried.
+pub fn find_local(say: &dyn Fn(&str)) -> Option<Fetched> {
+    let mount = Path::new(MOUNT_DIR);
+    let tries: [(&str, &Reader); 3] = [
+        ("config drive", &|| config_drive::read(mount)),
+        ("NoCloud", &|| nocloud::read(mount)),
+        ("fw_cfg", &|| fw_cfg::read(Path::new(FW_CFG_BY_NAME))),
+    ];
+    for (name, read) in tries {
+        match read() {
+            Ok(Some(f)) => return Some(f),
+            Ok(None) => {}
+            Err(e) => say(&format!("{name}: {e}")),
+        }
+    }
+    None
+}
+
+/// A file's bytes, refusing one larger than a document may be.
+pub fn read_bounded(path: &Path) -> Result<Vec<u8>, DatasourceError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|source| DatasourceError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut data = Vec::new();
+    let limit = u64::try_from(MAX_DOCUMENT).unwrap_or(u64::MAX);
+    file.take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|source| DatasourceError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if data.len() > MAX_DOCUMENT {
+        return Err(DatasourceError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(data)
+}
+
+/// [`read_bounded`], or None when there is no such file.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, DatasourceError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    read_bounded(path).map(Some)
+}

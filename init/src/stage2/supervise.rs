@@ -225,7 +225,12 @@ impl Supervisor {
         if self.pending_ready.is_none() || !self.services.all_settled() {
             return;
         }
-        let hostname = self.pending_ready.take().unwrap_or_default();
+        let boot_hostname = self.pending_ready.take().unwrap_or_default();
+        // The agent may have named the machine since boot (user-data's hostname).
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or(boot_hostname);
         crate::timeline::mark("services");
         let up = log::uptime();
         let addresses = addresses();

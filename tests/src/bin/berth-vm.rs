@@ -41,6 +41,14 @@ enum Cmd {
         disk: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "uefi")]
         firmware: FirmwareArg,
+        /// User-data for the agent, through QEMU's fw_cfg (`opt/berth/user-data`).
+        #[arg(long)]
+        user_data: Option<PathBuf>,
+        /// Forward 127.0.0.1:HOST on this machine to the guest's GUEST port
+        /// (`HOST:GUEST`, TCP), on a restricted user network (the guest reaches nothing
+        /// else). Without a terminal, the forwarded port is asked for `/` once ready.
+        #[arg(long, value_name = "HOST:GUEST")]
+        forward: Vec<String>,
     },
     Bench {
         #[arg(long)]
@@ -116,17 +124,48 @@ fn main() -> ExitCode {
             append,
             disk,
             firmware,
+            user_data,
+            forward,
         } => {
             let mut cfg = VmConfig::new(kernel, initrd);
             cfg.name = "run".into();
             cfg.append = append;
+            if let Some(path) = &user_data {
+                cfg.extra_args.push("-fw_cfg".into());
+                cfg.extra_args
+                    .push(format!("name=opt/berth/user-data,file={}", path.display()));
+            }
+            let mut ports = Vec::new();
+            if !forward.is_empty() {
+                let mut netdev = String::from("user,id=run0,restrict=on");
+                for f in &forward {
+                    let (host, guest) = match f
+                        .split_once(':')
+                        .map(|(h, g)| (h.parse::<u16>(), g.parse::<u16>()))
+                    {
+                        Some((Ok(h), Ok(g))) => (h, g),
+                        _ => {
+                            eprintln!("berth-vm: --forward {f:?}: expected HOST:GUEST ports");
+                            return ExitCode::from(2);
+                        }
+                    };
+                    netdev += &format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}");
+                    ports.push(host);
+                }
+                cfg.extra_args.extend([
+                    "-netdev".into(),
+                    netdev,
+                    "-device".into(),
+                    "virtio-net-pci,netdev=run0".into(),
+                ]);
+            }
             cfg.firmware = match (&disk, firmware) {
                 (None, _) | (_, FirmwareArg::Direct) => Firmware::Direct,
                 (Some(_), FirmwareArg::Uefi) => Firmware::Uefi,
                 (Some(_), FirmwareArg::Bios) => Firmware::Bios,
             };
             cfg.disk = disk;
-            run(cfg)
+            run(cfg, &ports)
         }
         Cmd::Bench {
             kernel,
@@ -175,7 +214,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(mut cfg: VmConfig) -> Result<()> {
+fn run(mut cfg: VmConfig, forwarded: &[u16]) -> Result<()> {
     // A disk larger than the image, as clouds give, so first boot creates DATA for /var.
     if let Some(image) = cfg.disk.take() {
         let overlay = berth_tests::vm::work_dir("run-disk")?.join("disk.qcow2");
@@ -210,6 +249,12 @@ fn run(mut cfg: VmConfig) -> Result<()> {
         ready.at.as_secs_f64(),
         vm.accel.name()
     );
+    for port in forwarded {
+        match berth_tests::http::get_patiently(*port, Duration::from_secs(60)) {
+            Ok(body) => println!("berth-vm: GET http://127.0.0.1:{port}/ -> {}", body.trim()),
+            Err(e) => println!("berth-vm: GET http://127.0.0.1:{port}/: no answer: {e}"),
+        }
+    }
     let printed = vm.console().len();
     vm.powerdown()?;
     let exit = vm.wait_exit(SHUTDOWN_TIMEOUT);

@@ -1,0 +1,67 @@
+//! cloud-init's NoCloud: a FAT or ISO 9660 volume labelled `cidata` with `user-data`,
+//! `meta-data` (YAML: `instance-id`, `local-hostname`) and optionally `network-config`
+//! (network config v1 or v2).
+
+use std::path::Path;
+
+use berth_net::config::cloud_config;
+use serde_json::Value;
+
+use super::{DatasourceError, Fetched};
+use crate::volumes;
+
+pub const LABEL: &str = "cidata";
+
+pub fn read(mount_at: &Path) -> Result<Option<Fetched>, DatasourceError> {
+    let found = volumes::with_label(Path::new("/sys/class/block"), Path::new("/dev"), LABEL);
+    let Some(volume) = found.first() else {
+        return Ok(None);
+    };
+    let mounted = volume.mount_read_only(mount_at)?;
+    let mut fetched = read_tree(&mounted.path)?;
+    fetched.source = format!("NoCloud ({})", volume.device.display());
+    Ok(Some(fetched))
+}
+
+pub fn read_tree(root: &Path) -> Result<Fetched, DatasourceError> {
+    let mut fetched = Fetched {
+        user_data: super::read_optional(&root.join("user-data"))?,
+        ..Fetched::default()
+    };
+    if let Some(meta) = super::read_optional(&root.join("meta-data"))? {
+        let text = String::from_utf8_lossy(&meta);
+        match serde_saphyr::from_str::<Value>(&text) {
+            Ok(v) => {
+                let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+                fetched.instance_id = field("instance-id");
+                fetched.hostname = field("local-hostname").or(field("hostname"));
+            }
+            Err(e) => fetched
+                .problems
+                .push(format!("meta-data: {}", e.to_string().replace('\n', " "))),
+        }
+    }
+    if let Some(net) = super::read_optional(&root.join("network-config"))? {
+        let text = String::from_utf8_lossy(&net);
+        match serde_saphyr::from_str::<Value>(&text) {
+            // The file holds either the `network:` mapping or its contents.
+            Ok(v) => {
+                let v = v.get("network").cloned().unwrap_or(v);
+                match cloud_config::parse(v) {
+                    Ok((config, warnings)) => {
+                        fetched
+                            .problems
+                            .extend(warnings.into_iter().map(|w| format!("network-config: {w}")));
+                        fetched.network = Some(config);
+                    }
+                    Err(e) => fetched.problems.push(format!("network-config: {e}")),
+                }
+            }
+            Err(e) => fetched.problems.push(format!(
+                "network-config: {}",
+                e.to_string().replace('\n', " ")
+            )),
+        }
+    }
+    Ok(fetched)
+}

@@ -1,0 +1,160 @@
+use super::*;
+
+const EXAMPLE: &str = r#"#cloud-config
+hostname: web-1
+fqdn: web-1.example.org
+manage_etc_hosts: true
+ssh_authorized_keys:
+  - ssh-ed25519 AAAAC3Nza operator@example
+write_files:
+  - path: /etc/berth/motd
+    content: |
+      hello
+    permissions: '0600'
+  - path: /var/lib/app/config.bin
+    encoding: b64
+    content: aGVsbG8gd29ybGQ=
+    permissions: 0640
+  - path: /etc/gz.txt
+    frob: 1
+    encoding: gz+b64
+    content: H4sIAAAAAAAAA8tIzcnJBwCGphA2BQAAAA==
+ntp:
+  servers: [10.0.0.1]
+  pools: [pool.example.org]
+timezone: UTC
+runcmd:
+  - echo hi
+frobnicate: 3
+berth:
+  containers:
+    web:
+      image: berth.local/busybox:latest
+      command: ["httpd", "-f", "-p", "8080"]
+      ports: ["8080:8080"]
+      restart: always
+  sysctls:
+    net.core.somaxconn: 1024
+    vm.swappiness: "10"
+  modules: [br_netfilter]
+network:
+  version: 2
+  ethernets:
+    eth0:
+      dhcp4: yes
+"#;
+
+#[test]
+fn a_full_cloud_config() {
+    let (s, report) = from_cloud_config(EXAMPLE);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(s.hostname.as_deref(), Some("web-1"));
+    assert_eq!(s.fqdn.as_deref(), Some("web-1.example.org"));
+    assert!(s.manage_etc_hosts);
+    assert_eq!(s.write_files.len(), 3);
+    assert_eq!(s.write_files[0].content, b"hello\n");
+    assert_eq!(s.write_files[0].mode, 0o600);
+    assert_eq!(s.write_files[1].content, b"hello world");
+    assert_eq!(s.write_files[1].mode, 0o640, "YAML 1.1 octal");
+    assert_eq!(s.write_files[2].content, b"hello");
+    assert_eq!(s.ntp_servers, ["10.0.0.1", "pool.example.org"]);
+    assert!(s.containers["web"].contains("berth.local/busybox:latest"));
+    assert_eq!(s.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(s.sysctls["vm.swappiness"], "10");
+    assert_eq!(s.modules, ["br_netfilter"]);
+    assert!(s.network.as_ref().unwrap().links[0].dhcp4, "yes is true");
+    let warned: Vec<String> = report.warnings.iter().map(|w| w.to_string()).collect();
+    let said = warned.join("\n");
+    assert!(
+        said.contains("runcmd: ignored: Berth runs no shell"),
+        "{said}"
+    );
+    assert!(said.contains("frobnicate: not a key Berth knows"), "{said}");
+    assert!(
+        said.contains("write_files[2].frob: not a key Berth knows"),
+        "{said}"
+    );
+    assert!(
+        said.contains("ssh_authorized_keys: Berth runs no SSH server"),
+        "{said}"
+    );
+}
+
+#[test]
+fn the_same_settings_in_toml() {
+    let text = r#"
+hostname = "web-1"
+[[write_files]]
+path = "/etc/a"
+content = "x"
+permissions = "0755"
+[berth.containers.web]
+image = "berth.local/busybox:latest"
+ports = ["8080:8080"]
+[berth.sysctls]
+"net.ipv4.ip_forward" = 1
+"#;
+    let (s, report) = from_toml(text);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(s.hostname.as_deref(), Some("web-1"));
+    assert_eq!(s.write_files[0].mode, 0o755);
+    assert!(s.containers.contains_key("web"));
+    assert_eq!(s.sysctls["net.ipv4.ip_forward"], "1");
+    let (_, report) = from_toml("hostname = \n");
+    assert!(
+        report.errors[0].message.contains("line 1"),
+        "{:?}",
+        report.errors
+    );
+}
+
+#[test]
+fn errors_name_the_key_and_keep_the_rest() {
+    let text = "#cloud-config\nhostname: [1, 2]\nfqdn: ok.example\nwrite_files:\n  - path: /usr/bin/x\n    content: x\n  - path: /etc/ok\n    permissions: '999'\n  - path: /etc/fine\n    content: 7\n  - path: relative\n  - content: no path\nberth:\n  containers:\n    web:\n      image: berth.local/busybox:latest\n      restart: sometimes\n    ok:\n      image: berth.local/busybox:latest\n  sysctls:\n    '../../etc/x': 1\n";
+    let (s, report) = from_cloud_config(text);
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    let said = errors.join("\n");
+    assert!(
+        said.contains("hostname: invalid type: sequence, expected a string"),
+        "{said}"
+    );
+    assert!(
+        said.contains("write_files[0].path: /usr/bin/x is on /usr, the read-only"),
+        "{said}"
+    );
+    assert!(
+        said.contains("write_files[1].permissions: \"999\" is not an octal mode"),
+        "{said}"
+    );
+    assert!(said.contains("write_files[3].path"), "{said}");
+    assert!(
+        said.contains("write_files[4]: missing field `path`"),
+        "{said}"
+    );
+    assert!(said.contains("berth.containers.web"), "{said}");
+    assert!(said.contains("berth.sysctls.../../etc/x"), "{said}");
+    // What was valid stays.
+    assert_eq!(s.fqdn.as_deref(), Some("ok.example"));
+    assert_eq!(s.write_files.len(), 1);
+    assert_eq!(s.write_files[0].path, PathBuf::from("/etc/fine"));
+    assert_eq!(s.write_files[0].content, b"7", "a scalar is its text");
+    assert!(s.containers.contains_key("ok") && !s.containers.contains_key("web"));
+}
+
+#[test]
+fn syntax_errors_have_a_line_and_column() {
+    let (s, report) = from_cloud_config("#cloud-config\nhostname: a\nwrite_files: [\n  - {\n");
+    assert_eq!(s, Settings::default());
+    let e = report.errors[0].to_string();
+    assert!(e.starts_with("user-data (YAML)"), "{e}");
+    assert!(
+        e.contains("line") || e.contains(":3:") || e.contains("3:"),
+        "{e}"
+    );
+    let (_, report) = from_cloud_config("#cloud-config\n- a\n- b\n");
+    assert!(
+        report.errors[0].message.contains("expected a mapping"),
+        "{:?}",
+        report
+    );
+}
