@@ -6,8 +6,10 @@
 //! to berth-net and container declarations to the daemon. A broken document never stops
 //! the boot: the machine comes up with the defaults plus whatever was valid.
 
+mod api;
 mod apply;
 mod datasource;
+mod http;
 mod settings;
 mod userdata;
 mod volumes;
@@ -48,7 +50,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         None => {
-            run();
+            let report = run();
+            local_phase_done();
+            if let Err(e) = api::serve(report) {
+                say(&format!("API: {e}; `berthctl config` will not answer"));
+            }
             berth_net::notify("READY=1\nSTATUS=config applied\n");
             // The agent stays, as init's service (its API on /run/berth/agent.sock and
             // the network datasources come next), until asked to stop.
@@ -80,9 +86,21 @@ struct BootReport<'a> {
 }
 
 /// Never fails the boot: each problem is said and the machine goes on with defaults.
-fn run() {
+/// Returns the report (JSON) the API serves.
+fn run() -> String {
     let state = Path::new(STATE_DIR);
-    let (kept, user_data) = match datasource::find_local(&announce) {
+    let found = datasource::find_local(&announce).or_else(|| {
+        // berth-net waits for this (boundedly) so that a local datasource's static
+        // network settings are in place before it asks DHCP; a cloud's metadata service
+        // needs the network up.
+        local_phase_done();
+        let platform = berth_net::platform::detect(Path::new(berth_net::platform::DMI));
+        if platform != berth_net::platform::Platform::Other {
+            say(&format!("{platform:?}: asking its metadata service"));
+        }
+        datasource::find_network(platform, &announce)
+    });
+    let (kept, user_data) = match found {
         Some(f) => {
             for p in &f.problems {
                 announce(p);
@@ -98,8 +116,15 @@ fn run() {
                 k
             }
             None => {
-                say("no datasource: the defaults stay (DHCP on every link, no containers)");
-                return;
+                let why = "no datasource: the defaults stay (DHCP on every link, no containers)";
+                say(why);
+                let none = BootReport {
+                    source: "none",
+                    instance_id: None,
+                    problems: &Report::default(),
+                    applied: &[],
+                };
+                return serde_json::to_string_pretty(&none).unwrap_or_default();
             }
         },
     };
@@ -140,10 +165,18 @@ fn run() {
         problems: &report,
         applied: &applied,
     };
-    if let Err(e) = write(
-        Path::new(REPORT),
-        &serde_json::to_vec_pretty(&boot).unwrap_or_default(),
-    ) {
+    let json = serde_json::to_string_pretty(&boot).unwrap_or_default();
+    if let Err(e) = write(Path::new(REPORT), json.as_bytes()) {
+        say(&e);
+    }
+    json
+}
+
+/// Tells berth-net the local datasources have been read (and their network settings
+/// written).
+fn local_phase_done() {
+    let path = Path::new(berth_net::config::AGENT_LOCAL_DONE);
+    if let Err(e) = write(path, b"") {
         say(&e);
     }
 }

@@ -141,6 +141,53 @@ pub fn serve_one<I: zbus::object_server::Interface>(
     })
 }
 
+/// Accepts clients on `listener` for ever, each on its own thread serving a fresh
+/// interface from `make` at `object_path`; only root peers (SO_PEERCRED) are served,
+/// others are refused and said. `who` names the server in what it says.
+pub fn serve_root_clients<I, F>(
+    listener: std::os::unix::net::UnixListener,
+    object_path: &'static str,
+    who: &'static str,
+    make: F,
+) where
+    I: zbus::object_server::Interface,
+    F: Fn() -> I,
+{
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{who}: API: accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        match getsockopt(&stream, PeerCredentials) {
+            Ok(c) if c.uid() == 0 => {}
+            Ok(c) => {
+                eprintln!("{who}: API: uid {} refused (root only)", c.uid());
+                continue;
+            }
+            Err(e) => {
+                eprintln!("{who}: API: peer credentials: {e}; refused");
+                continue;
+            }
+        }
+        let interface = make();
+        let spawned = std::thread::Builder::new()
+            .name("api-conn".into())
+            .spawn(move || {
+                if let Err(e) = serve_one(stream, object_path, interface) {
+                    eprintln!("{who}: API: connection: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("{who}: API: starting a connection thread: {e}");
+        }
+    }
+}
+
 /// How long a client waits for an answer to one call.
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -149,6 +196,22 @@ pub async fn connect(path: &Path) -> zbus::Result<zbus::Connection> {
     let stream = UnixStream::connect(path)
         .map_err(|e| zbus::Error::Failure(format!("connecting to {}: {e}", path.display())))?;
     client(stream).await
+}
+
+/// The config agent's socket and object path (`org.berth.Agent1`).
+pub const AGENT_SOCKET: &str = "/run/berth/agent.sock";
+pub const AGENT_PATH: &str = "/org/berth/Agent";
+
+/// The config agent: what it applied at this boot, from where, and what it skipped.
+#[zbus::proxy(
+    interface = "org.berth.Agent1",
+    default_service = "org.berth.Agent1",
+    default_path = "/org/berth/Agent"
+)]
+pub trait Agent {
+    /// This boot's report as JSON: `source`, `instance_id`, `problems` (`errors` and
+    /// `warnings`, each with `at` and `message`), `applied` (`item`, `ok`, `detail`).
+    fn report(&self) -> zbus::Result<String>;
 }
 
 /// The container daemon's socket and object path (`org.berth.Runtime1`).

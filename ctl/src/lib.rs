@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use berth_control::{BootPhase, InitProxy, RuntimeProxy, ServiceStatus};
 use clap::{Parser, Subcommand};
 
+mod config;
 mod console;
 mod containers;
 
@@ -57,6 +58,8 @@ enum Cmd {
     Poweroff,
     /// How long each boot phase took.
     BootTime,
+    /// What the config agent applied at this boot, from where, and what it skipped.
+    Config,
     #[command(flatten)]
     Container(Box<containers::Cmd>),
 }
@@ -108,6 +111,22 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let connected = watchdog(Duration::from_secs(cli.timeout), cli.vm.is_some());
+    if let Cmd::Config = cli.command {
+        if cli.vm.is_some() {
+            return Err(
+                "config works on the host itself (the VM's control port reaches init only)".into(),
+            );
+        }
+        let conn = berth_control::connect(std::path::Path::new(berth_control::AGENT_SOCKET))
+            .await
+            .map_err(|e| format!("{e} (is berth-agent running?)"))?;
+        connected.store(true, std::sync::atomic::Ordering::SeqCst);
+        let agent = berth_control::AgentProxy::new(&conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        config::run(&agent, cli.json).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Cmd::Container(cmd) = cli.command {
         let cmd = *cmd;
         if cli.vm.is_some() {
@@ -165,7 +184,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             print_timeline(&phases, cli.json);
             return Ok(ExitCode::SUCCESS);
         }
-        Cmd::Container(_) => return Err("unreachable: handled above".into()),
+        Cmd::Container(_) | Cmd::Config => return Err("unreachable: handled above".into()),
     };
     match service {
         ServiceCmd::List => {

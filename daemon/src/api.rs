@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use berth_control::{ContainerInfo, ContainerStats, ImageInfo, LogChunk, PullStatus, RUNTIME_PATH};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use zbus::fdo;
 
 /// A change for the supervisor's loop, with where its verdict goes.
@@ -125,40 +124,7 @@ pub fn start(socket: &Path, shared: Shared) -> Result<Control, String> {
 }
 
 fn accept_loop(listener: UnixListener, api: Api) {
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("berth-daemon: API: accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        match getsockopt(&stream, PeerCredentials) {
-            Ok(c) if c.uid() == 0 => {}
-            Ok(c) => {
-                eprintln!("berth-daemon: API: uid {} refused (root only)", c.uid());
-                continue;
-            }
-            Err(e) => {
-                eprintln!("berth-daemon: API: peer credentials: {e}; refused");
-                continue;
-            }
-        }
-        let api = api.clone();
-        let spawned = std::thread::Builder::new()
-            .name("api-conn".into())
-            .spawn(move || serve(stream, api));
-        if let Err(e) = spawned {
-            eprintln!("berth-daemon: API: starting a connection thread: {e}");
-        }
-    }
-}
-
-fn serve(stream: UnixStream, api: Api) {
-    if let Err(e) = berth_control::serve_one(stream, RUNTIME_PATH, api) {
-        eprintln!("berth-daemon: API: connection: {e}");
-    }
+    berth_control::serve_root_clients(listener, RUNTIME_PATH, "berth-daemon", move || api.clone());
 }
 
 /// How long a change may take before the caller is told it is still going (a stop

@@ -225,17 +225,17 @@ after = [\"berth-agent\"]\ndelegate = true\nrestart = \"always\"\nstop_timeout_m
 
 /// The host's network: ready when the links present at boot are configured (or after
 /// its bounded wait), so services that need the network can say `after = ["berth-net"]`.
-/// After the agent's local datasources (config drive, ...), so a link the config makes
-/// static never takes a DHCP lease first; it follows the agent's later changes to
-/// /run/berth/network.json (a metadata service's) by itself.
+/// It starts beside the agent and waits (at most 10 s) for the agent's local datasources
+/// (config drive, ...), so a link their settings make static never takes a DHCP lease
+/// first; it follows the agent's later changes to /run/berth/network.json by itself.
 const NET_SERVICE: &str = "name = \"berth-net\"\nexec = \"/usr/bin/berth-net\"\n\
-after = [\"berth-agent\"]\nready = \"notify\"\nrestart = \"always\"\n";
+ready = \"notify\"\nrestart = \"always\"\n";
 
-/// The config agent: reads the local datasources at boot and hands their settings on
-/// (the network's to berth-net through /run/berth/network.json); ready once it has, and
-/// within 15 s whatever a datasource does, so it never holds the network back for long.
+/// The config agent: reads the datasources at boot (a cloud's metadata service within
+/// 60 s of retries) and applies them; ready once it has, so the daemon (after it) starts
+/// with the user-data's containers declared.
 const AGENT_SERVICE: &str = "name = \"berth-agent\"\nexec = \"/usr/bin/berth-agent\"\n\
-ready = \"notify\"\nready_timeout_ms = 15000\nrestart = \"on-failure\"\n";
+ready = \"notify\"\nready_timeout_ms = 120000\nrestart = \"on-failure\"\n";
 
 /// What the disk build made, for the manifest.
 #[derive(Debug, serde::Serialize)]

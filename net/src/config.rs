@@ -21,6 +21,11 @@ use crate::links::{parse_mac, Link};
 
 /// Where the agent writes the settings, and berth-net reads them.
 pub const CONFIG_PATH: &str = "/run/berth/network.json";
+/// Made by the agent once its local datasources are read (and their settings written
+/// to [`CONFIG_PATH`]): berth-net waits for it, boundedly, before asking DHCP.
+pub const AGENT_LOCAL_DONE: &str = "/run/berth/agent-local.done";
+/// How long berth-net waits for [`AGENT_LOCAL_DONE`].
+pub const AGENT_LOCAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

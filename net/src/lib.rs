@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod dhcp;
 pub mod links;
+pub mod platform;
 pub mod sntp;
 pub mod socket;
 pub mod timesync;

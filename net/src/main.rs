@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_net::apply::Resolvers;
-use berth_net::config::{LinkConfig, NetworkConfig, CONFIG_PATH};
+use berth_net::config::{
+    LinkConfig, NetworkConfig, AGENT_LOCAL_DONE, AGENT_LOCAL_WAIT, CONFIG_PATH,
+};
 use berth_net::dhcp::{Action, Client, Destination};
 use berth_net::links::Link;
 use berth_net::timesync::{self, Servers};
@@ -91,6 +93,7 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("signalfd: {e}"))?;
     let config_path = Path::new(CONFIG_PATH);
     let watch = watch_config(config_path)?;
+    wait_for_agent();
     let start = Instant::now();
     let time = Arc::new(Servers::default());
     timesync::spawn(time.clone());
@@ -221,6 +224,23 @@ fn time_servers(net: &Net) -> Vec<String> {
         }
     }
     out
+}
+
+/// Waits (boundedly) for the agent to have read its local datasources, so a link their
+/// settings make static never asks DHCP first; without an agent, the wait runs out.
+fn wait_for_agent() {
+    let marker = Path::new(AGENT_LOCAL_DONE);
+    let deadline = Instant::now() + AGENT_LOCAL_WAIT;
+    while !marker.exists() {
+        if Instant::now() >= deadline {
+            say(&format!(
+                "the agent has not read its datasources after {} s; going on",
+                AGENT_LOCAL_WAIT.as_secs()
+            ));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The static config at `path`: none when there is no file; an error (said, and the

@@ -116,6 +116,12 @@ command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      ne
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(ps.contains("ticker") && ps.contains("running"), "{ps}");
+    // berthctl config, over the agent's API.
+    let config = sh(&mut testd, "berthctl config");
+    assert!(config.starts_with("source: NoCloud (/dev/vd"), "{config}");
+    assert!(config.contains("(instance iid-nocloud-1)"), "{config}");
+    assert!(config.contains("ok     hostname"), "{config}");
+    assert!(config.contains("container ticker"), "{config}");
     // Kept for the boots that find no datasource.
     let kept = sh(&mut testd, "cat /var/lib/berth/agent/datasource.json");
     assert!(kept.contains("iid-nocloud-1"), "{kept}");
@@ -175,8 +181,15 @@ fn broken_user_data_never_stops_the_boot() {
         );
         assert!(ready.contains("services 4/4 ready"), "{name}: {ready}");
         if name == "wrong-types" {
-            // The valid key applied (the hostname is fqdn's first label).
+            // The valid key applied (the hostname is fqdn's first label), the bad one
+            // reported over the API with its key path.
             assert!(ready.contains("hostname typed"), "{ready}");
+            let mut testd = vm.testd().expect("testd");
+            let config = sh(&mut testd, "berthctl config");
+            assert!(
+                config.contains("errors (skipped):\n  hostname: invalid type"),
+                "{config}"
+            );
         }
         common::power_off(vm);
     }

@@ -1,15 +1,21 @@
 //! Where a machine's configuration comes from: the local datasources read at boot before
-//! the network is up (an OpenStack config drive, a NoCloud volume, QEMU's fw_cfg). The
-//! first one present is the machine's; the network ones (EC2, GCE, the OpenStack metadata
-//! service, `berth.config_url=`) come next.
+//! the network is up (an OpenStack config drive, a NoCloud volume, QEMU's fw_cfg), the
+//! first one present being the machine's; else the metadata service of the cloud DMI
+//! names (EC2, GCE, OpenStack), asked once the network is up, within a bounded time.
 
 pub mod config_drive;
+pub mod ec2;
 pub mod fw_cfg;
+pub mod gce;
 pub mod nocloud;
+pub mod openstack;
 
 use std::path::{Path, PathBuf};
 
 use berth_net::config::NetworkConfig;
+use berth_net::platform::Platform;
+
+use crate::http::Http;
 
 use crate::userdata::MAX_DOCUMENT;
 use crate::volumes::VolumeError;
@@ -65,6 +71,28 @@ pub fn find_local(say: &dyn Fn(&str)) -> Option<Fetched> {
         }
     }
     None
+}
+
+/// How long the metadata service may take to answer, the network's start included.
+pub const NETWORK_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The cloud's metadata service, asked with retries within [`NETWORK_BUDGET`]; None
+/// (said) when it never answers or this is no cloud.
+pub fn find_network(platform: Platform, say: &dyn Fn(&str)) -> Option<Fetched> {
+    let fetch: fn(&Http, &str) -> Result<Fetched, String> = match platform {
+        Platform::Ec2 => ec2::fetch,
+        Platform::Gce => gce::fetch,
+        Platform::OpenStack => openstack::fetch,
+        Platform::Other => return None,
+    };
+    let http = Http::new();
+    match crate::http::with_retries(NETWORK_BUDGET, || fetch(&http, crate::http::METADATA)) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            say(&format!("{platform:?} metadata service: {e}"));
+            None
+        }
+    }
 }
 
 /// A file's bytes, refusing one larger than a document may be.

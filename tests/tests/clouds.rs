@@ -1,0 +1,128 @@
+//! The agent on each cloud, its metadata service emulated by a test server speaking the
+//! real protocol (support/metadata.rs), the platform set with `-smbios`: EC2 on Nitro
+//! (DMI vendor `Amazon EC2`, IMDSv2 tokens required), Xen-era EC2 (a product UUID
+//! beginning `ec2`, an IMDSv1-only service), GCE (403 without its header), OpenStack's
+//! metadata service (product `OpenStack Nova`). Each brings the machine up with the
+//! metadata's hostname and the user-data's container running.
+
+mod common;
+#[path = "support/metadata.rs"]
+mod metadata;
+
+use std::time::Duration;
+
+use berth_tests::testd::TestdClient;
+use common::{boot, disk_config, new_disk};
+use metadata::Cloud;
+
+const USER_DATA: &[u8] = b"#cloud-config\nberth:\n  containers:\n    ticker:\n      \
+image: berth.local/busybox:latest\n      command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      \
+network: none\n";
+
+fn sh(testd: &mut TestdClient, script: &str) -> String {
+    let out = testd.sh(script).unwrap();
+    format!("{}{}", out.stdout, out.stderr)
+}
+
+/// Boots with `smbios` on `cloud`'s emulated service; returns the requests it saw.
+fn boot_on(cloud: Cloud, smbios: &str, hostname: &'static str) -> Vec<String> {
+    let server = metadata::start(cloud, USER_DATA, hostname);
+    let t = tempfile::tempdir().unwrap();
+    new_disk(t.path());
+    let mut cfg = disk_config(&format!("cloud-{cloud:?}").to_lowercase(), t.path());
+    cfg.extra_args = vec![
+        "-smbios".into(),
+        smbios.into(),
+        "-netdev".into(),
+        server.netdev("n0"),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0".into(),
+    ];
+    let vm = boot(cfg);
+    let console = vm.console();
+    let ready = console
+        .lines()
+        .find(|l| l.starts_with("berth: ready"))
+        .unwrap_or_else(|| panic!("no ready line: {console}"))
+        .to_string();
+    let short = hostname.split('.').next().unwrap();
+    assert!(
+        ready.contains(&format!("hostname {short},")),
+        "{ready}\n{console}"
+    );
+    let mut testd = vm.testd().expect("testd");
+    let mut ps = String::new();
+    for _ in 0..60 {
+        ps = sh(&mut testd, "berthctl ps");
+        if ps.contains("ticker") && ps.contains("running") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(ps.contains("ticker") && ps.contains("running"), "{ps}");
+    let report = sh(&mut testd, "cat /run/berth/agent/report.json");
+    assert!(report.contains("\"errors\": []"), "{report}");
+    let requests = server.requests.lock().unwrap().clone();
+    requests
+}
+
+#[test]
+fn ec2_nitro_with_imdsv2() {
+    let requests = boot_on(
+        Cloud::Ec2Imdsv2,
+        "type=1,manufacturer=Amazon EC2,product=m7i.large",
+        "ip-10-0-1-23.ec2.internal",
+    );
+    assert!(
+        requests.iter().any(|r| r == "PUT /latest/api/token"),
+        "{requests:?}"
+    );
+    let gets: Vec<&String> = requests.iter().filter(|r| r.starts_with("GET")).collect();
+    assert!(!gets.is_empty());
+    assert!(
+        gets.iter()
+            .all(|r| r.ends_with(&format!("token={}", metadata::TOKEN))),
+        "a GET without the token: {requests:?}"
+    );
+}
+
+#[test]
+fn ec2_xen_falls_back_to_imdsv1() {
+    let requests = boot_on(
+        Cloud::Ec2Imdsv1,
+        "type=1,manufacturer=Xen,product=HVM domU,uuid=ec2e1916-9099-7caf-fd21-012345678901",
+        "ip-10-0-1-24.ec2.internal",
+    );
+    assert!(
+        requests.iter().any(|r| r == "GET /latest/user-data"),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn gce_with_its_header() {
+    let requests = boot_on(
+        Cloud::Gce,
+        "type=1,manufacturer=Google,product=Google Compute Engine",
+        "gce-vm-1.c.project.internal",
+    );
+    assert!(
+        requests.iter().all(|r| r.ends_with("flavor=Google")),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn openstack_metadata_service() {
+    let requests = boot_on(
+        Cloud::OpenStack,
+        "type=1,manufacturer=OpenStack Foundation,product=OpenStack Nova",
+        "os-vm-1",
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r == "GET /openstack/latest/meta_data.json"),
+        "{requests:?}"
+    );
+}
