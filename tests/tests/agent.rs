@@ -125,6 +125,20 @@ command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      ne
     // Kept for the boots that find no datasource.
     let kept = sh(&mut testd, "cat /var/lib/berth/agent/datasource.json");
     assert!(kept.contains("iid-nocloud-1"), "{kept}");
+    drop(testd);
+    common::power_off(vm);
+
+    // The next boot, without the volume, applies the kept copy.
+    let cfg = disk_config("agent-nocloud-again", t.path());
+    let vm = boot(cfg);
+    assert!(ready_line(&vm).contains("hostname nocloud-host"));
+    let console = vm.console();
+    assert!(
+        console.contains("berth-agent: config from NoCloud (/dev/vd"),
+        "{console}"
+    );
+    let mut testd = vm.testd().expect("testd");
+    assert_eq!(sh(&mut testd, "cat /etc/berth/note"), "from-nocloud");
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

@@ -3,7 +3,8 @@
 //! (DMI vendor `Amazon EC2`, IMDSv2 tokens required), Xen-era EC2 (a product UUID
 //! beginning `ec2`, an IMDSv1-only service), GCE (403 without its header), OpenStack's
 //! metadata service (product `OpenStack Nova`). Each brings the machine up with the
-//! metadata's hostname and the user-data's container running.
+//! metadata's hostname and the user-data's container running. And one that never
+//! answers, which delays the boot by the agent's bounded budget only.
 
 mod common;
 #[path = "support/metadata.rs"]
@@ -125,4 +126,36 @@ fn openstack_metadata_service() {
             .any(|r| r == "GET /openstack/latest/meta_data.json"),
         "{requests:?}"
     );
+}
+
+/// A metadata service that takes connections and never answers costs the boot a bounded
+/// time: the agent gives up within its budget, says so, and the machine comes up with
+/// the defaults.
+#[test]
+fn a_silent_metadata_service_does_not_hang_the_boot() {
+    let server = metadata::start(Cloud::Silent, USER_DATA, "unused");
+    let t = tempfile::tempdir().unwrap();
+    new_disk(t.path());
+    let mut cfg = disk_config("cloud-silent", t.path());
+    cfg.extra_args = vec![
+        "-smbios".into(),
+        "type=1,manufacturer=Amazon EC2,product=m7i.large".into(),
+        "-netdev".into(),
+        server.netdev("n0"),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0".into(),
+    ];
+    let vm = boot(cfg);
+    let console = vm.console();
+    assert!(
+        console.contains("berth-agent: Ec2 metadata service:")
+            && console.contains("gave up after 60 s"),
+        "{console}"
+    );
+    let ready = console
+        .lines()
+        .find(|l| l.starts_with("berth: ready"))
+        .unwrap_or_else(|| panic!("no ready line: {console}"));
+    assert!(ready.contains("services 4/4 ready"), "{ready}");
+    assert!(!server.requests.lock().unwrap().is_empty());
 }

@@ -15,6 +15,8 @@ pub enum Cloud {
     Ec2Imdsv1,
     Gce,
     OpenStack,
+    /// Takes every connection and never answers (a metadata service that hangs).
+    Silent,
 }
 
 pub const TOKEN: &str = "AQAEAN-test-token";
@@ -60,6 +62,11 @@ fn serve(
     hostname: &str,
     log: &Mutex<Vec<String>>,
 ) {
+    if cloud == Cloud::Silent {
+        log.lock().unwrap().push("connection".into());
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        return;
+    }
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -95,7 +102,7 @@ fn serve(
             Cloud::Gce => header("metadata-flavor")
                 .map(|f| format!(" flavor={f}"))
                 .unwrap_or_default(),
-            Cloud::OpenStack => String::new(),
+            Cloud::OpenStack | Cloud::Silent => String::new(),
         };
         log.lock().unwrap().push(format!("{method} {path}{noted}"));
         let (status, body) = answer(cloud, &method, &path, &header, user_data, hostname);
@@ -161,6 +168,7 @@ fn answer(
                 _ => (404, vec![]),
             }
         }
+        Cloud::Silent => (404, vec![]),
         Cloud::OpenStack => match path {
             "/openstack/latest/meta_data.json" => ok(format!(
                 "{{\"uuid\": \"{INSTANCE_ID}\", \"hostname\": \"{hostname}\", \"name\": \"vm\"}}"
