@@ -18,9 +18,10 @@ set -euo pipefail
 #   docker-registry skopeo            a real registry for the store's pull tests, and
 #                                     what loads it (the tests start it on 127.0.0.1)
 #   nftables                          nft, shipped in the image for the daemon's NAT table
+#   genisoimage                       ISO 9660 datasource volumes (NoCloud) in agent tests
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
           syslinux syslinux-common systemd-boot-efi cpio zstd busybox-static kmod socat
-          cryptsetup-bin podman bsdutils docker-registry skopeo nftables)
+          cryptsetup-bin podman bsdutils docker-registry skopeo nftables genisoimage)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 

@@ -11,6 +11,9 @@ use berth_net::config::NetworkConfig;
 
 use crate::settings::{Settings, WriteFile};
 
+/// The image store's registry settings (mirrors, credentials, insecure hosts).
+const REGISTRIES: &str = "/etc/berth/registries.toml";
+
 /// What became of one item.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
@@ -121,6 +124,15 @@ pub fn apply(
     }
     if let Some(n) = &network {
         out.push(status("network", write_network(n, t)));
+    }
+    if let Some(text) = &s.registries {
+        // 0600: it may hold registry passwords.
+        let path = t.path(Path::new(REGISTRIES));
+        let body = format!("# written by berth-agent from user-data\n{text}");
+        out.push(status(
+            "registries",
+            write_atomic(&path, body.as_bytes(), 0o600).map(|()| REGISTRIES.to_string()),
+        ));
     }
     for (name, text) in &s.containers {
         out.push(status(
@@ -310,6 +322,11 @@ berth:
   containers:
     web:
       image: berth.local/busybox:latest
+  registries:
+    registry:
+      "registry.example.org":
+        username: robot
+        password: s3cret
 "#,
         );
         assert!(report.errors.is_empty(), "{report:?}");
@@ -333,5 +350,11 @@ berth:
         assert_eq!(net.ntp, ["10.0.0.1"]);
         assert!(read("etc/berth/containers.d/web.toml")
             .contains("image = \"berth.local/busybox:latest\""));
+        assert!(read("etc/berth/registries.toml").contains("password = \"s3cret\""));
+        let mode = std::fs::metadata(t.path().join("etc/berth/registries.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "it holds passwords");
     }
 }

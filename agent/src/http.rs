@@ -1,8 +1,10 @@
-//! Plain HTTP to a metadata service on its link-local address (169.254.169.254): short
-//! timeouts, bounded bodies, and retries with backoff inside a total budget, so a
-//! service that does not answer costs the boot a bounded time.
+//! HTTP to a metadata service on its link-local address (169.254.169.254), or to the
+//! URL on the kernel command line: short timeouts, bounded bodies, and retries with
+//! backoff inside a total budget, so a service that does not answer costs the boot a
+//! bounded time.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::userdata::MAX_DOCUMENT;
@@ -21,7 +23,14 @@ pub struct Http {
 
 impl Http {
     pub fn new() -> Http {
+        // https (berth.config_url) is checked against the image's CA bundle, plus what
+        // an earlier boot's user-data added to it.
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(ca_bundle())))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(2)))
             .timeout_recv_response(Some(Duration::from_secs(5)))
@@ -69,6 +78,20 @@ impl Http {
             .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
         Ok(Answer { status, body })
     }
+}
+
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The certificates of the CA bundle (none when it is missing or unreadable: https then
+/// fails, saying the server's certificate is not trusted).
+fn ca_bundle() -> Vec<ureq::tls::Certificate<'static>> {
+    let pem = std::fs::read(CA_BUNDLE).unwrap_or_default();
+    ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Calls `attempt` until it gives an answer or `budget` is spent, waiting 0.5 s, 1 s,

@@ -95,10 +95,14 @@ fn run() -> String {
         // needs the network up.
         local_phase_done();
         let platform = berth_net::platform::detect(Path::new(berth_net::platform::DMI));
-        if platform != berth_net::platform::Platform::Other {
-            say(&format!("{platform:?}: asking its metadata service"));
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let config_url = datasource::url::from_cmdline(&cmdline);
+        match (&config_url, platform) {
+            (Some(u), _) => say(&format!("fetching {u} (berth.config_url)")),
+            (None, berth_net::platform::Platform::Other) => {}
+            (None, p) => say(&format!("{p:?}: asking its metadata service")),
         }
-        datasource::find_network(platform, &announce)
+        datasource::find_network(platform, config_url.as_deref(), &announce)
     });
     let (kept, user_data) = match found {
         Some(f) => {

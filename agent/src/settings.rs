@@ -28,6 +28,8 @@ pub struct Settings {
     pub containers: BTreeMap<String, String>,
     pub sysctls: BTreeMap<String, String>,
     pub modules: Vec<String>,
+    /// The image store's registries.toml (mirrors, credentials, insecure hosts, CAs).
+    pub registries: Option<String>,
 }
 
 /// A file to write, its content decoded.
@@ -616,11 +618,14 @@ fn berth(value: Value, s: &mut Settings, report: &mut Report) {
             );
         }
     }
-    if b.registries.is_some() {
-        report.warn(
-            "berth.registries",
-            "not supported yet: registry mirrors and credentials come later",
-        );
+    if let Some(v) = b.registries {
+        let checked = toml::to_string(&v)
+            .map_err(|e| e.to_string())
+            .and_then(|text| berth_store::registry::Config::parse(&text).map(|_| text));
+        match checked {
+            Ok(text) => s.registries = Some(text),
+            Err(e) => report.error("berth.registries", one_line(&e)),
+        }
     }
 }
 

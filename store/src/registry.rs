@@ -114,9 +114,14 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(e) => return Err(bad(e.to_string())),
         };
-        let c: Config = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        Config::parse(&text).map_err(bad)
+    }
+
+    /// The file's text, checked (the agent checks user-data's `berth.registries` so).
+    pub fn parse(text: &str) -> std::result::Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         if c.parallel_layers == 0 {
-            return Err(bad("parallel_layers must be at least 1".into()));
+            return Err("parallel_layers must be at least 1".into());
         }
         Ok(c)
     }

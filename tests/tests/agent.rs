@@ -1,6 +1,7 @@
 //! The config agent on Berth's disk: the demo's user-data through QEMU's fw_cfg (a
 //! hostname and a container serving a page on a published port, fetched from the host);
-//! a NoCloud volume (the metadata's hostname, a container, a file); and user-data broken
+//! a NoCloud volume (ISO 9660: the metadata's hostname, a container, a file); and
+//! user-data broken
 //! every way we could think of, each time reaching `berth: ready` and saying what it
 //! skipped.
 
@@ -76,8 +77,9 @@ fn the_demo_through_fw_cfg_serves_its_page() {
 fn nocloud_gives_the_hostname_a_file_and_a_container() {
     let t = tempfile::tempdir().unwrap();
     new_disk(t.path());
-    let volume = t.path().join("cidata.img");
-    berth_tests::volumes::fat(
+    // ISO 9660 here (the config drive test uses FAT).
+    let volume = t.path().join("cidata.iso");
+    berth_tests::volumes::iso(
         &volume,
         "cidata",
         &[

@@ -27,18 +27,32 @@ fn sh(testd: &mut TestdClient, script: &str) -> String {
 
 /// Boots with `smbios` on `cloud`'s emulated service; returns the requests it saw.
 fn boot_on(cloud: Cloud, smbios: &str, hostname: &'static str) -> Vec<String> {
-    let server = metadata::start(cloud, USER_DATA, hostname);
+    boot_with(cloud, USER_DATA, Some(smbios), "", hostname)
+}
+
+/// Boots on `cloud`'s emulated service serving `user_data`, with `smbios` and `append`
+/// (kernel command line); checks the machine is called `hostname` and runs the ticker.
+fn boot_with(
+    cloud: Cloud,
+    user_data: &'static [u8],
+    smbios: Option<&str>,
+    append: &str,
+    hostname: &'static str,
+) -> Vec<String> {
+    let server = metadata::start(cloud, user_data, hostname);
     let t = tempfile::tempdir().unwrap();
     new_disk(t.path());
     let mut cfg = disk_config(&format!("cloud-{cloud:?}").to_lowercase(), t.path());
-    cfg.extra_args = vec![
-        "-smbios".into(),
-        smbios.into(),
+    cfg.append += append;
+    if let Some(s) = smbios {
+        cfg.extra_args = vec!["-smbios".into(), s.into()];
+    }
+    cfg.extra_args.extend([
         "-netdev".into(),
         server.netdev("n0"),
         "-device".into(),
         "virtio-net-pci,netdev=n0".into(),
-    ];
+    ]);
     let vm = boot(cfg);
     let console = vm.console();
     let ready = console
@@ -125,6 +139,25 @@ fn openstack_metadata_service() {
             .iter()
             .any(|r| r == "GET /openstack/latest/meta_data.json"),
         "{requests:?}"
+    );
+}
+
+/// `berth.config_url=` on the kernel command line of a machine with no datasource.
+#[test]
+fn config_url_on_the_kernel_command_line() {
+    const NAMED: &[u8] = b"#cloud-config\nhostname: from-url\nberth:\n  containers:\n    ticker:\n      \
+image: berth.local/busybox:latest\n      command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      \
+network: none\n";
+    let requests = boot_with(
+        Cloud::Url,
+        NAMED,
+        None,
+        " berth.config_url=http://169.254.169.254/berth/user-data",
+        "from-url",
+    );
+    assert_eq!(
+        requests.first().map(String::as_str),
+        Some("GET /berth/user-data")
     );
 }
 

@@ -148,7 +148,8 @@ fn every_link_gets_its_lease_and_a_silent_one_does_not_hold_the_boot() {
     assert!(console.contains("berth: ready"), "{console}");
 }
 
-/// The second NIC by OpenStack's `network_data.json` on a config drive (FAT, `config-2`):
+/// The second NIC by OpenStack's `network_data.json` on a config drive (FAT, `config-2`,
+/// with the instance's user-data and metadata too):
 /// static IPv4 and IPv6 addresses, routes, MTU and a resolver, no DHCP on it even though
 /// a DHCP server is there to answer; the first NIC keeps DHCP as its network says.
 const NETWORK_DATA: &str = r#"{
@@ -168,6 +169,11 @@ const NETWORK_DATA: &str = r#"{
   "services": [{"type": "dns", "address": "10.9.0.55"}]
 }"#;
 
+/// The drive's user-data: its own hostname and a container.
+const CONFIG_DRIVE_USER_DATA: &[u8] = b"#cloud-config\nhostname: from-config-drive\nberth:\n  \
+containers:\n    ticker:\n      image: berth.local/busybox:latest\n      \
+command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      network: none\n";
+
 #[test]
 fn a_config_drive_makes_the_second_link_static() {
     let t = tempfile::tempdir().unwrap();
@@ -176,10 +182,17 @@ fn a_config_drive_makes_the_second_link_static() {
     berth_tests::volumes::fat(
         &drive,
         "config-2",
-        &[(
-            "openstack/latest/network_data.json",
-            NETWORK_DATA.as_bytes(),
-        )],
+        &[
+            (
+                "openstack/latest/network_data.json",
+                NETWORK_DATA.as_bytes(),
+            ),
+            (
+                "openstack/latest/meta_data.json",
+                br#"{"uuid": "5d2f6c3a-9d2e-4c55-8f0e-3b7f1c2a9e10", "hostname": "vm-7.novalocal"}"#,
+            ),
+            ("openstack/latest/user_data", CONFIG_DRIVE_USER_DATA),
+        ],
     )
     .unwrap();
     let server = dhcpd::start(600);
@@ -264,6 +277,17 @@ fn a_config_drive_makes_the_second_link_static() {
         .find(|l| l.starts_with("berth: ready"))
         .unwrap_or_else(|| panic!("no ready line: {console}"));
     assert!(ready.contains(&format!("{second}=10.9.0.77")), "{ready}");
+    // The drive's user-data: its hostname, its container.
+    assert!(ready.contains("hostname from-config-drive,"), "{ready}");
+    let mut ps = String::new();
+    for _ in 0..60 {
+        ps = sh(&mut testd, "berthctl ps");
+        if ps.contains("ticker") && ps.contains("running") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(ps.contains("ticker") && ps.contains("running"), "{ps}");
 
     // A NIC plugged in now is heard of (RTNLGRP_LINK), brought up and leased.
     vm.qmp()

@@ -9,6 +9,7 @@ pub mod fw_cfg;
 pub mod gce;
 pub mod nocloud;
 pub mod openstack;
+pub mod url;
 
 use std::path::{Path, PathBuf};
 
@@ -76,20 +77,40 @@ pub fn find_local(say: &dyn Fn(&str)) -> Option<Fetched> {
 /// How long the metadata service may take to answer, the network's start included.
 pub const NETWORK_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The cloud's metadata service, asked with retries within [`NETWORK_BUDGET`]; None
-/// (said) when it never answers or this is no cloud.
-pub fn find_network(platform: Platform, say: &dyn Fn(&str)) -> Option<Fetched> {
-    let fetch: fn(&Http, &str) -> Result<Fetched, String> = match platform {
-        Platform::Ec2 => ec2::fetch,
-        Platform::Gce => gce::fetch,
-        Platform::OpenStack => openstack::fetch,
-        Platform::Other => return None,
-    };
+/// The URL on the kernel command line (`berth.config_url=`), else the cloud's metadata
+/// service, asked with retries within [`NETWORK_BUDGET`]; None (said) when it never
+/// answers or there is nothing to ask.
+pub fn find_network(
+    platform: Platform,
+    config_url: Option<&str>,
+    say: &dyn Fn(&str),
+) -> Option<Fetched> {
     let http = Http::new();
-    match crate::http::with_retries(NETWORK_BUDGET, || fetch(&http, crate::http::METADATA)) {
+    let (what, result) = match config_url {
+        Some(u) => {
+            if let Err(e) = url::check(u) {
+                say(&e);
+                return None;
+            }
+            let result = crate::http::with_retries(NETWORK_BUDGET, || url::fetch(&http, u));
+            ("berth.config_url".to_string(), result)
+        }
+        None => {
+            let fetch: fn(&Http, &str) -> Result<Fetched, String> = match platform {
+                Platform::Ec2 => ec2::fetch,
+                Platform::Gce => gce::fetch,
+                Platform::OpenStack => openstack::fetch,
+                Platform::Other => return None,
+            };
+            let result =
+                crate::http::with_retries(NETWORK_BUDGET, || fetch(&http, crate::http::METADATA));
+            (format!("{platform:?} metadata service"), result)
+        }
+    };
+    match result {
         Ok(f) => Some(f),
         Err(e) => {
-            say(&format!("{platform:?} metadata service: {e}"));
+            say(&format!("{what}: {e}"));
             None
         }
     }

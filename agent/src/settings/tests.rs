@@ -37,6 +37,12 @@ berth:
     net.core.somaxconn: 1024
     vm.swappiness: "10"
   modules: [br_netfilter]
+  registries:
+    registry:
+      "registry.example.org":
+        mirrors: ["mirror.example.org"]
+        username: robot
+        password: s3cret
 network:
   version: 2
   ethernets:
@@ -62,6 +68,8 @@ fn a_full_cloud_config() {
     assert_eq!(s.sysctls["net.core.somaxconn"], "1024");
     assert_eq!(s.sysctls["vm.swappiness"], "10");
     assert_eq!(s.modules, ["br_netfilter"]);
+    let registries = s.registries.as_deref().unwrap();
+    assert!(registries.contains("mirror.example.org"), "{registries}");
     assert!(s.network.as_ref().unwrap().links[0].dhcp4, "yes is true");
     let warned: Vec<String> = report.warnings.iter().map(|w| w.to_string()).collect();
     let said = warned.join("\n");
@@ -110,7 +118,7 @@ ports = ["8080:8080"]
 
 #[test]
 fn errors_name_the_key_and_keep_the_rest() {
-    let text = "#cloud-config\nhostname: [1, 2]\nfqdn: ok.example\nwrite_files:\n  - path: /usr/bin/x\n    content: x\n  - path: /etc/ok\n    permissions: '999'\n  - path: /etc/fine\n    content: 7\n  - path: relative\n  - content: no path\nberth:\n  containers:\n    web:\n      image: berth.local/busybox:latest\n      restart: sometimes\n    ok:\n      image: berth.local/busybox:latest\n  sysctls:\n    '../../etc/x': 1\n";
+    let text = "#cloud-config\nhostname: [1, 2]\nfqdn: ok.example\nwrite_files:\n  - path: /usr/bin/x\n    content: x\n  - path: /etc/ok\n    permissions: '999'\n  - path: /etc/fine\n    content: 7\n  - path: relative\n  - content: no path\nberth:\n  containers:\n    web:\n      image: berth.local/busybox:latest\n      restart: sometimes\n    ok:\n      image: berth.local/busybox:latest\n  sysctls:\n    '../../etc/x': 1\n  registries:\n    registry:\n      r.example:\n        mirror: [x]\n";
     let (s, report) = from_cloud_config(text);
     let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
     let said = errors.join("\n");
@@ -133,6 +141,10 @@ fn errors_name_the_key_and_keep_the_rest() {
     );
     assert!(said.contains("berth.containers.web"), "{said}");
     assert!(said.contains("berth.sysctls.../../etc/x"), "{said}");
+    assert!(
+        said.contains("berth.registries: ") && said.contains("unknown field `mirror`"),
+        "{said}"
+    );
     // What was valid stays.
     assert_eq!(s.fqdn.as_deref(), Some("ok.example"));
     assert_eq!(s.write_files.len(), 1);

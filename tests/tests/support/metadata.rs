@@ -17,6 +17,8 @@ pub enum Cloud {
     OpenStack,
     /// Takes every connection and never answers (a metadata service that hangs).
     Silent,
+    /// A plain web server with the user-data at /berth/user-data (berth.config_url).
+    Url,
 }
 
 pub const TOKEN: &str = "AQAEAN-test-token";
@@ -102,7 +104,7 @@ fn serve(
             Cloud::Gce => header("metadata-flavor")
                 .map(|f| format!(" flavor={f}"))
                 .unwrap_or_default(),
-            Cloud::OpenStack | Cloud::Silent => String::new(),
+            Cloud::OpenStack | Cloud::Silent | Cloud::Url => String::new(),
         };
         log.lock().unwrap().push(format!("{method} {path}{noted}"));
         let (status, body) = answer(cloud, &method, &path, &header, user_data, hostname);
@@ -169,6 +171,10 @@ fn answer(
             }
         }
         Cloud::Silent => (404, vec![]),
+        Cloud::Url => match path {
+            "/berth/user-data" => ok(user_data),
+            _ => (404, vec![]),
+        },
         Cloud::OpenStack => match path {
             "/openstack/latest/meta_data.json" => ok(format!(
                 "{{\"uuid\": \"{INSTANCE_ID}\", \"hostname\": \"{hostname}\", \"name\": \"vm\"}}"
