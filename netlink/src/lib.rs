@@ -59,8 +59,7 @@ pub struct Netlink {
 
 impl Netlink {
     pub fn open() -> Result<Netlink> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
-        socket.bind_auto().map_err(NetlinkError::Socket)?;
+        let socket = route_socket()?;
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(NetlinkError::Socket)?;
@@ -355,6 +354,13 @@ impl Netlink {
     }
 }
 
+/// A route netlink socket bound to a port the kernel picks.
+fn route_socket() -> Result<Socket> {
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+    socket.bind_auto().map_err(NetlinkError::Socket)?;
+    Ok(socket)
+}
+
 /// RTNLGRP_LINK (linux/rtnetlink.h): the kernel's announcements of links added,
 /// removed and changed.
 const RTNLGRP_LINK: u32 = 1;
@@ -367,8 +373,7 @@ pub struct LinkEvents {
 
 impl LinkEvents {
     pub fn open() -> Result<LinkEvents> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
-        socket.bind_auto().map_err(NetlinkError::Socket)?;
+        let socket = route_socket()?;
         socket
             .add_membership(RTNLGRP_LINK)
             .map_err(NetlinkError::Socket)?;

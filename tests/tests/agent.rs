@@ -109,15 +109,7 @@ command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      ne
         .as_str()
         .unwrap()
         .starts_with("NoCloud (/dev/vd"));
-    let mut ps = String::new();
-    for _ in 0..60 {
-        ps = sh(&mut testd, "berthctl ps");
-        if ps.contains("ticker") && ps.contains("running") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(ps.contains("ticker") && ps.contains("running"), "{ps}");
+    common::assert_running(&mut testd, "ticker");
     // berthctl config, over the agent's API.
     let config = sh(&mut testd, "berthctl config");
     assert!(config.starts_with("source: NoCloud (/dev/vd"), "{config}");

@@ -10,8 +10,6 @@ mod common;
 #[path = "support/metadata.rs"]
 mod metadata;
 
-use std::time::Duration;
-
 use berth_tests::testd::TestdClient;
 use common::{boot, disk_config, new_disk};
 use metadata::Cloud;
@@ -66,15 +64,7 @@ fn boot_with(
         "{ready}\n{console}"
     );
     let mut testd = vm.testd().expect("testd");
-    let mut ps = String::new();
-    for _ in 0..60 {
-        ps = sh(&mut testd, "berthctl ps");
-        if ps.contains("ticker") && ps.contains("running") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(ps.contains("ticker") && ps.contains("running"), "{ps}");
+    common::assert_running(&mut testd, "ticker");
     let report = sh(&mut testd, "cat /run/berth/agent/report.json");
     assert!(report.contains("\"errors\": []"), "{report}");
     let requests = server.requests.lock().unwrap().clone();

@@ -279,15 +279,7 @@ fn a_config_drive_makes_the_second_link_static() {
     assert!(ready.contains(&format!("{second}=10.9.0.77")), "{ready}");
     // The drive's user-data: its hostname, its container.
     assert!(ready.contains("hostname from-config-drive,"), "{ready}");
-    let mut ps = String::new();
-    for _ in 0..60 {
-        ps = sh(&mut testd, "berthctl ps");
-        if ps.contains("ticker") && ps.contains("running") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(ps.contains("ticker") && ps.contains("running"), "{ps}");
+    common::assert_running(&mut testd, "ticker");
 
     // A NIC plugged in now is heard of (RTNLGRP_LINK), brought up and leased.
     vm.qmp()

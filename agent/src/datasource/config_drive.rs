@@ -9,7 +9,6 @@ use berth_net::config::openstack;
 use serde_json::Value;
 
 use super::{DatasourceError, Fetched};
-use crate::volumes;
 
 pub const LABEL: &str = "config-2";
 const LATEST: &str = "openstack/latest";
@@ -17,14 +16,7 @@ const LATEST: &str = "openstack/latest";
 /// The first `config-2` volume's files, read through a read-only mount at `mount_at`
 /// (unmounted again before returning); None when the machine has no config drive.
 pub fn read(mount_at: &Path) -> Result<Option<Fetched>, DatasourceError> {
-    let found = volumes::with_label(Path::new("/sys/class/block"), Path::new("/dev"), LABEL);
-    let Some(volume) = found.first() else {
-        return Ok(None);
-    };
-    let mounted = volume.mount_read_only(mount_at)?;
-    let mut fetched = read_tree(&mounted.path)?;
-    fetched.source = format!("config drive ({})", volume.device.display());
-    Ok(Some(fetched))
+    super::read_volume(LABEL, "config drive", mount_at, read_tree)
 }
 
 /// The files of a config drive's tree at `root`.

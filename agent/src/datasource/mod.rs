@@ -74,6 +74,25 @@ pub fn find_local(say: &dyn Fn(&str)) -> Option<Fetched> {
     None
 }
 
+/// The first volume labelled `label`, mounted read-only at `mount_at` while `read_tree`
+/// reads it (unmounted again before returning), its source named `kind (device)`; None
+/// when the machine has no such volume.
+pub fn read_volume(
+    label: &str,
+    kind: &str,
+    mount_at: &Path,
+    read_tree: fn(&Path) -> Result<Fetched, DatasourceError>,
+) -> Result<Option<Fetched>, DatasourceError> {
+    let found = crate::volumes::with_label(Path::new("/sys/class/block"), Path::new("/dev"), label);
+    let Some(volume) = found.first() else {
+        return Ok(None);
+    };
+    let mounted = volume.mount_read_only(mount_at)?;
+    let mut fetched = read_tree(&mounted.path)?;
+    fetched.source = format!("{kind} ({})", volume.device.display());
+    Ok(Some(fetched))
+}
+
 /// How long the metadata service may take to answer, the network's start included.
 pub const NETWORK_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
 

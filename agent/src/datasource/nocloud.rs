@@ -8,19 +8,11 @@ use berth_net::config::cloud_config;
 use serde_json::Value;
 
 use super::{DatasourceError, Fetched};
-use crate::volumes;
 
 pub const LABEL: &str = "cidata";
 
 pub fn read(mount_at: &Path) -> Result<Option<Fetched>, DatasourceError> {
-    let found = volumes::with_label(Path::new("/sys/class/block"), Path::new("/dev"), LABEL);
-    let Some(volume) = found.first() else {
-        return Ok(None);
-    };
-    let mounted = volume.mount_read_only(mount_at)?;
-    let mut fetched = read_tree(&mounted.path)?;
-    fetched.source = format!("NoCloud ({})", volume.device.display());
-    Ok(Some(fetched))
+    super::read_volume(LABEL, "NoCloud", mount_at, read_tree)
 }
 
 pub fn read_tree(root: &Path) -> Result<Fetched, DatasourceError> {

@@ -103,3 +103,21 @@ pub fn power_off(mut vm: Vm) {
     vm.powerdown().expect("system_powerdown");
     vm.wait_exit(SHUTDOWN_TIMEOUT).expect("clean poweroff");
 }
+
+/// Waits (30 s at most) for `berthctl ps` in the guest to list the container `name` as
+/// running, and fails the test with the last listing otherwise.
+pub fn assert_running(testd: &mut berth_tests::testd::TestdClient, name: &str) {
+    let mut ps = String::new();
+    for _ in 0..60 {
+        let out = testd.sh("berthctl ps").expect("berthctl ps");
+        ps = format!("{}{}", out.stdout, out.stderr);
+        if ps
+            .lines()
+            .any(|l| l.contains(name) && l.contains("running"))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("{name} is not running:\n{ps}");
+}
