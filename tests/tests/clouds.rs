@@ -3,8 +3,8 @@
 //! (DMI vendor `Amazon EC2`, IMDSv2 tokens required), Xen-era EC2 (a product UUID
 //! beginning `ec2`, an IMDSv1-only service), GCE (403 without its header), OpenStack's
 //! metadata service (product `OpenStack Nova`). Each brings the machine up with the
-//! metadata's hostname and the user-data's container running. And one that never
-//! answers, which delays the boot by the agent's bounded budget only.
+//! user-data's hostname and container running, and the metadata's instance id. And one
+//! that never answers, which delays the boot by the agent's bounded budget only.
 
 mod common;
 #[path = "support/metadata.rs"]
@@ -14,7 +14,7 @@ use berth_tests::testd::TestdClient;
 use common::{boot, disk_config, new_disk};
 use metadata::Cloud;
 
-const USER_DATA: &[u8] = b"#cloud-config\nberth:\n  containers:\n    ticker:\n      \
+const USER_DATA: &[u8] = b"#cloud-config\nhostname: from-user-data\nberth:\n  containers:\n    ticker:\n      \
 image: berth.local/busybox:latest\n      command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      \
 network: none\n";
 
@@ -23,21 +23,35 @@ fn sh(testd: &mut TestdClient, script: &str) -> String {
     format!("{}{}", out.stdout, out.stderr)
 }
 
-/// Boots with `smbios` on `cloud`'s emulated service; returns the requests it saw.
+/// Boots with `smbios` on `cloud`'s emulated service (its metadata naming the machine
+/// `hostname`, which the user-data's own hostname overrides); checks the instance id
+/// came from the metadata; returns the requests the service saw.
 fn boot_on(cloud: Cloud, smbios: &str, hostname: &'static str) -> Vec<String> {
-    boot_with(cloud, USER_DATA, Some(smbios), "", hostname)
+    let (requests, report) = boot_with(
+        cloud,
+        USER_DATA,
+        Some(smbios),
+        "",
+        hostname,
+        "from-user-data",
+    );
+    assert!(report.contains("\"instance_id\": \""), "{report}");
+    requests
 }
 
-/// Boots on `cloud`'s emulated service serving `user_data`, with `smbios` and `append`
-/// (kernel command line); checks the machine is called `hostname` and runs the ticker.
+/// Boots on `cloud`'s emulated service serving `user_data` (and `served` as the
+/// metadata's hostname), with `smbios` and `append` (kernel command line); checks the
+/// machine is called `expected` and runs the ticker. The requests the service saw and
+/// the agent's report.
 fn boot_with(
     cloud: Cloud,
     user_data: &'static [u8],
     smbios: Option<&str>,
     append: &str,
-    hostname: &'static str,
-) -> Vec<String> {
-    let server = metadata::start(cloud, user_data, hostname);
+    served: &'static str,
+    expected: &str,
+) -> (Vec<String>, String) {
+    let server = metadata::start(cloud, user_data, served);
     let t = tempfile::tempdir().unwrap();
     new_disk(t.path());
     let mut cfg = disk_config(&format!("cloud-{cloud:?}").to_lowercase(), t.path());
@@ -58,9 +72,8 @@ fn boot_with(
         .find(|l| l.starts_with("berth: ready"))
         .unwrap_or_else(|| panic!("no ready line: {console}"))
         .to_string();
-    let short = hostname.split('.').next().unwrap();
     assert!(
-        ready.contains(&format!("hostname {short},")),
+        ready.contains(&format!("hostname {expected},")),
         "{ready}\n{console}"
     );
     let mut testd = vm.testd().expect("testd");
@@ -68,7 +81,7 @@ fn boot_with(
     let report = sh(&mut testd, "cat /run/berth/agent/report.json");
     assert!(report.contains("\"errors\": []"), "{report}");
     let requests = server.requests.lock().unwrap().clone();
-    requests
+    (requests, report)
 }
 
 #[test]
@@ -138,11 +151,12 @@ fn config_url_on_the_kernel_command_line() {
     const NAMED: &[u8] = b"#cloud-config\nhostname: from-url\nberth:\n  containers:\n    ticker:\n      \
 image: berth.local/busybox:latest\n      command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      \
 network: none\n";
-    let requests = boot_with(
+    let (requests, _) = boot_with(
         Cloud::Url,
         NAMED,
         None,
         " berth.config_url=http://169.254.169.254/berth/user-data",
+        "from-url",
         "from-url",
     );
     assert_eq!(
