@@ -3,12 +3,12 @@
 //! settings (to berth-net), container declarations (to the daemon). /etc is a tmpfs
 //! seeded at every boot, so all of this happens at every boot.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use berth_net::config::NetworkConfig;
+use berth_persist::Owner;
 
+use crate::inroot::Root;
 use crate::settings::{Settings, WriteFile};
 
 /// The image store's registry settings (mirrors, credentials, insecure hosts).
@@ -22,7 +22,8 @@ pub struct Status {
     pub detail: String,
 }
 
-/// Where things go; the paths are parameters so tests can use a temporary tree.
+/// Where things go: every path is absolute inside `root` (`/` on the machine, a
+/// temporary tree in tests), and is written without following a symlink on the way.
 pub struct Targets {
     pub root: PathBuf,
     pub network_json: PathBuf,
@@ -41,11 +42,6 @@ impl Targets {
             ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
             live: true,
         }
-    }
-
-    fn path(&self, absolute: &Path) -> PathBuf {
-        self.root
-            .join(absolute.strip_prefix("/").unwrap_or(absolute))
     }
 }
 
@@ -72,27 +68,26 @@ pub fn apply(
     hostname_from_metadata: Option<&str>,
     t: &Targets,
 ) -> Vec<Status> {
+    let root = match Root::open(&t.root) {
+        Ok(r) => r,
+        Err(e) => return vec![status("root", Err(e.to_string()))],
+    };
     let mut out = Vec::new();
-    let hostname = s
-        .hostname
-        .clone()
-        .or_else(|| {
-            s.fqdn
-                .as_deref()
-                .map(|f| f.split('.').next().unwrap_or(f).to_string())
-        })
-        .or_else(|| hostname_from_metadata.map(|h| h.split('.').next().unwrap_or(h).to_string()));
-    if let Some(h) = &hostname {
-        out.push(status("hostname", set_hostname(h, t)));
+    let names = Names::choose(s, hostname_from_metadata, &mut out);
+    if let Some(h) = &names.host {
+        out.push(status("hostname", set_hostname(h, &root, t)));
     }
     if s.manage_etc_hosts {
-        let name = hostname.as_deref().unwrap_or("berth");
-        out.push(status("/etc/hosts", etc_hosts(name, s.fqdn.as_deref(), t)));
+        let name = names.host.as_deref().unwrap_or("berth");
+        out.push(status(
+            "/etc/hosts",
+            etc_hosts(name, names.fqdn.as_deref(), &root),
+        ));
     }
     for f in &s.write_files {
         out.push(status(
             format!("file {}", f.path.display()),
-            write_file(f, t),
+            write_file(f, &root),
         ));
     }
     if !s.ssh_authorized_keys.is_empty() {
@@ -104,16 +99,16 @@ pub fn apply(
             owner: None,
             append: false,
         };
-        out.push(status("ssh_authorized_keys", write_file(&f, t)));
+        out.push(status("ssh_authorized_keys", write_file(&f, &root)));
     }
     for (key, value) in &s.sysctls {
-        out.push(status(format!("sysctl {key}"), sysctl(key, value, t)));
+        out.push(status(format!("sysctl {key}"), sysctl(key, value, &root)));
     }
     for m in &s.modules {
         out.push(status(format!("module {m}"), load_module(m, t)));
     }
     if !s.ca_certs.is_empty() {
-        out.push(status("ca_certs", add_ca_certs(&s.ca_certs, t)));
+        out.push(status("ca_certs", add_ca_certs(&s.ca_certs, &root, t)));
     }
     let mut network = s.network.clone().or_else(|| datasource_network.cloned());
     if !s.ntp_servers.is_empty() {
@@ -123,48 +118,104 @@ pub fn apply(
             .extend(s.ntp_servers.iter().cloned());
     }
     if let Some(n) = &network {
-        out.push(status("network", write_network(n, t)));
+        out.push(status("network", write_network(n, &root, t)));
     }
     if let Some(text) = &s.registries {
-        // 0600: it may hold registry passwords.
-        let path = t.path(Path::new(REGISTRIES));
+        // 0600 from its creation on: it may hold registry passwords.
         let body = format!("# written by berth-agent from user-data\n{text}");
+        let written = root
+            .replace(Path::new(REGISTRIES), body.as_bytes(), 0o600, None)
+            .map_err(|e| e.to_string());
         out.push(status(
             "registries",
-            write_atomic(&path, body.as_bytes(), 0o600).map(|()| REGISTRIES.to_string()),
+            written.map(|()| REGISTRIES.to_string()),
         ));
     }
     for (name, text) in &s.containers {
         out.push(status(
             format!("container {name}"),
-            write_declaration(name, text, t),
+            write_declaration(name, text, &root, t),
         ));
     }
     out
 }
 
-fn set_hostname(name: &str, t: &Targets) -> Result<String, String> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !name.starts_with('-');
-    if !valid {
-        return Err(format!(
-            "{name:?} is not a hostname (letters, digits, -; up to 63)"
-        ));
+/// The machine's host name and fully qualified name, each checked before it reaches
+/// sethostname or /etc/hosts.
+struct Names {
+    host: Option<String>,
+    fqdn: Option<String>,
+}
+
+impl Names {
+    /// The host name is user-data's `hostname`, else the first label of its `fqdn`, else
+    /// that of the metadata's hostname. A value that is not a DNS name is an error
+    /// naming its key, and nothing is made of it (the next source is used instead).
+    fn choose(s: &Settings, metadata: Option<&str>, out: &mut Vec<Status>) -> Names {
+        let mut checked = |key: &str, value: Option<&str>, one_label: bool| {
+            let value = value?;
+            match check_name(value, one_label) {
+                Ok(()) => Some(value.to_string()),
+                Err(why) => {
+                    out.push(status(key, Err(format!("{value:?} {why}; not used"))));
+                    None
+                }
+            }
+        };
+        let host = checked("hostname", s.hostname.as_deref(), true);
+        let fqdn = checked("fqdn", s.fqdn.as_deref(), false);
+        let meta = checked("metadata hostname", metadata, false);
+        let first_label = |n: &String| n.split('.').next().unwrap_or(n).to_string();
+        Names {
+            host: host
+                .or_else(|| fqdn.as_ref().map(first_label))
+                .or_else(|| meta.as_ref().map(first_label)),
+            fqdn,
+        }
     }
+}
+
+/// RFC 1123 (2.1) host names: labels of letters, digits and hyphens, 1 to 63 bytes, not
+/// starting nor ending with a hyphen, 253 bytes in all (RFC 1035's limit without the
+/// root's dot). Anything else (a newline, a space, an underscore) could add a line or a
+/// name to /etc/hosts.
+fn check_name(name: &str, one_label: bool) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 253 {
+        return Err("is not a host name (1 to 253 bytes)");
+    }
+    if one_label && name.contains('.') {
+        return Err("is not a host name: one label, without dots (the fqdn key takes a domain)");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err("is not a host name: labels of letters, digits and inner hyphens, 1 to 63 bytes each")
+    }
+}
+
+fn set_hostname(name: &str, root: &Root, t: &Targets) -> Result<String, String> {
     if t.live {
         nix::unistd::sethostname(name).map_err(|e| format!("sethostname: {e}"))?;
     }
-    write_atomic(
-        &t.path(Path::new("/etc/hostname")),
+    root.replace(
+        Path::new("/etc/hostname"),
         format!("{name}\n").as_bytes(),
         0o644,
-    )?;
+        None,
+    )
+    .map_err(|e| e.to_string())?;
     Ok(name.to_string())
 }
 
-fn etc_hosts(name: &str, fqdn: Option<&str>, t: &Targets) -> Result<String, String> {
+/// `name` and `fqdn` have been checked ([`check_name`]): each is one word of the line.
+fn etc_hosts(name: &str, fqdn: Option<&str>, root: &Root) -> Result<String, String> {
     let names = match fqdn {
         Some(f) if f != name => format!("{f} {name}"),
         _ => name.to_string(),
@@ -172,13 +223,14 @@ fn etc_hosts(name: &str, fqdn: Option<&str>, t: &Targets) -> Result<String, Stri
     let text = format!(
         "# written by berth-agent (manage_etc_hosts)\n127.0.0.1 localhost\n::1 localhost ip6-localhost\n127.0.1.1 {names}\n"
     );
-    write_atomic(&t.path(Path::new("/etc/hosts")), text.as_bytes(), 0o644)?;
+    root.replace(Path::new("/etc/hosts"), text.as_bytes(), 0o644, None)
+        .map_err(|e| e.to_string())?;
     Ok(names)
 }
 
 /// Owners by name need the image's /etc/passwd, which has root only: `root`, `root:root`
 /// and numeric `uid:gid` are taken.
-fn owner(spec: Option<&str>) -> Result<Option<(u32, u32)>, String> {
+fn owner(spec: Option<&str>) -> Result<Option<Owner>, String> {
     let Some(spec) = spec else {
         return Ok(None);
     };
@@ -189,55 +241,33 @@ fn owner(spec: Option<&str>) -> Result<Option<(u32, u32)>, String> {
             .parse::<u32>()
             .map_err(|_| format!("owner {spec:?}: only root and numeric ids exist on Berth")),
     };
-    Ok(Some((id(user)?, id(group)?)))
+    Ok(Some(Owner {
+        uid: id(user)?,
+        gid: id(group)?,
+    }))
 }
 
-fn write_file(f: &WriteFile, t: &Targets) -> Result<String, String> {
-    let path = t.path(&f.path);
+/// Made (or appended to) under the root without following symlinks, with the owner and
+/// mode set on the descriptor before the file is in place.
+fn write_file(f: &WriteFile, root: &Root) -> Result<String, String> {
     let owner = owner(f.owner.as_deref())?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    if f.append {
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(f.mode)
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        file.write_all(&f.content)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    let written = if f.append {
+        root.append(&f.path, &f.content, f.mode, owner)
     } else {
-        write_atomic(&path, &f.content, f.mode)?;
-    }
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-            .map_err(|e| format!("chown {}: {e}", path.display()))?;
-    }
+        root.replace(&f.path, &f.content, f.mode, owner)
+    };
+    written.map_err(|e| e.to_string())?;
     Ok(format!("{} bytes, mode {:o}", f.content.len(), f.mode))
 }
 
-/// Writes through a temporary file and a rename, so no reader sees half of it.
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
-    let tmp = path.with_extension("berth-agent.tmp");
-    let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&tmp, data)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn sysctl(key: &str, value: &str, t: &Targets) -> Result<String, String> {
-    let path = t.path(&Path::new("/proc/sys").join(key.replace('.', "/")));
-    if !path.exists() {
-        return Err(format!("no such sysctl ({})", path.display()));
+/// /proc/sys under the root: the file must exist (a sysctl is never made).
+fn sysctl(key: &str, value: &str, root: &Root) -> Result<String, String> {
+    let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+    match root.write_existing(&path, value.as_bytes()) {
+        Err(e) if e.is_not_found() => Err(format!("no such sysctl ({})", path.display())),
+        Err(e) => Err(e.to_string()),
+        Ok(()) => Ok(value.to_string()),
     }
-    std::fs::write(&path, value).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(value.to_string())
 }
 
 /// Through the kernel's module helper (init's modprobe mode), as the kernel would.
@@ -258,23 +288,19 @@ fn load_module(name: &str, t: &Targets) -> Result<String, String> {
     }
 }
 
-fn add_ca_certs(pems: &[String], t: &Targets) -> Result<String, String> {
-    let bundle = t.path(&t.ca_bundle);
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&bundle)
-        .map_err(|e| format!("{}: {e}", bundle.display()))?;
-    for pem in pems {
-        let text = format!("\n# added by berth-agent from user-data\n{}\n", pem.trim());
-        file.write_all(text.as_bytes())
-            .map_err(|e| format!("{}: {e}", bundle.display()))?;
-    }
+fn add_ca_certs(pems: &[String], root: &Root, t: &Targets) -> Result<String, String> {
+    let text: String = pems
+        .iter()
+        .map(|pem| format!("\n# added by berth-agent from user-data\n{}\n", pem.trim()))
+        .collect();
+    root.append(&t.ca_bundle, text.as_bytes(), 0o644, None)
+        .map_err(|e| e.to_string())?;
     Ok(format!("{} added to {}", pems.len(), t.ca_bundle.display()))
 }
 
-fn write_network(n: &NetworkConfig, t: &Targets) -> Result<String, String> {
-    write_atomic(&t.network_json, n.to_json().as_bytes(), 0o644)?;
+fn write_network(n: &NetworkConfig, root: &Root, t: &Targets) -> Result<String, String> {
+    root.replace(&t.network_json, n.to_json().as_bytes(), 0o644, None)
+        .map_err(|e| e.to_string())?;
     Ok(format!(
         "{} link entries, {} time servers, handed to berth-net",
         n.links.len(),
@@ -282,79 +308,18 @@ fn write_network(n: &NetworkConfig, t: &Targets) -> Result<String, String> {
     ))
 }
 
-fn write_declaration(name: &str, text: &str, t: &Targets) -> Result<String, String> {
+fn write_declaration(name: &str, text: &str, root: &Root, t: &Targets) -> Result<String, String> {
+    // One file inside containers.d, whatever the parser let through ("/x" would make
+    // join() leave it).
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(format!("{name:?} is not a file name for a declaration"));
+    }
     let path = t.containers_dir.join(format!("{name}.toml"));
     let body = format!("# written by berth-agent from user-data\n{text}");
-    write_atomic(&path, body.as_bytes(), 0o644)?;
+    root.replace(&path, body.as_bytes(), 0o644, None)
+        .map_err(|e| e.to_string())?;
     Ok(path.display().to_string())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::settings::from_cloud_config;
-
-    #[test]
-    fn a_document_applied_to_a_tree() {
-        let t = tempfile::tempdir().unwrap();
-        let targets = Targets {
-            root: t.path().to_path_buf(),
-            network_json: t.path().join("run/berth/network.json"),
-            containers_dir: t.path().join("etc/berth/containers.d"),
-            ca_bundle: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
-            live: false,
-        };
-        let (s, report) = from_cloud_config(
-            r#"#cloud-config
-fqdn: web-1.example.org
-manage_etc_hosts: localhost
-write_files:
-  - path: /etc/app.conf
-    content: a=1
-    permissions: '0600'
-  - path: /var/log/x
-    content: more
-    append: true
-    owner: nobody
-ntp:
-  servers: [10.0.0.1]
-berth:
-  containers:
-    web:
-      image: berth.local/busybox:latest
-  registries:
-    registry:
-      "registry.example.org":
-        username: robot
-        password: s3cret
-"#,
-        );
-        assert!(report.errors.is_empty(), "{report:?}");
-        let statuses = apply(&s, None, Some("meta.example"), &targets);
-        let failed: Vec<&Status> = statuses.iter().filter(|s| !s.ok).collect();
-        assert_eq!(failed.len(), 1, "{statuses:?}");
-        assert!(
-            failed[0].detail.contains("only root and numeric ids"),
-            "{failed:?}"
-        );
-        let read = |p: &str| std::fs::read_to_string(t.path().join(p)).unwrap();
-        assert_eq!(read("etc/hostname"), "web-1\n");
-        assert!(read("etc/hosts").contains("127.0.1.1 web-1.example.org web-1\n"));
-        assert_eq!(read("etc/app.conf"), "a=1");
-        let mode = std::fs::metadata(t.path().join("etc/app.conf"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o7777, 0o600);
-        let net = NetworkConfig::from_json(&read("run/berth/network.json")).unwrap();
-        assert_eq!(net.ntp, ["10.0.0.1"]);
-        assert!(read("etc/berth/containers.d/web.toml")
-            .contains("image = \"berth.local/busybox:latest\""));
-        assert!(read("etc/berth/registries.toml").contains("password = \"s3cret\""));
-        let mode = std::fs::metadata(t.path().join("etc/berth/registries.toml"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "it holds passwords");
-    }
-}
+mod tests;

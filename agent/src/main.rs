@@ -10,6 +10,7 @@ mod api;
 mod apply;
 mod datasource;
 mod http;
+mod inroot;
 mod settings;
 mod userdata;
 mod volumes;
@@ -25,8 +26,11 @@ use serde::{Deserialize, Serialize};
 use datasource::Fetched;
 use settings::Report;
 
-/// What the agent keeps between boots.
+/// What the agent keeps between boots. Written under /var, which containers share: every
+/// write goes through [`inroot`] (no symlink followed), as user-data's files do.
 const STATE_DIR: &str = "/var/lib/berth/agent";
+/// The kept user-data is read back at most this large (what the agent would take).
+const MAX_KEPT: u64 = userdata::MAX_DOCUMENT as u64;
 /// The last boot's report (source, problems, item statuses), for `berthctl config`.
 const REPORT: &str = "/run/berth/agent/report.json";
 
@@ -170,7 +174,7 @@ fn run() -> String {
         applied: &applied,
     };
     let json = serde_json::to_string_pretty(&boot).unwrap_or_default();
-    if let Err(e) = write(Path::new(REPORT), json.as_bytes()) {
+    if let Err(e) = write(Path::new(REPORT), json.as_bytes(), 0o644) {
         say(&e);
     }
     json
@@ -180,7 +184,7 @@ fn run() -> String {
 /// written).
 fn local_phase_done() {
     let path = Path::new(berth_net::config::AGENT_LOCAL_DONE);
-    if let Err(e) = write(path, b"") {
+    if let Err(e) = write(path, b"", 0o644) {
         say(&e);
     }
 }
@@ -203,15 +207,15 @@ fn keep(state: &Path, f: &Fetched) -> (Kept, Option<Vec<u8>>) {
         hostname: f.hostname.clone(),
         network: f.network.clone(),
     };
+    // 0600: the user-data may hold passwords (berth.registries).
     let saved = serde_json::to_vec_pretty(&kept)
         .map_err(|e| e.to_string())
-        .and_then(|json| write(&state.join("datasource.json"), &json))
+        .and_then(|json| write(&state.join("datasource.json"), &json, 0o600))
         .and_then(|()| match &f.user_data {
-            Some(d) => write(&state.join("user-data"), d),
-            None => match std::fs::remove_file(state.join("user-data")) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
-                _ => Ok(()),
-            },
+            Some(d) => write(&state.join("user-data"), d, 0o600),
+            None => root("/")
+                .and_then(|r| r.remove(&state.join("user-data")))
+                .map_err(|e| e.to_string()),
         });
     if let Err(e) = saved {
         say(&format!("keeping the config for the next boots: {e}"));
@@ -221,7 +225,15 @@ fn keep(state: &Path, f: &Fetched) -> (Kept, Option<Vec<u8>>) {
 }
 
 fn load_kept(state: &Path) -> Option<(Kept, Option<Vec<u8>>)> {
-    let json = std::fs::read(state.join("datasource.json")).ok()?;
+    let root = root("/").ok()?;
+    let json = match root.read(&state.join("datasource.json"), MAX_KEPT) {
+        Ok(j) => j,
+        Err(e) if e.is_not_found() => return None,
+        Err(e) => {
+            say(&format!("{e}; not used"));
+            return None;
+        }
+    };
     let kept: Kept = match serde_json::from_slice(&json) {
         Ok(k) => k,
         Err(e) => {
@@ -232,17 +244,26 @@ fn load_kept(state: &Path) -> Option<(Kept, Option<Vec<u8>>)> {
             return None;
         }
     };
-    let user_data = std::fs::read(state.join("user-data")).ok();
+    let user_data = match root.read(&state.join("user-data"), MAX_KEPT) {
+        Ok(d) => Some(d),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => {
+            say(&format!("{e}; no user-data kept"));
+            None
+        }
+    };
     Some((kept, user_data))
 }
 
-fn write(path: &Path, data: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    path.parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&tmp, data))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+fn root(path: &str) -> Result<inroot::Root, inroot::InRootError> {
+    inroot::Root::open(Path::new(path))
+}
+
+/// Replaces `path` durably (berth-persist), never through a symlink.
+fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+    root("/")
+        .and_then(|r| r.replace(path, data, mode, None))
+        .map_err(|e| e.to_string())
 }
 
 fn wait_for_stop() {

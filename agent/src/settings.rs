@@ -342,6 +342,7 @@ fn write_files(value: Value, report: &mut Report) -> Vec<WriteFile> {
         );
     }
     let mut out = Vec::new();
+    let mut left = MAX_FILES_TOTAL;
     for (i, v) in raw.into_iter().take(MAX_FILES).enumerate() {
         let at = format!("write_files[{i}]");
         let Some(f) = typed::<RawFile>(&at, v, report) else {
@@ -354,8 +355,11 @@ fn write_files(value: Value, report: &mut Report) -> Vec<WriteFile> {
                 "files are written before containers start anyway",
             );
         }
-        match write_file(&at, f) {
-            Ok(w) => out.push(w),
+        match write_file(&at, f, left) {
+            Ok(w) => {
+                left -= w.content.len();
+                out.push(w);
+            }
             Err(p) => report.errors.push(p),
         }
     }
@@ -367,8 +371,15 @@ fn write_files(value: Value, report: &mut Report) -> Vec<WriteFile> {
 const WRITABLE: &[&str] = &["/etc/", "/var/"];
 /// Decoded content at most this large (the whole document is bounded before this).
 const MAX_FILE: usize = 4 << 20;
+/// All of `write_files` decoded, at most this large. The document is at most 1 MiB, but
+/// gz+b64 inflates it about a thousandfold: 256 files of 4 MiB would be 1 GiB held in
+/// memory and then written to /etc, a tmpfs (RAM). 16 MiB is four files at the per-file
+/// cap, far above what configuration needs (a CA bundle is ~200 KiB), and little beside
+/// the memory of the smallest machine Berth boots on.
+pub const MAX_FILES_TOTAL: usize = 16 << 20;
 
-fn write_file(at: &str, f: RawFile) -> Result<WriteFile, Problem> {
+/// `left`: what remains of [`MAX_FILES_TOTAL`] after the files before this one.
+fn write_file(at: &str, f: RawFile, left: usize) -> Result<WriteFile, Problem> {
     let problem = |key: &str, message: String| Problem {
         at: format!("{at}.{key}"),
         message,
@@ -403,7 +414,20 @@ fn write_file(at: &str, f: RawFile) -> Result<WriteFile, Problem> {
         ));
     }
     let content =
-        decode(f.encoding.as_deref(), &f.content.0).map_err(|m| problem("encoding", m))?;
+        decode(f.encoding.as_deref(), &f.content.0, left.min(MAX_FILE)).map_err(|m| match m {
+            Decode::TooLarge(_) if left < MAX_FILE => problem(
+                "content",
+                format!(
+                    "past the {MAX_FILES_TOTAL} bytes all write_files may decode to \
+                     ({left} left after the files before it): not written"
+                ),
+            ),
+            Decode::TooLarge(limit) => problem(
+                "content",
+                format!("decodes to more than {limit} bytes, the most one file may hold"),
+            ),
+            Decode::Bad(m) => problem("encoding", m),
+        })?;
     let mode = match f.permissions {
         None => 0o644,
         Some(p) => mode(&p).map_err(|m| problem("permissions", m))?,
@@ -417,29 +441,48 @@ fn write_file(at: &str, f: RawFile) -> Result<WriteFile, Problem> {
     })
 }
 
+/// Why a file's content was not decoded.
+enum Decode {
+    /// More than the limit (given) would come out.
+    TooLarge(usize),
+    Bad(String),
+}
+
 /// cloud-init's encodings: plain text, base64 (`b64`, `base64`), gzip (`gz`, `gzip`),
-/// and gzip then base64 (`gz+b64`, `gzip+base64`, ...).
-fn decode(encoding: Option<&str>, content: &str) -> Result<Vec<u8>, String> {
+/// and gzip then base64 (`gz+b64`, `gzip+base64`, ...); at most `limit` bytes come out,
+/// and inflating stops there (a gzip bomb costs no more than `limit`).
+fn decode(encoding: Option<&str>, content: &str, limit: usize) -> Result<Vec<u8>, Decode> {
     use base64::Engine;
     let b64 = |s: &str| {
         let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
         base64::engine::general_purpose::STANDARD
             .decode(compact)
-            .map_err(|e| format!("not base64: {e}"))
+            .map_err(|e| Decode::Bad(format!("not base64: {e}")))
     };
-    match encoding.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("text/plain") | Some("text") => Ok(content.as_bytes().to_vec()),
-        Some("b64") | Some("base64") => b64(content),
+    let decoded = match encoding.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("text/plain") | Some("text") => content.as_bytes().to_vec(),
+        Some("b64") | Some("base64") => b64(content)?,
         Some("gz") | Some("gzip") => {
-            Err("gzip content must be base64 too in a text document (gz+b64)".into())
+            return Err(Decode::Bad(
+                "gzip content must be base64 too in a text document (gz+b64)".into(),
+            ))
         }
         Some("gz+b64") | Some("gzip+base64") | Some("gz+base64") | Some("gzip+b64") => {
-            crate::userdata::gunzip(&b64(content)?, MAX_FILE).map_err(|e| e.to_string())
+            crate::userdata::gunzip(&b64(content)?, limit).map_err(|e| match e {
+                crate::userdata::GunzipError::TooLarge(n) => Decode::TooLarge(n),
+                other => Decode::Bad(other.to_string()),
+            })?
         }
-        Some(other) => Err(format!(
-            "{other:?} is not an encoding (b64, gz+b64, or none)"
-        )),
+        Some(other) => {
+            return Err(Decode::Bad(format!(
+                "{other:?} is not an encoding (b64, gz+b64, or none)"
+            )))
+        }
+    };
+    if decoded.len() > limit {
+        return Err(Decode::TooLarge(limit));
     }
+    Ok(decoded)
 }
 
 /// A mode as cloud-init takes it: an octal string ("0644", "644", "0o644") or a number
@@ -571,7 +614,7 @@ fn berth(value: Value, s: &mut Settings, report: &mut Report) {
         };
         // The daemon's own parser, so what the agent accepts the daemon runs.
         let path = PathBuf::from(format!("user-data {at}"));
-        match berth_daemon::declaration::Declaration::parse(&name, &text, &path) {
+        match berth_schema::declaration::Declaration::parse(&name, &text, &path) {
             Ok(_) => {
                 s.containers.insert(name, text);
             }
@@ -621,7 +664,7 @@ fn berth(value: Value, s: &mut Settings, report: &mut Report) {
     if let Some(v) = b.registries {
         let checked = toml::to_string(&v)
             .map_err(|e| e.to_string())
-            .and_then(|text| berth_store::registry::Config::parse(&text).map(|_| text));
+            .and_then(|text| berth_schema::registries::Config::parse(&text).map(|_| text));
         match checked {
             Ok(text) => s.registries = Some(text),
             Err(e) => report.error("berth.registries", one_line(&e)),

@@ -280,6 +280,58 @@ pub struct PullStatus {
     pub id: String,
 }
 
+/// What a call to the daemon's API fails with: named D-Bus errors
+/// (`org.berth.Error.NotFound`, ...), so that a client tells the cases apart by name,
+/// never by parsing the text, and berthctl's exit code follows the name.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.berth.Error")]
+pub enum ApiError {
+    /// The connection or the protocol failed (not an answer of the daemon's).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No container, image or pull job by that name.
+    NotFound(String),
+    /// A container by that name exists already.
+    AlreadyExists(String),
+    /// The request itself is wrong: a declaration that does not parse, a bad reference.
+    Invalid(String),
+    /// Refused in the current state: running, in use, declared by a file.
+    Busy(String),
+    /// Not answered in time; the work may still be going on.
+    Timeout(String),
+    /// Anything else that went wrong while doing it (I/O, the store, the runtime).
+    Failed(String),
+}
+
+impl ApiError {
+    /// berthctl's exit code for this error (documented in docs/daemon.md): 1 for a
+    /// failure, and one code for each kind a script may want to tell apart.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ApiError::ZBus(_) | ApiError::Failed(_) => 1,
+            ApiError::NotFound(_) => 3,
+            ApiError::AlreadyExists(_) => 4,
+            ApiError::Invalid(_) => 5,
+            ApiError::Busy(_) => 6,
+            ApiError::Timeout(_) => 7,
+        }
+    }
+
+    /// The daemon's words, without the D-Bus name.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::ZBus(zbus::Error::MethodError(_, Some(msg), _)) => msg.clone(),
+            ApiError::ZBus(e) => e.to_string(),
+            ApiError::NotFound(m)
+            | ApiError::AlreadyExists(m)
+            | ApiError::Invalid(m)
+            | ApiError::Busy(m)
+            | ApiError::Timeout(m)
+            | ApiError::Failed(m) => m.clone(),
+        }
+    }
+}
+
 #[zbus::proxy(
     interface = "org.berth.Runtime1",
     default_service = "org.berth.Runtime1",
@@ -287,29 +339,29 @@ pub struct PullStatus {
 )]
 pub trait Runtime {
     /// Every declared container.
-    fn containers(&self) -> zbus::Result<Vec<ContainerInfo>>;
+    fn containers(&self) -> Result<Vec<ContainerInfo>, ApiError>;
     /// Declares container `name` from a declaration (TOML, the format of
     /// `/etc/berth/containers.d`), kept under `/var/lib/berth`, and starts it.
-    fn run(&self, name: &str, declaration: &str) -> zbus::Result<()>;
-    fn start(&self, name: &str) -> zbus::Result<()>;
+    fn run(&self, name: &str, declaration: &str) -> Result<(), ApiError>;
+    fn start(&self, name: &str) -> Result<(), ApiError>;
     /// Stops a container; it stays stopped until started (`unless-stopped`: across
     /// reboots too).
-    fn stop(&self, name: &str) -> zbus::Result<()>;
-    fn restart(&self, name: &str) -> zbus::Result<()>;
+    fn stop(&self, name: &str) -> Result<(), ApiError>;
+    fn restart(&self, name: &str) -> Result<(), ApiError>;
     /// Removes a container declared through the API (`force`: even when running).
-    fn remove(&self, name: &str, force: bool) -> zbus::Result<()>;
+    fn remove(&self, name: &str, force: bool) -> Result<(), ApiError>;
     /// Everything known about a container, as JSON.
-    fn inspect(&self, name: &str) -> zbus::Result<String>;
+    fn inspect(&self, name: &str) -> Result<String, ApiError>;
     /// As `Init1.ReadLog`, over the container's JSON-line log.
-    fn read_log(&self, name: &str, offset: u64, tail_lines: u32) -> zbus::Result<LogChunk>;
-    fn stats(&self) -> zbus::Result<Vec<ContainerStats>>;
-    fn images(&self) -> zbus::Result<Vec<ImageInfo>>;
+    fn read_log(&self, name: &str, offset: u64, tail_lines: u32) -> Result<LogChunk, ApiError>;
+    fn stats(&self) -> Result<Vec<ContainerStats>, ApiError>;
+    fn images(&self) -> Result<Vec<ImageInfo>, ApiError>;
     /// Starts pulling an image; returns the job to follow with `PullStatus`.
-    fn pull(&self, reference: &str) -> zbus::Result<u32>;
-    fn pull_status(&self, job: u32) -> zbus::Result<PullStatus>;
-    fn remove_image(&self, reference: &str) -> zbus::Result<Vec<String>>;
+    fn pull(&self, reference: &str) -> Result<u32, ApiError>;
+    fn pull_status(&self, job: u32) -> Result<PullStatus, ApiError>;
+    fn remove_image(&self, reference: &str) -> Result<Vec<String>, ApiError>;
     /// Reads the declarations again and reconciles.
-    fn reload(&self) -> zbus::Result<()>;
+    fn reload(&self) -> Result<(), ApiError>;
 }
 
 /// The most a log read returns at once.
@@ -369,7 +421,37 @@ pub fn read_log_file(path: &Path, offset: u64, tail_lines: u32) -> std::io::Resu
 
 #[cfg(test)]
 mod tests {
+    use zbus::DBusError;
+
     use super::*;
+
+    #[test]
+    fn api_errors_travel_by_name_and_map_to_exit_codes() {
+        let sent = ApiError::Busy("container \"web\" is running".into());
+        assert_eq!(sent.name().as_str(), "org.berth.Error.Busy");
+        // What a proxy makes of the error message it receives: the same variant.
+        let name = zbus::names::OwnedErrorName::try_from("org.berth.Error.Busy").unwrap();
+        let msg = zbus::message::Message::method_call("/", "X")
+            .build(&())
+            .unwrap();
+        let received = ApiError::from(zbus::Error::MethodError(name, Some(sent.message()), msg));
+        assert!(
+            matches!(&received, ApiError::Busy(m) if m.contains("running")),
+            "{received:?}"
+        );
+        let codes: Vec<u8> = [
+            ApiError::Failed(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::AlreadyExists(String::new()),
+            ApiError::Invalid(String::new()),
+            ApiError::Busy(String::new()),
+            ApiError::Timeout(String::new()),
+        ]
+        .iter()
+        .map(ApiError::exit_code)
+        .collect();
+        assert_eq!(codes, [1, 3, 4, 5, 6, 7]);
+    }
 
     #[test]
     fn reads_logs_by_offset_and_tail() {

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use berth_control::{ContainerInfo, ContainerStats, ImageInfo, RuntimeProxy};
+
+use crate::Failure;
 use clap::Subcommand;
 
 use crate::{print_raw, print_table, sleep};
@@ -118,6 +120,9 @@ pub struct RunArgs {
     cap_drop: Vec<String>,
     #[arg(long)]
     read_only: bool,
+    /// May reach the cloud metadata address (required with --network host)
+    #[arg(long)]
+    allow_metadata: bool,
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -187,6 +192,9 @@ pub fn declaration(a: &RunArgs) -> Result<String, String> {
     if a.read_only {
         t += "read_only = true\n";
     }
+    if a.allow_metadata {
+        t += "allow_metadata = true\n";
+    }
     Ok(t)
 }
 
@@ -211,14 +219,12 @@ fn generated_name(image: &str) -> String {
     format!("{base}-{n:06}")
 }
 
-pub async fn run(rt: &RuntimeProxy<'_>, cmd: Cmd, json: bool) -> Result<ExitCode, String> {
-    let err = crate::error_text;
+pub async fn run(rt: &RuntimeProxy<'_>, cmd: Cmd, json: bool) -> Result<ExitCode, Failure> {
     match cmd {
         Cmd::Ps { all } => {
             let list: Vec<ContainerInfo> = rt
                 .containers()
-                .await
-                .map_err(err)?
+                .await?
                 .into_iter()
                 .filter(|c| all || c.state == "running")
                 .collect();
@@ -226,10 +232,10 @@ pub async fn run(rt: &RuntimeProxy<'_>, cmd: Cmd, json: bool) -> Result<ExitCode
         }
         Cmd::Run(a) => {
             let name = a.name.clone().unwrap_or_else(|| generated_name(&a.image));
-            rt.run(&name, &declaration(&a)?).await.map_err(err)?;
+            rt.run(&name, &declaration(&a)?).await?;
             let info = wait_for(rt, &name, |c| c.state != "waiting").await?;
             if info.state == "failed" {
-                return Err(format!("{name}: {}", info.error));
+                return Err(format!("{name}: {}", info.error).into());
             }
             if a.detach {
                 println!("{name}");
@@ -255,12 +261,12 @@ pub async fn run(rt: &RuntimeProxy<'_>, cmd: Cmd, json: bool) -> Result<ExitCode
             };
             let mut offset = 0;
             if lines != u32::MAX {
-                let first = rt.read_log(&name, 0, lines.max(1)).await.map_err(err)?;
+                let first = rt.read_log(&name, 0, lines.max(1)).await?;
                 print_log(&first.text, timestamps, json);
                 offset = first.next_offset;
             }
             loop {
-                let chunk = rt.read_log(&name, offset, 0).await.map_err(err)?;
+                let chunk = rt.read_log(&name, offset, 0).await?;
                 print_log(&chunk.text, timestamps, json);
                 let more = chunk.next_offset > offset;
                 offset = chunk.next_offset;
@@ -275,12 +281,12 @@ pub async fn run(rt: &RuntimeProxy<'_>, cmd: Cmd, json: bool) -> Result<ExitCode
         Cmd::Exec { .. } => return run_local(cmd),
         Cmd::Pull { reference } => pull(rt, &reference, json).await?,
         Cmd::Images => {
-            let images = rt.images().await.map_err(err)?;
+            let images = rt.images().await?;
             print_images(&images, json);
         }
         Cmd::Rmi { references } => {
             for r in references {
-                for removed in rt.remove_image(&r).await.map_err(err)? {
+                for removed in rt.remove_image(&r).await? {
                     println!("Untagged: {removed}");
                 }
             }
@@ -288,20 +294,20 @@ pub async fn run(rt: &RuntimeProxy<'_>, cmd: Cmd, json: bool) -> Result<ExitCode
         Cmd::Inspect { names } => {
             let mut out = Vec::new();
             for n in names {
-                let text = rt.inspect(&n).await.map_err(err)?;
+                let text = rt.inspect(&n).await?;
                 out.push(
                     serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string())?,
                 );
             }
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
-        Cmd::Reload => rt.reload().await.map_err(err)?,
+        Cmd::Reload => rt.reload().await?,
         Cmd::Stats => {
             // CPU use over one second, as docker's first sample does.
-            let first = rt.stats().await.map_err(err)?;
+            let first = rt.stats().await?;
             let t0 = Instant::now();
             sleep(Duration::from_secs(1));
-            let second = rt.stats().await.map_err(err)?;
+            let second = rt.stats().await?;
             print_stats(&first, &second, t0.elapsed(), json);
         }
     }
@@ -309,7 +315,7 @@ pub async fn run(rt: &RuntimeProxy<'_>, cmd: Cmd, json: bool) -> Result<ExitCode
 }
 
 /// The verbs that need no daemon (exec runs berth-runtime here).
-pub fn run_local(cmd: Cmd) -> Result<ExitCode, String> {
+pub fn run_local(cmd: Cmd) -> Result<ExitCode, Failure> {
     match cmd {
         Cmd::Exec {
             tty,
@@ -324,20 +330,22 @@ pub fn run_local(cmd: Cmd) -> Result<ExitCode, String> {
 }
 
 /// Applies a change to each name, printing each done (as docker does).
-async fn each<'a, F, Fut>(names: &'a [String], f: F) -> Result<(), String>
+async fn each<'a, F, Fut>(names: &'a [String], f: F) -> Result<(), Failure>
 where
     F: Fn(&'a str) -> Fut,
-    Fut: std::future::Future<Output = berth_control::zbus::Result<()>>,
+    Fut: std::future::Future<Output = Result<(), berth_control::ApiError>>,
 {
     if names.is_empty() {
         return Err("name at least one container".into());
     }
     let mut failed = Vec::new();
+    let mut code = 1;
     for n in names {
         match f(n).await {
             Ok(()) => println!("{n}"),
             Err(e) => {
-                eprintln!("berthctl: {n}: {}", crate::error_text(e));
+                eprintln!("berthctl: {n}: {}", e.message());
+                code = code.max(e.exit_code());
                 failed.push(n.as_str());
             }
         }
@@ -345,17 +353,22 @@ where
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("failed: {}", failed.join(" ")))
+        Err(Failure {
+            message: format!("failed: {}", failed.join(" ")),
+            code,
+        })
     }
 }
 
-async fn find(rt: &RuntimeProxy<'_>, name: &str) -> Result<ContainerInfo, String> {
+async fn find(rt: &RuntimeProxy<'_>, name: &str) -> Result<ContainerInfo, Failure> {
     rt.containers()
-        .await
-        .map_err(crate::error_text)?
+        .await?
         .into_iter()
         .find(|c| c.name == name)
-        .ok_or_else(|| format!("no container named {name:?}"))
+        .ok_or_else(|| Failure {
+            message: format!("no container named {name:?}"),
+            code: berth_control::ApiError::NotFound(String::new()).exit_code(),
+        })
 }
 
 /// Polls until `done` holds for the container (a start can include a pull).
@@ -363,7 +376,7 @@ async fn wait_for(
     rt: &RuntimeProxy<'_>,
     name: &str,
     done: impl Fn(&ContainerInfo) -> bool,
-) -> Result<ContainerInfo, String> {
+) -> Result<ContainerInfo, Failure> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let c = find(rt, name).await?;
@@ -375,14 +388,11 @@ async fn wait_for(
 }
 
 /// `run` without -d: the container's output until it stops running; its exit code.
-async fn follow_until_done(rt: &RuntimeProxy<'_>, name: &str) -> Result<ExitCode, String> {
+async fn follow_until_done(rt: &RuntimeProxy<'_>, name: &str) -> Result<ExitCode, Failure> {
     let mut offset = 0;
     loop {
         let c = find(rt, name).await?;
-        let chunk = rt
-            .read_log(name, offset, 0)
-            .await
-            .map_err(crate::error_text)?;
+        let chunk = rt.read_log(name, offset, 0).await?;
         print_log(&chunk.text, false, false);
         let more = chunk.next_offset > offset;
         offset = chunk.next_offset;
@@ -431,9 +441,11 @@ fn exec(
     env: &[String],
     workdir: Option<&str>,
     command: &[String],
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     if tty {
-        return crate::console::exec_with_terminal(name, env, workdir, command);
+        return Ok(crate::console::exec_with_terminal(
+            name, env, workdir, command,
+        )?);
     }
     let status = exec_command(name, env, workdir)
         .arg("--")
@@ -466,11 +478,11 @@ pub fn exec_command(name: &str, env: &[String], workdir: Option<&str>) -> std::p
     c
 }
 
-async fn pull(rt: &RuntimeProxy<'_>, reference: &str, json: bool) -> Result<(), String> {
-    let job = rt.pull(reference).await.map_err(crate::error_text)?;
+async fn pull(rt: &RuntimeProxy<'_>, reference: &str, json: bool) -> Result<(), Failure> {
+    let job = rt.pull(reference).await?;
     let bar = !json && std::io::stderr().is_terminal();
     loop {
-        let s = rt.pull_status(job).await.map_err(crate::error_text)?;
+        let s = rt.pull_status(job).await?;
         if bar {
             // Whole thirtieths, computed in integers (bytes_done <= bytes_total).
             let filled = usize::try_from(
@@ -491,7 +503,7 @@ async fn pull(rt: &RuntimeProxy<'_>, reference: &str, json: bool) -> Result<(), 
                 eprintln!();
             }
             if !s.error.is_empty() {
-                return Err(format!("pulling {}: {}", s.reference, s.error));
+                return Err(format!("pulling {}: {}", s.reference, s.error).into());
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());

@@ -97,19 +97,48 @@ struct Target {
 /// How long start/restart wait for a service to become ready or fail.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Why berthctl failed, and its exit code: 1, or the code of the daemon's named error
+/// (`ApiError::exit_code`: 3 not found, 4 already exists, 5 invalid, 6 busy, 7 timeout).
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { message, code: 1 }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_string())
+    }
+}
+
+impl From<berth_control::ApiError> for Failure {
+    fn from(e: berth_control::ApiError) -> Failure {
+        Failure {
+            message: e.message(),
+            code: e.exit_code(),
+        }
+    }
+}
+
 /// Runs berthctl with these arguments (the first is the program name).
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let cli = Cli::parse_from(args);
     match berth_control::zbus::block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("berthctl: {e}");
-            ExitCode::FAILURE
+            eprintln!("berthctl: {}", e.message);
+            ExitCode::from(e.code)
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, String> {
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let connected = watchdog(Duration::from_secs(cli.timeout), cli.vm.is_some());
     if let Cmd::Config = cli.command {
         if cli.vm.is_some() {
@@ -171,13 +200,13 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     let service = match cli.command {
         Cmd::Services => ServiceCmd::List,
         Cmd::Service(s) => s,
-        Cmd::Reboot => return init.reboot().await.map_err(err).map(|()| ExitCode::SUCCESS),
+        Cmd::Reboot => {
+            init.reboot().await.map_err(err)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Poweroff => {
-            return init
-                .power_off()
-                .await
-                .map_err(err)
-                .map(|()| ExitCode::SUCCESS)
+            init.power_off().await.map_err(err)?;
+            return Ok(ExitCode::SUCCESS);
         }
         Cmd::BootTime => {
             let phases = init.boot_timeline().await.map_err(err)?;
@@ -194,14 +223,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         ServiceCmd::Start(t) => {
             init.start(&t.name).await.map_err(err)?;
             if !t.no_wait {
-                return settle(&init, &t.name, None, cli.json).await;
+                return Ok(settle(&init, &t.name, None, cli.json).await?);
             }
         }
         ServiceCmd::Restart(t) => {
             let before = find(&init, &t.name).await?;
             init.restart(&t.name).await.map_err(err)?;
             if !t.no_wait {
-                return settle(&init, &t.name, Some(before.restarts), cli.json).await;
+                return Ok(settle(&init, &t.name, Some(before.restarts), cli.json).await?);
             }
         }
         ServiceCmd::Stop(t) => {

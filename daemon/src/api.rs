@@ -17,9 +17,10 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_control::{ContainerInfo, ContainerStats, ImageInfo, LogChunk, PullStatus, RUNTIME_PATH};
+use berth_control::{
+    ApiError, ContainerInfo, ContainerStats, ImageInfo, LogChunk, PullStatus, RUNTIME_PATH,
+};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use zbus::fdo;
 
 /// A change for the supervisor's loop, with where its verdict goes.
 pub enum Request {
@@ -39,7 +40,7 @@ pub enum Request {
     Reload(Reply),
 }
 
-pub type Reply = Sender<Result<(), String>>;
+pub type Reply = Sender<Result<(), ApiError>>;
 
 /// One container as the supervisor last published it.
 #[derive(Clone)]
@@ -138,45 +139,57 @@ struct Api {
     shared: Arc<Shared>,
 }
 
-fn failed(e: impl std::fmt::Display) -> fdo::Error {
-    fdo::Error::Failed(e.to_string())
+type ApiResult<T> = Result<T, ApiError>;
+
+fn failed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Failed(e.to_string())
+}
+
+/// The store's errors by kind: what a client may want to tell apart gets its own name.
+fn store_error(e: berth_store::store::StoreError) -> ApiError {
+    use berth_store::store::StoreError;
+    match e {
+        StoreError::NoSuchImage(_) => ApiError::NotFound(e.to_string()),
+        StoreError::InUse { .. } => ApiError::Busy(e.to_string()),
+        other => ApiError::Failed(other.to_string()),
+    }
 }
 
 impl Api {
     /// Hands a change to the loop and waits for its verdict. (Blocking is fine: each
     /// connection has its own thread and executor.)
-    fn change(&self, make: impl FnOnce(Reply) -> Request) -> fdo::Result<()> {
+    fn change(&self, make: impl FnOnce(Reply) -> Request) -> ApiResult<()> {
         let (tx, rx) = channel();
         self.tx
             .send(make(tx))
             .map_err(|_| failed("the daemon is not taking requests"))?;
         let _ = self.wake.write(1);
         match rx.recv_timeout(CHANGE_TIMEOUT) {
-            Ok(result) => result.map_err(fdo::Error::Failed),
-            Err(_) => Err(failed(
-                "the daemon did not answer in time; it may still be working",
+            Ok(result) => result,
+            Err(_) => Err(ApiError::Timeout(
+                "the daemon did not answer in time; it may still be working".into(),
             )),
         }
     }
 
-    fn published(&self, name: &str) -> fdo::Result<Published> {
+    fn published(&self, name: &str) -> ApiResult<Published> {
         self.shared
             .containers
             .lock()
             .map_err(|_| failed("state unavailable"))?
             .get(name)
             .cloned()
-            .ok_or_else(|| fdo::Error::Failed(format!("no container named {name:?}")))
+            .ok_or_else(|| ApiError::NotFound(format!("no container named {name:?}")))
     }
 
-    fn store(&self) -> fdo::Result<berth_store::store::Store> {
-        berth_store::store::Store::open(&self.shared.store, Default::default()).map_err(failed)
+    fn store(&self) -> ApiResult<berth_store::store::Store> {
+        berth_store::store::Store::open(&self.shared.store, Default::default()).map_err(store_error)
     }
 }
 
 #[zbus::interface(name = "org.berth.Runtime1")]
 impl Api {
-    async fn containers(&self) -> fdo::Result<Vec<ContainerInfo>> {
+    async fn containers(&self) -> Result<Vec<ContainerInfo>, ApiError> {
         let c = self
             .shared
             .containers
@@ -185,7 +198,7 @@ impl Api {
         Ok(c.values().map(|p| p.info.clone()).collect())
     }
 
-    async fn run(&self, name: String, declaration: String) -> fdo::Result<()> {
+    async fn run(&self, name: String, declaration: String) -> Result<(), ApiError> {
         self.change(|reply| Request::Run {
             name,
             declaration,
@@ -193,31 +206,36 @@ impl Api {
         })
     }
 
-    async fn start(&self, name: String) -> fdo::Result<()> {
+    async fn start(&self, name: String) -> Result<(), ApiError> {
         self.change(|r| Request::Start(name, r))
     }
 
-    async fn stop(&self, name: String) -> fdo::Result<()> {
+    async fn stop(&self, name: String) -> Result<(), ApiError> {
         self.change(|r| Request::Stop(name, r))
     }
 
-    async fn restart(&self, name: String) -> fdo::Result<()> {
+    async fn restart(&self, name: String) -> Result<(), ApiError> {
         self.change(|r| Request::Restart(name, r))
     }
 
-    async fn remove(&self, name: String, force: bool) -> fdo::Result<()> {
+    async fn remove(&self, name: String, force: bool) -> Result<(), ApiError> {
         self.change(|reply| Request::Remove { name, force, reply })
     }
 
-    async fn reload(&self) -> fdo::Result<()> {
+    async fn reload(&self) -> Result<(), ApiError> {
         self.change(Request::Reload)
     }
 
-    async fn inspect(&self, name: String) -> fdo::Result<String> {
+    async fn inspect(&self, name: String) -> Result<String, ApiError> {
         Ok(self.published(&name)?.detail.to_string())
     }
 
-    async fn read_log(&self, name: String, offset: u64, tail_lines: u32) -> fdo::Result<LogChunk> {
+    async fn read_log(
+        &self,
+        name: String,
+        offset: u64,
+        tail_lines: u32,
+    ) -> Result<LogChunk, ApiError> {
         // Only a known container's log: the name never becomes a path otherwise.
         self.published(&name)?;
         let path = self.shared.log_dir.join(format!("{name}.log"));
@@ -225,7 +243,7 @@ impl Api {
             .map_err(|e| failed(format!("{}: {e}", path.display())))
     }
 
-    async fn stats(&self) -> fdo::Result<Vec<ContainerStats>> {
+    async fn stats(&self) -> Result<Vec<ContainerStats>, ApiError> {
         let c = self
             .shared
             .containers
@@ -238,11 +256,11 @@ impl Api {
             .collect())
     }
 
-    async fn images(&self) -> fdo::Result<Vec<ImageInfo>> {
+    async fn images(&self) -> Result<Vec<ImageInfo>, ApiError> {
         let store = self.store()?;
         Ok(store
             .images()
-            .map_err(failed)?
+            .map_err(store_error)?
             .into_iter()
             .map(|i| ImageInfo {
                 reference: i.reference,
@@ -253,8 +271,9 @@ impl Api {
             .collect())
     }
 
-    async fn pull(&self, reference: String) -> fdo::Result<u32> {
-        let r = berth_store::reference::Reference::parse(&reference).map_err(failed)?;
+    async fn pull(&self, reference: String) -> Result<u32, ApiError> {
+        let r = berth_store::reference::Reference::parse(&reference)
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
         let job = self.shared.next_pull.fetch_add(1, Ordering::SeqCst);
         let status = PullStatus {
             reference: r.to_string(),
@@ -275,22 +294,22 @@ impl Api {
         Ok(job)
     }
 
-    async fn pull_status(&self, job: u32) -> fdo::Result<PullStatus> {
+    async fn pull_status(&self, job: u32) -> Result<PullStatus, ApiError> {
         self.shared
             .pulls
             .lock()
             .map_err(|_| failed("state unavailable"))?
             .get(&job)
             .cloned()
-            .ok_or_else(|| failed(format!("no pull numbered {job}")))
+            .ok_or_else(|| ApiError::NotFound(format!("no pull numbered {job}")))
     }
 
-    async fn remove_image(&self, reference: String) -> fdo::Result<Vec<String>> {
+    async fn remove_image(&self, reference: String) -> Result<Vec<String>, ApiError> {
         let store = self.store()?;
         let _lock = store
             .lock(berth_store::store::LockKind::Exclusive)
-            .map_err(failed)?;
-        store.remove(&reference).map_err(failed)
+            .map_err(store_error)?;
+        store.remove(&reference).map_err(store_error)
     }
 }
 

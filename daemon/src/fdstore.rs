@@ -64,14 +64,19 @@ impl Notifier {
 
 /// The fds init handed over at start (`LISTEN_FDS`, `LISTEN_FDNAMES`), each with its
 /// name, marked close-on-exec; the variables are removed so no child sees them.
-pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
+///
+/// # Safety
+/// The process must be single-threaded (call it first thing in `main`): it changes the
+/// environment, which another thread may be reading, and it takes ownership of fds 3...
+/// by number, which no other part of the process may own or have closed and reused.
+pub unsafe fn take_listen_fds() -> Vec<(String, OwnedFd)> {
     let count: i32 = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-    // SAFETY: the daemon is single-threaded here (called first thing in main), so
-    // nothing reads the environment concurrently.
+    // SAFETY: the caller guarantees a single-threaded process (this function's contract),
+    // so nothing reads the environment concurrently.
     unsafe {
         std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_FDNAMES");
@@ -86,7 +91,8 @@ pub fn take_listen_fds() -> Vec<(String, OwnedFd)> {
             continue;
         }
         // SAFETY: init passed this fd to us for keeping (LISTEN_FDS says so, and it is
-        // open); nothing else in the process owns it, so the OwnedFd becomes its owner.
+        // open); the caller guarantees nothing else in the process owns it (this
+        // function's contract), so the OwnedFd becomes its owner.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
         out.push((name, fd));

@@ -3,12 +3,11 @@
 //! config, then `berth-runtime create` and `start`. Its stdout and stderr are pipes
 //! whose read ends the daemon pumps into the log and keeps in init's fd store.
 
-use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::declaration::{Declaration, Volume};
+use crate::declaration::Declaration;
 use crate::fdstore::Notifier;
 use crate::spec::{self, Context};
 use crate::supervisor::Paths;
@@ -93,12 +92,16 @@ pub fn start(
     let user = spec::resolve_user(decl.user.as_deref().unwrap_or("0"), &passwd, &group)?;
     let run = paths.run_dir.join(name);
     std::fs::create_dir_all(&run).map_err(|e| format!("{}: {e}", run.display()))?;
+    // Checked without following symlinks and held open until `create` has mounted them.
+    let sources =
+        crate::volumes::prepare_default(&paths.volumes, decl).map_err(|e| e.to_string())?;
     let ctx = Context {
         rootfs,
         cgroup: cgroup_parent.map(|p| format!("{p}/{name}")),
         netns,
         etc_files: etc_files(decl, &run)?,
-        volume_dirs: volumes(paths, decl)?,
+        volume_dirs: sources.named.clone(),
+        bind_sources: sources.binds.clone(),
         nofile: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .ok()
             .map(|(_, hard)| hard),
@@ -112,7 +115,9 @@ pub fn start(
     if berth_runtime::state::dir(&paths.runtime_root, name).exists() {
         delete(paths, name);
     }
-    create_and_start(paths, name, &bundle, &run.join("pid"), notifier)
+    let started = create_and_start(paths, name, &bundle, &run.join("pid"), notifier);
+    drop(sources);
+    started
 }
 
 /// /etc/hostname, /etc/hosts, /etc/resolv.conf for the container, in `run`.
@@ -137,26 +142,6 @@ fn etc_files(decl: &Declaration, run: &Path) -> Result<Vec<(PathBuf, &'static st
         files.push((p, target));
     }
     Ok(files)
-}
-
-/// The declaration's named volumes, made where missing, and its bind sources checked.
-fn volumes(paths: &Paths, decl: &Declaration) -> Result<BTreeMap<String, PathBuf>, String> {
-    let mut dirs = BTreeMap::new();
-    for v in &decl.volumes {
-        match v {
-            Volume::Named { name, .. } => {
-                dirs.insert(name.clone(), crate::volumes::ensure(&paths.volumes, name)?);
-            }
-            Volume::Bind { source, .. } if !source.exists() => {
-                return Err(format!(
-                    "bind mount source {} does not exist",
-                    source.display()
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(dirs)
 }
 
 /// `berth-runtime create` with fresh log pipes, then `start`. The pipes' read ends go to

@@ -1,17 +1,18 @@
 //! Berth's container daemon: container declarations (`declaration`), capability sets
 //! (`caps`), the default seccomp profile (`seccomp`), the OCI runtime config made from a
 //! declaration and its image (`spec`), bringing a container up (`launch`), logs,
-//! volumes, the supervisor's loop (`supervisor`), what it remembers across its own
+//! volumes, the restart policy (`restart`), the supervisor's loop (`supervisor`, with
+//! adoption and reconciliation of declarations), what it remembers across its own
 //! restarts (`status`, `fdstore`), and its D-Bus API (`api`).
 
 pub mod api;
-pub mod caps;
-pub mod declaration;
+pub use berth_schema::{caps, declaration};
 pub mod fdstore;
 pub mod launch;
 pub mod logs;
 pub mod netns;
 pub mod network;
+pub mod restart;
 pub mod seccomp;
 pub mod spec;
 pub mod status;

@@ -48,8 +48,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    // First, while there is one thread: the environment is changed here.
-    let stored = berth_daemon::fdstore::take_listen_fds();
+    // SAFETY: first thing in main, before any thread is started and before anything
+    // opens a descriptor: the process is single-threaded and fds 3... are init's.
+    let stored = unsafe { berth_daemon::fdstore::take_listen_fds() };
     let cli = Cli::parse();
     let runtime = cli.runtime.unwrap_or_else(|| {
         std::env::current_exe()

@@ -14,6 +14,20 @@
 //! published port's DNAT or a reply; and containers cannot reach the cloud metadata
 //! address unless their declaration says `allow_metadata` (it hands out the instance's
 //! credentials).
+//!
+//! Containers hold CAP_NET_RAW (Docker's default set), so they can forge any frame. A
+//! second table, `bridge berth`, checks every frame as it enters the bridge from a
+//! container's port, before the host or another container sees it: its source MAC must
+//! be the one the daemon gave that container, an IPv4 packet's source address and an ARP
+//! packet's sender must be the container's own, and nothing but IPv4 and ARP passes (the
+//! bridge is IPv4 only: no IPv6 router advertisement, no IPv6 metadata address, no
+//! VLAN-tagged frame). So no container can speak as a neighbour allowed to reach the
+//! metadata service, poison the host's ARP cache or the bridge's forwarding table, or
+//! change the host's routes. Frames from a port the daemon does not know are dropped.
+//!
+//! Addresses a container published on 127.0.0.0/8 would be DNAT'd before the kernel's
+//! martian check if a frame to 127.0.0.1 arrived on a NIC: such packets are dropped first
+//! (priority raw), whatever interface but `lo` they arrive on.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,8 +40,11 @@ use serde::Deserialize;
 
 use crate::declaration::{Port, Protocol};
 
-/// The cloud metadata address (EC2, GCE, OpenStack, Azure).
+/// The cloud metadata address (EC2, GCE, OpenStack, Azure, Oracle, DigitalOcean).
 pub const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+/// EC2's metadata service over IPv6 (Nitro instances). Containers have no IPv6 on the
+/// bridge at all; the rule naming it guards against that ever changing unnoticed.
+pub const METADATA_V6: &str = "fd00:ec2::254";
 /// What a container's end of its veth pair is called inside.
 const INSIDE: &str = "eth0";
 
@@ -130,6 +147,28 @@ impl Pool {
     }
 }
 
+/// The host end of a container's veth pair: short (IFNAMSIZ is 16) and stable.
+fn host_link(container: &str) -> String {
+    // FNV-1a: a stable, well-spread 32-bit hash of the name.
+    let hash = container.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("vb{hash:08x}")
+}
+
+/// The hardware address of a container's end: locally administered, unicast (the first
+/// octet's two low bits 1 and 0), then the container's IPv4 address, so that the bridge
+/// rules know it without asking the namespace, and it stays across daemon restarts.
+pub fn container_mac(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x62, a, b, c, d]
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    parts.join(":")
+}
+
 /// What the rules need to know of one attached container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attached {
@@ -168,15 +207,6 @@ impl Bridge {
         self.netns_dir.join(container)
     }
 
-    /// The host end of a container's veth pair: short (IFNAMSIZ is 16) and stable.
-    fn host_link(container: &str) -> String {
-        // FNV-1a: a stable, well-spread 32-bit hash of the name.
-        let hash = container.bytes().fold(0x811c_9dc5_u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        });
-        format!("vb{hash:08x}")
-    }
-
     /// The bridge with its address, up, and forwarding on.
     fn ensure_bridge(&mut self) -> Result<(), String> {
         if self.ready {
@@ -187,6 +217,18 @@ impl Bridge {
         let index = nl.link_index(&self.name).map_err(|e| e.to_string())?;
         nl.add_address(index, self.pool.gateway(), self.pool.prefix)
             .map_err(|e| e.to_string())?;
+        // The bridge carries IPv4 only. With IPv6 on, the host would take router
+        // advertisements on it and route through a container (the CVE-2020-13401 class);
+        // the bridge table drops them too, this makes sure the host never listens.
+        for (key, value) in [("accept_ra", "0"), ("disable_ipv6", "1")] {
+            let path = format!("/proc/sys/net/ipv6/conf/{}/{key}", self.name);
+            match std::fs::write(&path, value) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("{path}: {e}"))
+                }
+                _ => {}
+            }
+        }
         nl.set_up(index, None).map_err(|e| e.to_string())?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|e| format!("enabling IPv4 forwarding: {e}"))?;
@@ -257,17 +299,24 @@ impl Bridge {
                 allow_metadata,
             },
         );
+        // Before the container runs: its port accepts frames only once the rules know it.
+        if let Err(e) = self.apply_rules() {
+            self.detach(container);
+            return Err(e);
+        }
         Ok(path)
     }
 
     fn plumb(&self, container: &str, path: &Path, address: Ipv4Addr) -> Result<(), String> {
         crate::netns::create(path)?;
         let ns = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let host = Self::host_link(container);
+        let host = host_link(container);
         let mut nl = berth_netlink::Netlink::open().map_err(|e| e.to_string())?;
         nl.delete_link(&host).map_err(|e| e.to_string())?; // a leftover
-        nl.add_veth_into(&host, INSIDE, ns.as_fd())
+        nl.add_veth_into(&host, INSIDE, container_mac(address), ns.as_fd())
             .map_err(|e| e.to_string())?;
+        // A bridge port takes no part in IPv6 itself (see ensure_bridge).
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6"), "1");
         let bridge = nl.link_index(&self.name).map_err(|e| e.to_string())?;
         let index = nl.link_index(&host).map_err(|e| e.to_string())?;
         nl.set_up(index, Some(bridge)).map_err(|e| e.to_string())?;
@@ -293,7 +342,7 @@ impl Bridge {
 
     fn teardown(&self, container: &str) {
         if let Ok(mut nl) = berth_netlink::Netlink::open() {
-            let _ = nl.delete_link(&Self::host_link(container));
+            let _ = nl.delete_link(&host_link(container));
         }
         crate::netns::remove(&self.netns_path(container));
     }
@@ -340,7 +389,8 @@ fn nft(script: &str) -> Result<(), String> {
     }
 }
 
-/// The `inet berth` table for these containers (replacing any earlier one).
+/// The `inet berth` and `bridge berth` tables for these containers (replacing any
+/// earlier ones, in one transaction).
 pub fn ruleset(bridge: &str, pool: Pool, attached: &BTreeMap<String, Attached>) -> String {
     let mut dnat = String::new();
     for (name, a) in attached {
@@ -376,6 +426,11 @@ pub fn ruleset(bridge: &str, pool: Pool, attached: &BTreeMap<String, Attached>) 
         "table inet berth {{}}\n\
          delete table inet berth\n\
          table inet berth {{\n\
+         \x20 chain guard {{\n\
+         \x20   type filter hook prerouting priority raw; policy accept;\n\
+         \x20   iifname != \"lo\" ip daddr 127.0.0.0/8 drop\n\
+         \x20   iifname != \"lo\" ip6 daddr ::1 drop\n\
+         \x20 }}\n\
          \x20 chain prerouting {{\n\
          \x20   type nat hook prerouting priority dstnat; policy accept;\n\
          {dnat}\
@@ -387,12 +442,50 @@ pub fn ruleset(bridge: &str, pool: Pool, attached: &BTreeMap<String, Attached>) 
          \x20 chain forward {{\n\
          \x20   type filter hook forward priority filter; policy accept;\n\
          {metadata}\
+         \x20   iifname \"{bridge}\" ip6 daddr {METADATA_V6} drop\n\
          \x20   oifname \"{bridge}\" ct state established,related accept\n\
          \x20   oifname \"{bridge}\" ct status dnat accept\n\
          \x20   oifname \"{bridge}\" iifname != \"{bridge}\" drop\n\
          \x20 }}\n\
-         }}\n",
-        pool = pool.text()
+         }}\n\
+         {ports}",
+        pool = pool.text(),
+        ports = port_rules(attached),
+    )
+}
+
+/// The `bridge berth` table: what may enter the bridge from each container's port.
+fn port_rules(attached: &BTreeMap<String, Attached>) -> String {
+    let mut rules = String::new();
+    let mut known = Vec::new();
+    for (name, a) in attached {
+        let port = host_link(name);
+        let (mac, ip) = (mac_text(container_mac(a.address)), a.address);
+        for check in [
+            format!("ether saddr != {mac}"),
+            "ether type != { ip, arp }".to_string(),
+            format!("ip saddr != {ip}"),
+            format!("arp saddr ip != {ip}"),
+            format!("arp saddr ether != {mac}"),
+        ] {
+            rules += &format!("    iifname \"{port}\" {check} drop comment \"{name}\"\n");
+        }
+        known.push(format!("\"{port}\""));
+    }
+    let unknown = if known.is_empty() {
+        "    drop\n".to_string()
+    } else {
+        format!("    iifname != {{ {} }} drop\n", known.join(", "))
+    };
+    format!(
+        "table bridge berth {{}}\n\
+         delete table bridge berth\n\
+         table bridge berth {{\n\
+         \x20 chain ports {{\n\
+         \x20   type filter hook prerouting priority -300; policy accept;\n\
+         {rules}{unknown}\
+         \x20 }}\n\
+         }}\n"
     )
 }
 
@@ -458,6 +551,41 @@ mod tests {
             r.starts_with("table inet berth {}\ndelete table inet berth\n"),
             "{r}"
         );
+        // Nothing arriving anywhere but on lo reaches 127.0.0.0/8 (before any DNAT).
+        assert!(
+            r.contains(
+                "priority raw; policy accept;\n    iifname != \"lo\" ip daddr 127.0.0.0/8 drop"
+            ),
+            "{r}"
+        );
+        assert!(r.contains("ip6 daddr fd00:ec2::254 drop"), "{r}");
+        // Each container's port admits only its own MAC and address, IPv4 and ARP.
+        let web = host_link("web");
+        for check in [
+            "ether saddr != 02:62:0a:58:00:02 drop",
+            "ether type != { ip, arp } drop",
+            "ip saddr != 10.88.0.2 drop",
+            "arp saddr ip != 10.88.0.2 drop",
+            "arp saddr ether != 02:62:0a:58:00:02 drop",
+        ] {
+            assert!(
+                r.contains(&format!("iifname \"{web}\" {check}")),
+                "{check}\n{r}"
+            );
+        }
+        let agent = host_link("agent");
+        assert!(
+            r.contains(&format!("iifname \"{agent}\" ip saddr != 10.88.0.3 drop")),
+            "{r}"
+        );
+        assert!(
+            r.contains(&format!("iifname != {{ \"{agent}\", \"{web}\" }} drop")),
+            "{r}"
+        );
+        // The kernel takes it (in a network namespace of its own; root only).
+        if rustix_is_root() {
+            nft_in_scratch_namespace(&r);
+        }
         attached.clear();
         let r = ruleset("berth0", Pool::parse("10.88.0.0/16").unwrap(), &attached);
         assert!(
@@ -465,6 +593,32 @@ mod tests {
             "{r}"
         );
         assert!(!r.contains("dnat ip to"), "{r}");
+    }
+
+    fn rustix_is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    /// Loads `rules` with the real nft into a throwaway network namespace.
+    fn nft_in_scratch_namespace(rules: &str) {
+        let mut child = Command::new("unshare")
+            .args(["--net", "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("unshare and nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft refused:\n{}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
@@ -476,7 +630,7 @@ mod tests {
         assert_eq!(load_config(&p).unwrap().subnet, "172.30.0.0/24");
         std::fs::write(&p, "[bridge]\nsubnett = \"x\"\n").unwrap();
         assert!(load_config(&p).unwrap_err().contains("subnett"));
-        assert_eq!(Bridge::host_link("web").len(), 10);
-        assert_ne!(Bridge::host_link("web"), Bridge::host_link("web2"));
+        assert_eq!(host_link("web").len(), 10);
+        assert_ne!(host_link("web"), host_link("web2"));
     }
 }

@@ -26,8 +26,13 @@ pub struct Context {
     /// Files the daemon writes for the container, bound read-only at these targets
     /// (/etc/resolv.conf, /etc/hosts, /etc/hostname).
     pub etc_files: Vec<(PathBuf, &'static str)>,
-    /// Named volumes resolved to their host directories.
+    /// Named volumes resolved to their host directories (`volumes::prepare`: paths of
+    /// descriptors the daemon holds).
     pub volume_dirs: BTreeMap<String, PathBuf>,
+    /// Bind sources as declared, to what the runtime mounts instead: the source
+    /// resolved without following symlinks and pinned (`volumes::prepare`). A bind
+    /// source missing here is refused, never mounted by its declared path.
+    pub bind_sources: BTreeMap<PathBuf, PathBuf>,
     /// RLIMIT_NOFILE for the container (soft = hard), as docker passes its own: the
     /// daemon's hard limit. None: inherited.
     pub nofile: Option<u64>,
@@ -258,11 +263,14 @@ pub fn build(
                 json!({"destination": target, "type": "bind", "source": dir, "options": o})
             }
             Volume::Bind { source, target, read_only } => {
+                let pinned = ctx.bind_sources.get(source).ok_or_else(|| {
+                    invalid(format!("bind source {} was not checked", source.display()))
+                })?;
                 let mut o = vec!["rbind", "nosuid", "nodev"];
                 if *read_only {
                     o.push("ro");
                 }
-                json!({"destination": target, "type": "bind", "source": source, "options": o})
+                json!({"destination": target, "type": "bind", "source": pinned, "options": o})
             }
             Volume::Tmpfs { target } => {
                 json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]})

@@ -38,15 +38,13 @@ fn minus_one() -> i32 {
     -1
 }
 
-/// Writes `data` as JSON through a temporary file and a rename (never half written).
+/// Writes `data` as JSON, durably (berth-persist: a power cut leaves the old or the new).
 pub fn write_json(path: &Path, data: &impl Serialize) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(data).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    berth_persist::write_file(path, &text, 0o600).map_err(|e| e.to_string())
 }
 
 /// The records of the daemon's last run in this boot (none on a first start).

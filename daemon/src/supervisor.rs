@@ -1,13 +1,20 @@
 //! The daemon's loop: keeps the declared containers as declared. It starts what is due
-//! (see `launch`), restarts per policy with backoff, answers the API's changes, reloads
-//! the declarations when their directory changes, and stops everything on SIGTERM.
+//! (see `launch`), restarts per policy (`restart`), answers the API's changes
+//! (`requests`), reloads the declarations when their directory changes (`reconcile`),
+//! and stops everything on SIGTERM. What it tells operators, the API and the next
+//! daemon is in `publish`.
 //!
 //! The containers are the daemon's children (`berth-runtime create` exits once the
 //! container waits for `start`, and the container's init is re-parented to the daemon,
 //! a child subreaper). When the daemon dies they are re-parented to init instead, and
 //! keep running: their log pipes are in init's fd store, their pids in `status.json`
-//! under /run. The next daemon adopts them (a pidfd tells it when one ends; init, which
-//! reaped it, tells it the exit status) and takes the pipes back.
+//! under /run. The next daemon adopts them (`adopt`: a pidfd tells it when one ends;
+//! init, which reaped it, tells it the exit status) and takes the pipes back.
+
+mod adopt;
+mod publish;
+mod reconcile;
+mod requests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -15,18 +22,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_control::ExitRecord;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use rustix::event::{PollFd, PollFlags};
 
-use crate::api::{Control, Published, Request};
-use crate::declaration::{Declaration, Restart};
+use crate::api::{Control, Request};
+use crate::declaration::Declaration;
 use crate::fdstore::Notifier;
 use crate::launch;
-use crate::status::{self, Record};
+use crate::restart::{Decision, Exit, Reason, Tally};
+use crate::status;
 
 pub struct Paths {
     /// Declarations written by the agent or an operator.
@@ -55,11 +62,6 @@ pub struct Paths {
     pub netns_dir: PathBuf,
 }
 
-/// First restart delay, doubling per failure up to the cap; reset after a good run.
-/// (The cap is what keeps a crash loop from starving the host.)
-const BACKOFF_FIRST: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
-const GOOD_RUN: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Editors write a file in steps: a reload waits for the directory to be quiet this long.
 const RELOAD_SETTLE: Duration = Duration::from_millis(300);
@@ -87,8 +89,8 @@ struct Container {
     /// The declaration's file.
     source: PathBuf,
     state: State,
-    failures: u32,
-    restarts: u32,
+    /// What the restart policy counts.
+    tally: Tally,
     exit_code: i32,
     started_at: String,
     /// An operator stopped it: it stays down until started.
@@ -103,8 +105,7 @@ impl Container {
             decl,
             source,
             state: State::Waiting(Instant::now()),
-            failures: 0,
-            restarts: 0,
+            tally: Tally::default(),
             exit_code: -1,
             started_at: String::new(),
             stopped: false,
@@ -138,7 +139,7 @@ pub struct Supervisor {
     /// `unless-stopped` containers an operator stopped (persisted under /var).
     stopped_forever: BTreeSet<String>,
     /// Exit statuses init handed over that no container claimed yet.
-    init_exits: Vec<ExitRecord>,
+    init_exits: adopt::InitExits,
     reload_due: Option<Instant>,
     control: Option<Control>,
     /// Bridge networking, or why there is none (then bridge containers fail with it).
@@ -177,14 +178,10 @@ impl Supervisor {
             cgroup_parent: cgroup_parent(),
             notifier: Notifier::from_env(),
             stopped_forever,
-            init_exits: Vec::new(),
+            init_exits: adopt::InitExits::default(),
             reload_due: None,
             control: None,
         }
-    }
-
-    fn status_path(&self) -> PathBuf {
-        self.paths.run_dir.join("status.json")
     }
 
     /// Imports the built-in images that are not in the store yet.
@@ -213,161 +210,6 @@ impl Supervisor {
                 )),
             }
         }
-    }
-
-    /// Every declaration, from the operator's directory and the API's (the operator's
-    /// wins a name both declare); problems are reported and the rest goes on.
-    fn read_declarations(&self) -> BTreeMap<String, (Declaration, PathBuf)> {
-        let mut out: BTreeMap<String, (Declaration, PathBuf)> = BTreeMap::new();
-        for dir in [&self.paths.declarations, &self.paths.api_declarations] {
-            let (decls, errors) = crate::declaration::load_dir(dir);
-            for e in errors {
-                say(&format!("skipped: {e}"));
-            }
-            for d in decls {
-                let source = dir.join(format!("{}.toml", d.name));
-                if let Some((_, first)) = out.get(&d.name) {
-                    say(&format!(
-                        "skipped: {}: {} already declares {:?}",
-                        source.display(),
-                        first.display(),
-                        d.name
-                    ));
-                    continue;
-                }
-                out.insert(d.name.clone(), (d, source));
-            }
-        }
-        out
-    }
-
-    /// Reads the declarations (the daemon's start).
-    pub fn load(&mut self) {
-        for (name, (decl, source)) in self.read_declarations() {
-            let mut c = Container::new(decl, source);
-            if self.stopped_forever.contains(&name) && c.decl.restart == Restart::UnlessStopped {
-                c.stopped = true;
-                c.state = State::Stopped;
-            }
-            self.containers.insert(name, c);
-        }
-    }
-
-    /// Takes over what an earlier daemon of this boot left: running containers (with
-    /// their log pipes from init's fd store), the statuses of those that ended
-    /// meanwhile, operators' stops, restart counts. Containers whose declaration is
-    /// gone are removed.
-    pub fn adopt(&mut self, stored: Vec<(String, OwnedFd)>) {
-        let records = status::read_records(&self.status_path());
-        // Every pipe init kept is dropped from its store below unless it is pumped.
-        let stored_names: BTreeSet<String> = stored.iter().map(|(n, _)| n.clone()).collect();
-        let mut kept = BTreeSet::new();
-        let mut fds: BTreeMap<String, OwnedFd> = stored.into_iter().collect();
-        let mut ended = Vec::new();
-        for (name, rec) in &records {
-            let [out, err] = launch::pipe_names(name);
-            let pipes = (fds.remove(&out), fds.remove(&err));
-            let Some(c) = self.containers.get_mut(name) else {
-                if rec.state == "running" && owns(self.cgroup_parent.as_deref(), name, rec.pid) {
-                    say(&format!("{name}: no longer declared; removing it"));
-                    launch::delete(&self.paths, name);
-                    remove_leftovers(&self.paths, name);
-                }
-                crate::netns::remove(&self.paths.netns_dir.join(name));
-                continue;
-            };
-            c.restarts = rec.restarts;
-            c.exit_code = rec.exit_code;
-            c.started_at = rec.started_at.clone();
-            if let (Some(address), Ok(bridge)) = (rec.address, self.bridge.as_mut()) {
-                if c.decl.network == crate::declaration::Network::Bridge {
-                    bridge.adopt(
-                        name,
-                        address,
-                        crate::network::Attached {
-                            address,
-                            ports: c.decl.ports.clone(),
-                            allow_metadata: c.decl.allow_metadata,
-                        },
-                    );
-                }
-            }
-            if rec.stopped {
-                c.stopped = true;
-                c.state = State::Stopped;
-            }
-            if rec.state != "running" || rec.pid <= 0 {
-                if rec.state == "exited" && !c.stopped {
-                    c.state = State::Exited(rec.exit_code);
-                }
-                continue;
-            }
-            // Its output from while the daemon was away is in the pipes: read it now.
-            launch::pump_logs(&self.paths, name, pipes.0, pipes.1);
-            kept.extend(launch::pipe_names(name));
-            c.state = State::Running {
-                pid: rec.pid,
-                since: Instant::now(),
-            };
-            let pidfd = owns(self.cgroup_parent.as_deref(), name, rec.pid)
-                .then(|| {
-                    rustix::process::pidfd_open(
-                        rustix::process::Pid::from_raw(rec.pid)?,
-                        rustix::process::PidfdFlags::empty(),
-                    )
-                    .ok()
-                })
-                .flatten();
-            match pidfd {
-                Some(fd) => {
-                    say(&format!("{name}: re-adopted (pid {})", rec.pid));
-                    c.pidfd = Some(fd);
-                }
-                None => ended.push((name.clone(), rec.pid)),
-            }
-        }
-        // Pipes of containers that ended or that nobody knows any more: let init close
-        // them (what was left in them has been read above, or had no reader).
-        drop(fds);
-        for name in stored_names.difference(&kept) {
-            if let Some(n) = &self.notifier {
-                let _ = n.remove(name);
-            }
-        }
-        for (name, pid) in ended {
-            let code = self.exit_from_init(pid);
-            say(&format!("{name}: ended while the daemon was away"));
-            self.exited(pid, code.unwrap_or(UNKNOWN_EXIT));
-        }
-    }
-
-    /// The exit status init kept for `pid` (a container re-parented to it): asked
-    /// until it comes (init reaps a moment after a pidfd says the process ended).
-    fn exit_from_init(&mut self, pid: i32) -> Option<i32> {
-        for attempt in 0..20 {
-            if let Some(i) = self.init_exits.iter().position(|r| r.pid == pid) {
-                let r = self.init_exits.remove(i);
-                return Some(if r.signal != 0 {
-                    128 + r.signal
-                } else {
-                    r.code
-                });
-            }
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            match take_exit_statuses() {
-                Ok(list) => self.init_exits.extend(list),
-                Err(e) => {
-                    say(&format!("asking init for exit statuses: {e}"));
-                    return None;
-                }
-            }
-            let excess = self.init_exits.len().saturating_sub(1024);
-            self.init_exits.drain(..excess);
-        }
-        say(&format!("init kept no exit status for pid {pid}"));
-        None
     }
 
     /// Starts what is due.
@@ -456,6 +298,7 @@ impl Supervisor {
 
     /// A container's init exited with `code`: restart or not, by its policy.
     fn exited(&mut self, pid: i32, code: i32) {
+        let now = Instant::now();
         let Some((name, c)) = self
             .containers
             .iter_mut()
@@ -468,138 +311,40 @@ impl Supervisor {
         };
         c.pidfd = None;
         c.exit_code = code;
-        if since.elapsed() >= GOOD_RUN {
-            c.failures = 0;
-        }
-        let again = match c.decl.restart {
-            Restart::No => false,
-            Restart::Always | Restart::UnlessStopped => true,
-            Restart::OnFailure(max) => code != 0 && max.is_none_or(|m| c.restarts < m),
+        let exit = Exit {
+            code,
+            started: since,
+            now,
+            // An operator's stop never gets here: `stop_containers` makes the state
+            // `Stopped` before the process ends, and reaps it itself.
+            by_operator: false,
         };
+        let decision = c.tally.on_exit(c.decl.restart, exit);
         launch::delete(&self.paths, name);
         if let Some(n) = &self.notifier {
             for fd_name in launch::pipe_names(name) {
                 let _ = n.remove(&fd_name);
             }
         }
-        if again {
-            let delay = BACKOFF_FIRST
-                .saturating_mul(1 << c.failures.min(7))
-                .min(BACKOFF_MAX);
-            c.failures += 1;
-            c.restarts += 1;
-            say(&format!(
-                "{name}: exited with {code}; restarting in {} ms",
-                delay.as_millis()
-            ));
-            c.state = State::Waiting(Instant::now() + delay);
-        } else {
-            say(&format!("{name}: exited with {code}"));
-            c.state = State::Exited(code);
-        }
+        c.state = match decision {
+            Decision::RestartAt(at) => {
+                say(&format!(
+                    "{name}: exited with {code}; restarting in {} ms",
+                    at.saturating_duration_since(now).as_millis()
+                ));
+                State::Waiting(at)
+            }
+            Decision::StayDown(reason) => {
+                say(&format!("{name}: exited with {code}"));
+                match reason {
+                    Reason::Stopped => State::Stopped,
+                    Reason::Never | Reason::Succeeded | Reason::LimitReached(_) => {
+                        State::Exited(code)
+                    }
+                }
+            }
+        };
         self.write_status();
-    }
-
-    /// `status.json` (what the next daemon adopts, and what operators and tests read)
-    /// and the API's snapshot.
-    fn write_status(&self) {
-        let records: BTreeMap<&String, Record> = self
-            .containers
-            .iter()
-            .map(|(n, c)| {
-                let rec = Record {
-                    state: c.state_name().to_string(),
-                    pid: c.pid().unwrap_or(0),
-                    restarts: c.restarts,
-                    exit_code: c.exit_code,
-                    error: match &c.state {
-                        State::Failed(e) => e.clone(),
-                        _ => String::new(),
-                    },
-                    started_at: c.started_at.clone(),
-                    stopped: c.stopped,
-                    address: self.bridge.as_ref().ok().and_then(|b| b.address(n)),
-                };
-                (n, rec)
-            })
-            .collect();
-        if let Err(e) = status::write_json(&self.status_path(), &records) {
-            say(&format!("writing the status: {e}"));
-        }
-        if let Some(control) = &self.control {
-            control.publish(
-                self.containers
-                    .iter()
-                    .map(|(n, c)| (n.clone(), self.published(c)))
-                    .collect(),
-            );
-        }
-    }
-
-    fn published(&self, c: &Container) -> Published {
-        let d = &c.decl;
-        let ports: Vec<String> = d.ports.iter().map(port_text).collect();
-        let cgroup = self
-            .cgroup_parent
-            .as_ref()
-            .map(|p| PathBuf::from(format!("/sys/fs/cgroup{p}/{}", d.name)));
-        let error = match &c.state {
-            State::Failed(e) => e.clone(),
-            _ => String::new(),
-        };
-        let info = berth_control::ContainerInfo {
-            name: d.name.clone(),
-            image: d.image.clone(),
-            state: c.state_name().to_string(),
-            pid: c.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-            restarts: c.restarts,
-            exit_code: c.exit_code,
-            error,
-            started_at: c.started_at.clone(),
-            ports,
-            network: serde_json::to_value(d.network)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            address: self
-                .bridge
-                .as_ref()
-                .ok()
-                .and_then(|b| b.address(&d.name))
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            source: c.source.display().to_string(),
-        };
-        let detail = serde_json::json!({
-            "Name": d.name,
-            "State": {
-                "Status": info.state,
-                "Pid": info.pid,
-                "ExitCode": info.exit_code,
-                "Error": info.error,
-                "StartedAt": info.started_at,
-                "Restarts": info.restarts,
-                "StoppedByOperator": c.stopped,
-            },
-            "Declaration": d,
-            "Source": info.source,
-            "LogPath": self.paths.log_dir.join(format!("{}.log", d.name)),
-            "Rootfs": self.paths.store.join("containers").join(&d.name).join("rootfs"),
-            "Bundle": self.paths.run_dir.join(&d.name).join("bundle"),
-            "Cgroup": cgroup,
-            "NetworkSettings": {
-                "Network": info.network,
-                "IPAddress": info.address,
-                "Ports": info.ports,
-                "NetNs": (d.network == crate::declaration::Network::Bridge)
-                    .then(|| self.paths.netns_dir.join(&d.name)),
-            },
-        });
-        Published {
-            info,
-            detail,
-            cgroup,
-        }
     }
 
     fn save_stopped_forever(&self) {
@@ -676,157 +421,6 @@ impl Supervisor {
         if self.stopped_forever.remove(name) {
             self.save_stopped_forever();
         }
-    }
-
-    /// Reads the declarations again: new ones start, changed ones are recreated (with
-    /// a new rootfs when the image changed), and those whose file is gone are stopped
-    /// and removed. A file that no longer parses leaves its container as it was.
-    fn reload(&mut self) {
-        let declared = self.read_declarations();
-        let gone: Vec<String> = self
-            .containers
-            .iter()
-            .filter(|(n, c)| !declared.contains_key(*n) && !c.source.exists())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in gone {
-            say(&format!(
-                "{name}: declaration removed; removing the container"
-            ));
-            self.remove_container(&name);
-        }
-        for (name, (decl, source)) in declared {
-            let Some(c) = self.containers.get_mut(&name) else {
-                say(&format!("{name}: declared"));
-                self.containers.insert(name, Container::new(decl, source));
-                continue;
-            };
-            c.source = source;
-            if c.decl == decl {
-                continue;
-            }
-            say(&format!(
-                "{name}: declaration changed; recreating the container"
-            ));
-            let image_changed = c.decl.image != decl.image;
-            self.stop_containers(std::slice::from_ref(&name));
-            if let Ok(b) = self.bridge.as_mut() {
-                b.detach(&name); // its network may have changed: made again at start
-            }
-            if image_changed {
-                if let Err(e) = remove_rootfs(&self.paths, &name) {
-                    say(&format!("{name}: removing its old rootfs: {e}"));
-                }
-            }
-            if let Some(c) = self.containers.get_mut(&name) {
-                c.decl = decl;
-                c.failures = 0;
-                c.state = if c.stopped {
-                    State::Stopped
-                } else {
-                    State::Waiting(Instant::now())
-                };
-            }
-        }
-    }
-
-    /// One change from the API.
-    fn handle(&mut self, request: Request) {
-        let (reply, result) = match request {
-            Request::Run {
-                name,
-                declaration,
-                reply,
-            } => (reply, self.run_declared(&name, &declaration)),
-            Request::Start(name, reply) => (reply, self.start_request(&name)),
-            Request::Stop(name, reply) => (reply, self.stop_request(&name)),
-            Request::Restart(name, reply) => {
-                let r = self.known(&name).map(|_| ());
-                if r.is_ok() {
-                    self.stop_containers(std::slice::from_ref(&name));
-                }
-                (reply, r.and_then(|()| self.start_request(&name)))
-            }
-            Request::Remove { name, force, reply } => (reply, self.remove_request(&name, force)),
-            Request::Reload(reply) => {
-                self.reload();
-                (reply, Ok(()))
-            }
-        };
-        self.write_status();
-        let _ = reply.send(result);
-    }
-
-    fn known(&self, name: &str) -> Result<&Container, String> {
-        self.containers
-            .get(name)
-            .ok_or_else(|| format!("no container named {name:?}"))
-    }
-
-    /// `berthctl run`: a declaration kept under /var/lib/berth, started at once.
-    fn run_declared(&mut self, name: &str, text: &str) -> Result<(), String> {
-        if let Ok(c) = self.known(name) {
-            return Err(format!(
-                "a container named {name:?} already exists (declared in {})",
-                c.source.display()
-            ));
-        }
-        let path = self.paths.api_declarations.join(format!("{name}.toml"));
-        let decl = Declaration::parse(name, text, &path).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&self.paths.api_declarations)
-            .and_then(|()| std::fs::write(&path, text))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        say(&format!("{name}: declared through the API"));
-        self.containers
-            .insert(name.to_string(), Container::new(decl, path));
-        Ok(())
-    }
-
-    fn start_request(&mut self, name: &str) -> Result<(), String> {
-        self.known(name)?;
-        if self.stopped_forever.remove(name) {
-            self.save_stopped_forever();
-        }
-        let Some(c) = self.containers.get_mut(name) else {
-            return Ok(());
-        };
-        c.stopped = false;
-        if c.pid().is_none() {
-            c.failures = 0;
-            c.state = State::Waiting(Instant::now());
-        }
-        Ok(())
-    }
-
-    fn stop_request(&mut self, name: &str) -> Result<(), String> {
-        let c = self.known(name)?;
-        if c.decl.restart == Restart::UnlessStopped && self.stopped_forever.insert(name.into()) {
-            self.save_stopped_forever();
-        }
-        self.stop_containers(&[name.to_string()]);
-        if let Some(c) = self.containers.get_mut(name) {
-            c.stopped = true;
-            c.state = State::Stopped;
-        }
-        Ok(())
-    }
-
-    fn remove_request(&mut self, name: &str, force: bool) -> Result<(), String> {
-        let c = self.known(name)?;
-        if !c.source.starts_with(&self.paths.api_declarations) {
-            return Err(format!(
-                "{name:?} is declared by {}: remove that file (the daemon then removes the container)",
-                c.source.display()
-            ));
-        }
-        if c.pid().is_some() && !force {
-            return Err(format!(
-                "container {name:?} is running: stop it first, or remove it with -f"
-            ));
-        }
-        let source = c.source.clone();
-        self.remove_container(name);
-        std::fs::remove_file(&source).map_err(|e| format!("{}: {e}", source.display()))
     }
 
     /// Stops every running container (SIGTERM, SIGKILL after the timeout), deletes them.
@@ -916,7 +510,7 @@ impl Supervisor {
             }
             for name in ready.ended {
                 if let Some(pid) = self.containers.get(&name).and_then(Container::pid) {
-                    let code = self.exit_from_init(pid);
+                    let code = self.init_exits.wait_for(pid);
                     self.exited(pid, code.unwrap_or(UNKNOWN_EXIT));
                 }
             }
@@ -1012,19 +606,6 @@ struct Ready {
     ended: Vec<String>,
 }
 
-/// Whether `pid` is container `name`'s init: in its cgroup (when the daemon knows the
-/// containers' cgroups), else merely alive.
-fn owns(cgroup_parent: Option<&str>, name: &str, pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    match cgroup_parent {
-        Some(parent) => std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .is_ok_and(|t| t.lines().any(|l| l == format!("0::{parent}/{name}"))),
-        None => nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok(),
-    }
-}
-
 fn remove_rootfs(paths: &Paths, name: &str) -> Result<(), String> {
     let store = berth_store::store::Store::open(&paths.store, Default::default())
         .map_err(|e| e.to_string())?;
@@ -1043,18 +624,6 @@ fn remove_leftovers(paths: &Paths, name: &str) {
         let _ = std::fs::remove_file(paths.log_dir.join(file));
     }
     let _ = std::fs::remove_dir_all(paths.run_dir.join(name));
-}
-
-/// `8080:80/tcp`, `127.0.0.1:5353:53/udp`.
-fn port_text(p: &crate::declaration::Port) -> String {
-    let proto = match p.protocol {
-        crate::declaration::Protocol::Tcp => "tcp",
-        crate::declaration::Protocol::Udp => "udp",
-    };
-    match p.host_ip {
-        Some(ip) => format!("{ip}:{}:{}/{proto}", p.host_port, p.container_port),
-        None => format!("{}:{}/{proto}", p.host_port, p.container_port),
-    }
 }
 
 /// An inotify watch on the declarations' directory (made if missing); None when that
@@ -1084,14 +653,4 @@ fn watch_dir(dir: &Path) -> Option<OwnedFd> {
 fn drain(fd: &OwnedFd) {
     let mut buf = [0u8; 4096];
     while matches!(rustix::io::read(fd, &mut buf), Ok(n) if n > 0) {}
-}
-
-/// The exit statuses init kept for this service (see `Init1.TakeExitStatuses`).
-fn take_exit_statuses() -> Result<Vec<ExitRecord>, String> {
-    berth_control::zbus::block_on(async {
-        let conn = berth_control::connect(Path::new(berth_control::INIT_SOCKET)).await?;
-        let init = berth_control::InitProxy::new(&conn).await?;
-        init.take_exit_statuses().await
-    })
-    .map_err(|e| e.to_string())
 }

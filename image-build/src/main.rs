@@ -358,12 +358,9 @@ fn deb_file(cache: &Path, package: &str, path: &str) -> Result<PathBuf> {
     Ok(file)
 }
 
-/// Writes through a temporary file and a rename, so a failed build leaves no half file.
+/// Writes through berth-persist, so a failed build leaves no half file.
 fn write(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    Ok(berth_persist::write_file(path, data, 0o644)?)
 }
 
 #[cfg(test)]

@@ -134,21 +134,27 @@ const API_FSTYPES: &[&str] = &[
     "binfmt_misc",
 ];
 
-/// Unmounts every real filesystem, innermost first; one that is still busy is remounted
-/// read-only so its journal is clean when the power goes.
+/// Unmounts every real filesystem, deepest first; one that is still busy is remounted
+/// read-only so its journal is clean when the power goes, and what holds it is named.
 fn unmount_all() {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         warn!("shutdown: cannot read /proc/self/mountinfo; not unmounting");
         return;
     };
     let mut count = 0;
-    for (target, fstype) in mounts(&text).into_iter().rev() {
+    for (target, fstype) in unmount_order(mounts(&text)) {
         if target == "/" || API_FSTYPES.contains(&fstype.as_str()) {
             continue;
         }
         match umount2(target.as_str(), MntFlags::empty()) {
-            Ok(()) => count += 1,
+            Ok(()) => {
+                info!("shutdown: unmounted {target}");
+                count += 1;
+            }
             Err(e) => {
+                for holder in holders(std::path::Path::new("/proc"), &target) {
+                    warn!("shutdown: {target} is held by {holder}");
+                }
                 let ro = mount(
                     None::<&str>,
                     target.as_str(),
@@ -164,6 +170,46 @@ fn unmount_all() {
         }
     }
     info!("shutdown: unmounted {count} filesystem(s)");
+}
+
+/// Deepest mount points first; among equals, the last mounted first (an over-mount
+/// before what it covers).
+fn unmount_order(mut mounts: Vec<(String, String)>) -> Vec<(String, String)> {
+    mounts.reverse();
+    mounts.sort_by_key(|(target, _)| {
+        std::cmp::Reverse(target.split('/').filter(|c| !c.is_empty()).count())
+    });
+    mounts
+}
+
+/// What keeps `target` busy: each process (under `proc`) whose working directory, root
+/// or an open file lies on it, as `pid N (comm): path` (at most 20).
+fn holders(proc: &std::path::Path, target: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let dir = entry.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let mut links: Vec<std::path::PathBuf> =
+            ["cwd", "root"].iter().map(|l| dir.join(l)).collect();
+        if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        for link in links {
+            if let Ok(path) = std::fs::read_link(&link) {
+                if path.starts_with(target) && found.len() < 20 {
+                    found.push(format!("pid {pid} ({}): {}", comm.trim(), path.display()));
+                }
+            }
+        }
+    }
+    found
 }
 
 /// (mount point, fstype) from /proc/self/mountinfo, in mount order. Mount points escape
@@ -220,6 +266,53 @@ mod tests {
                 ("/proc".to_string(), "proc".to_string()),
                 ("/var".to_string(), "btrfs".to_string()),
                 ("/var/with space".to_string(), "tmpfs".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn unmounts_deepest_first_and_overmounts_before_what_they_cover() {
+        let m = |t: &str, f: &str| (t.to_string(), f.to_string());
+        let order = unmount_order(vec![
+            m("/var", "btrfs"),
+            m("/var/lib/berth/containers/x", "overlay"),
+            m("/run", "tmpfs"),
+            m("/var/log", "btrfs"),
+            m("/var", "tmpfs"),
+        ]);
+        let targets: Vec<&str> = order.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            targets,
+            [
+                "/var/lib/berth/containers/x",
+                "/var/log",
+                "/var",
+                "/run",
+                "/var"
+            ]
+        );
+        assert_eq!(order[2].1, "tmpfs", "the later /var mount goes first");
+    }
+
+    #[test]
+    fn names_the_processes_that_hold_a_mount() {
+        let proc = tempfile::tempdir().unwrap();
+        let p = proc.path().join("123");
+        std::fs::create_dir_all(p.join("fd")).unwrap();
+        std::fs::write(p.join("comm"), "berth-agent\n").unwrap();
+        std::os::unix::fs::symlink("/", p.join("root")).unwrap();
+        std::os::unix::fs::symlink("/var/lib/berth", p.join("cwd")).unwrap();
+        std::os::unix::fs::symlink("/var/log/berth/a.log", p.join("fd/3")).unwrap();
+        std::os::unix::fs::symlink("/variable", p.join("fd/4")).unwrap();
+        std::os::unix::fs::symlink("pipe:[42]", p.join("fd/5")).unwrap();
+        std::fs::create_dir_all(proc.path().join("self-ish")).unwrap();
+        let mut found = holders(proc.path(), "/var");
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "pid 123 (berth-agent): /var/lib/berth",
+                "pid 123 (berth-agent): /var/log/berth/a.log"
             ]
         );
     }

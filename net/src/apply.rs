@@ -129,11 +129,9 @@ pub fn unapply_static(link: &str, entry: &LinkConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes resolv.conf through a rename (readers never see half of it).
+/// Writes resolv.conf durably through berth-persist (readers never see half of it).
 pub fn write_resolv_conf(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("berth-net.tmp");
-    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    berth_persist::write_file(path, text.as_bytes(), 0o644).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -444,10 +444,8 @@ fn write_state(net: &Net) {
         })
         .collect();
     let text = serde_json::json!({ "links": links }).to_string();
-    let path = Path::new(STATE_PATH);
-    let tmp = path.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
-        say(&format!("{}: {e}", path.display()));
+    if let Err(e) = berth_persist::write_file(Path::new(STATE_PATH), text.as_bytes(), 0o644) {
+        say(&e.to_string());
     }
 }
 

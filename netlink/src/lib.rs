@@ -176,16 +176,19 @@ impl Netlink {
 
     /// Creates the veth pair `host` / `peer`, with `peer` moved at once into the network
     /// namespace `netns` (an open /proc/PID/ns/net or bind-mounted namespace file) and,
-    /// there, named `peer_name_inside`.
+    /// there, named `peer_name_inside`, with the hardware address `peer_mac`.
     pub fn add_veth_into(
         &mut self,
         host: &str,
         peer_name_inside: &str,
+        peer_mac: [u8; 6],
         netns: BorrowedFd<'_>,
     ) -> Result<()> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(peer_name_inside.to_string()));
+        peer.attributes
+            .push(LinkAttribute::Address(peer_mac.to_vec()));
         peer.attributes
             .push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
         let mut m = LinkMessage::default();

@@ -302,8 +302,19 @@ fn create_in(
     if new(LinuxNamespaceType::User) {
         fork_flags |= CloneFlags::CLONE_NEWUSER;
     }
+    // Bind sources are pinned here, in the runtime's mount namespace (see bind_trees).
+    // Not for a user namespace: a tree cloned by the host's root is not the container
+    // root's to attach; its init mounts by path.
+    let trees = if nss.iter().any(|n| n.typ() == LinuxNamespaceType::User) {
+        Vec::new()
+    } else {
+        mounts::bind_trees(spec)?
+    };
     let own_namespaces = join_for_fork(nss)?;
-    let forked = crate::sys::fork_into(fork_flags).map_err(sys(format!("clone({fork_flags:?})")));
+    // SAFETY: the runtime is single-threaded (it never starts a thread) and registers
+    // no atfork handler, as fork_into needs.
+    let forked =
+        unsafe { crate::sys::fork_into(fork_flags) }.map_err(sys(format!("clone({fork_flags:?})")));
     if !matches!(forked, Ok(ForkResult::Child)) {
         return_to(&own_namespaces);
     }
@@ -314,6 +325,7 @@ fn create_in(
             let err = child(
                 spec,
                 rootfs,
+                &trees,
                 &fifo,
                 go_r,
                 &report_w,
@@ -451,9 +463,11 @@ fn read_report(report: &mut std::fs::File) -> String {
 
 /// The container's init, between fork and exec. Reports "ok" on `report` (kept open
 /// until exec closes it) once it waits for `start`.
+#[allow(clippy::too_many_arguments)]
 fn child(
     spec: &Spec,
     rootfs: &Path,
+    trees: &[Option<OwnedFd>],
     fifo: &Path,
     go: OwnedFd,
     report: &OwnedFd,
@@ -519,7 +533,7 @@ fn child(
         )?;
     }
     if has(LinuxNamespaceType::Mount) {
-        mounts::prepare_rootfs(spec, rootfs)?;
+        mounts::prepare_rootfs(spec, rootfs, trees)?;
         mounts::pivot(rootfs)?;
         // Before /proc/sys turns read-only below.
         sysctls(spec)?;

@@ -33,6 +33,15 @@ pub enum Error {
     },
     #[error("{op}: {errno}")]
     Sys { op: String, errno: Errno },
+    #[error("{0}")]
+    Persist(#[from] berth_persist::PersistError),
+    /// A path under the rootfs, resolved in it (as the container will see it).
+    #[error("{dest} in the rootfs: {op}: {errno}")]
+    InRoot {
+        dest: PathBuf,
+        op: &'static str,
+        errno: Errno,
+    },
     #[error("the container's setup failed: {0}")]
     Setup(String),
     #[error("{0}")]

@@ -110,7 +110,8 @@ pub fn exec(opts: &ExecOptions<'_>) -> Result<i32> {
     }
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("prctl(PR_SET_CHILD_SUBREAPER)"))?;
     let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    match crate::sys::fork().map_err(sys("fork"))? {
+    // SAFETY: the runtime is single-threaded (it never starts a thread), as fork needs.
+    match unsafe { crate::sys::fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
             drop(report_r);
             let err = middle(opts, &saved, &process, &nss, &seccomp, &report_w).unwrap_err();
@@ -170,7 +171,9 @@ fn middle(
     for (fd, flag) in nss {
         nix::sched::setns(fd, *flag).map_err(sys(format!("setns({flag:?})")))?;
     }
-    match crate::sys::fork().map_err(sys("fork"))? {
+    // SAFETY: still single-threaded: this is the first fork's child, which starts no
+    // thread either.
+    match unsafe { crate::sys::fork() }.map_err(sys("fork"))? {
         ForkResult::Parent { child } => {
             nix::unistd::write(report, format!("pid:{}\n", child.as_raw()).as_bytes())
                 .map_err(sys("reporting the pid"))?;

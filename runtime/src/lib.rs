@@ -9,6 +9,7 @@ pub mod devices;
 pub mod error;
 pub mod exec;
 pub mod hooks;
+pub mod inroot;
 pub mod mounts;
 pub mod process;
 pub mod seccomp;

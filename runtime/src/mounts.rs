@@ -1,15 +1,22 @@
 //! The container's filesystem view, built in its new mount namespace: the rootfs bound
 //! onto itself, the spec's mounts inside it, device nodes, then pivot_root, masked and
 //! read-only paths. Runs in the container's init process before it execs.
+//!
+//! Every path under the rootfs is resolved in it (`inroot`): mount(2), mknodat and
+//! symlinkat act on descriptors of what the path resolved to, never on a host path
+//! built by joining the rootfs and a destination an image can redirect with a symlink.
 
-use std::os::unix::fs::{symlink, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
+use nix::fcntl::{AtFlags, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::stat::{makedev, mknodat, Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
-use crate::error::{config, io, sys, Error, Result};
+use crate::error::{config, sys, Error, Result};
+use crate::inroot::{fd_path, in_root, Leaf, Root};
 
 /// The devices every container gets (runtime-spec "Default Devices").
 const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
@@ -20,51 +27,6 @@ const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
     ("/dev/urandom", 1, 9),
     ("/dev/tty", 5, 0),
 ];
-
-/// `dest` inside `rootfs`, refusing `..` that would climb out and resolving symlinks
-/// already inside the rootfs against the rootfs (not the host).
-pub fn in_rootfs(rootfs: &Path, dest: &Path) -> Result<PathBuf> {
-    let mut out = rootfs.to_path_buf();
-    let mut hops = 0;
-    let mut parts: Vec<PathBuf> = dest
-        .components()
-        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-        .map(|c| PathBuf::from(c.as_os_str()))
-        .collect();
-    parts.reverse();
-    while let Some(part) = parts.pop() {
-        if part == Path::new("..") {
-            if out != rootfs {
-                out.pop();
-            }
-            continue;
-        }
-        let next = out.join(&part);
-        match std::fs::read_link(&next) {
-            Ok(target) => {
-                hops += 1;
-                if hops > 40 {
-                    return Err(config(
-                        "mounts",
-                        format!("{}: too many symlinks", dest.display()),
-                    ));
-                }
-                if target.is_absolute() {
-                    out = rootfs.to_path_buf();
-                }
-                let mut more: Vec<PathBuf> = target
-                    .components()
-                    .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-                    .map(|c| PathBuf::from(c.as_os_str()))
-                    .collect();
-                more.reverse();
-                parts.extend(more);
-            }
-            Err(_) => out = next,
-        }
-    }
-    Ok(out)
-}
 
 /// Mount flags and the data string from OCI mount options (mount(8) names).
 pub fn parse_options(options: &[String]) -> Result<(MsFlags, MsFlags, String)> {
@@ -168,10 +130,10 @@ fn in_user_namespace() -> bool {
 }
 
 /// The flags a bind remount in a user namespace may not drop (mount_namespaces(7),
-/// "locked" mount flags), as they stand on `target` now.
-fn locked_flags(target: &Path) -> MsFlags {
+/// "locked" mount flags), as they stand on the mount `statvfs` describes.
+fn locked_flags(st: nix::Result<nix::sys::statvfs::Statvfs>) -> MsFlags {
     use nix::sys::statvfs::FsFlags;
-    let Ok(st) = nix::sys::statvfs::statvfs(target) else {
+    let Ok(st) = st else {
         return MsFlags::empty();
     };
     let f = st.flags();
@@ -188,6 +150,11 @@ fn locked_flags(target: &Path) -> MsFlags {
     .fold(MsFlags::empty(), |acc, (_, ms)| acc | ms)
 }
 
+fn needs_locked(flags: MsFlags) -> bool {
+    in_user_namespace() && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_BIND)
+}
+
+/// mount(2) on a host path the runtime trusts (`/`, the rootfs, `.` while pivoting).
 fn mnt(
     src: Option<&Path>,
     target: &Path,
@@ -195,8 +162,8 @@ fn mnt(
     mut flags: MsFlags,
     data: Option<&str>,
 ) -> Result<()> {
-    if in_user_namespace() && flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_BIND) {
-        flags |= locked_flags(target);
+    if needs_locked(flags) {
+        flags |= locked_flags(nix::sys::statvfs::statvfs(target));
     }
     mount(src, target, fstype, flags, data).map_err(sys(format!(
         "mounting {} on {}",
@@ -205,8 +172,72 @@ fn mnt(
     )))
 }
 
-/// Prepares the rootfs and everything mounted in it, ready for pivot_root.
-pub fn prepare_rootfs(spec: &Spec, rootfs: &Path) -> Result<()> {
+/// mount(2) on what `fd` holds, through its /proc/self/fd path; `dest` names it in
+/// errors.
+fn mount_fd(
+    src: Option<&Path>,
+    fd: &OwnedFd,
+    dest: &Path,
+    fstype: Option<&str>,
+    mut flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    if needs_locked(flags) {
+        flags |= locked_flags(nix::sys::statvfs::fstatvfs(fd));
+    }
+    mount(src, &fd_path(fd), fstype, flags, data).map_err(sys(format!(
+        "mounting {} on {}",
+        fstype.or(src.and_then(|s| s.to_str())).unwrap_or("?"),
+        dest.display()
+    )))
+}
+
+/// mount(2) on `dest`, resolved in `root` right before the call: after an earlier
+/// mount there, that resolves to the new mount (a remount, a propagation change).
+fn mnt_at(
+    root: &Root,
+    dest: &Path,
+    src: Option<&Path>,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    let fd = root.open_in(dest)?;
+    mount_fd(src, &fd, dest, fstype, flags, data)
+}
+
+/// Whether `m` is a bind mount, and a recursive one.
+fn bind_kind(m: &Mount) -> Result<Option<bool>> {
+    let (flags, _, _) = parse_options(&m.options().clone().unwrap_or_default())?;
+    let bind = flags.contains(MsFlags::MS_BIND) || m.typ().as_deref() == Some("bind");
+    Ok(bind.then_some(flags.contains(MsFlags::MS_REC)))
+}
+
+/// Each bind mount's source as a detached mount tree (None for other mounts), made by
+/// the runtime in its own mount namespace before the container's init leaves it. The
+/// source is resolved once, here, as the caller named it (a daemon's
+/// /proc/PID/fd/N pin included, which only resolves to a usable mount in the caller's
+/// namespace); the init attaches the tree it holds, not whatever the path names later.
+/// Where open_tree(2) does not exist, every entry is None: the init mounts by path.
+pub fn bind_trees(spec: &Spec) -> Result<Vec<Option<OwnedFd>>> {
+    let mut trees = Vec::new();
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        let (Some(recursive), Some(src)) = (bind_kind(m)?, m.source().as_deref()) else {
+            trees.push(None);
+            continue;
+        };
+        match crate::sys::clone_tree(src, recursive) {
+            Ok(fd) => trees.push(Some(fd)),
+            Err(nix::errno::Errno::ENOSYS) => return Ok(Vec::new()),
+            Err(e) => return Err(sys(format!("opening the bind source {}", src.display()))(e)),
+        }
+    }
+    Ok(trees)
+}
+
+/// Prepares the rootfs and everything mounted in it, ready for pivot_root. `trees`:
+/// from [`bind_trees`], or empty to mount bind sources by path.
+pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, trees: &[Option<OwnedFd>]) -> Result<()> {
     mnt(None, Path::new("/"), None, root_propagation(spec)?, None)?;
     mnt(
         Some(rootfs),
@@ -215,15 +246,28 @@ pub fn prepare_rootfs(spec: &Spec, rootfs: &Path) -> Result<()> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
-    for m in spec.mounts().as_deref().unwrap_or_default() {
-        mount_one(m, rootfs)?;
+    // Opened once the rootfs is bound onto itself: mounts made through it land on the
+    // mount pivot_root will take.
+    let root = Root::open(rootfs)?;
+    for (i, m) in spec
+        .mounts()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        mount_one(m, &root, trees.get(i).and_then(Option::as_ref))?;
     }
-    create_devices(spec, rootfs)?;
-    dev_symlinks(rootfs);
-    Ok(())
+    create_devices(spec, &root)?;
+    dev_symlinks(&root)
 }
 
-fn mount_one(m: &Mount, rootfs: &Path) -> Result<()> {
+fn is_dir(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd)
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
+}
+
+fn mount_one(m: &Mount, root: &Root, tree: Option<&OwnedFd>) -> Result<()> {
     let dest = m.destination();
     if !dest.is_absolute() {
         return Err(config(
@@ -231,7 +275,6 @@ fn mount_one(m: &Mount, rootfs: &Path) -> Result<()> {
             format!("{} is not absolute", dest.display()),
         ));
     }
-    let target = in_rootfs(rootfs, dest)?;
     let options = m.options().clone().unwrap_or_default();
     let (mut flags, propagation, data) = parse_options(&options)?;
     let mut fstype = m.typ().clone().unwrap_or_else(|| "none".into());
@@ -245,76 +288,97 @@ fn mount_one(m: &Mount, rootfs: &Path) -> Result<()> {
                 format!("bind mount on {} has no source", dest.display()),
             )
         })?;
-        let meta = std::fs::metadata(src).map_err(io(src))?;
-        make_mount_point(&target, meta.is_dir())?;
-        mnt(
-            Some(src),
-            &target,
-            None,
-            flags & (MsFlags::MS_BIND | MsFlags::MS_REC),
-            None,
-        )?;
-        // A bind mount takes its other flags only on a remount.
-        let rest = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
-        if !rest.is_empty() {
-            mnt(
-                None,
-                &target,
-                None,
-                rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
-                None,
-            )?;
-        }
+        bind_mount(root, src, tree, dest, flags)?;
     } else {
         // Berth is cgroup-v2 only: a "cgroup" mount is the unified hierarchy, which
         // hybrid hosts offer too (v1 hierarchies cannot be mounted a second time).
         if fstype == "cgroup" {
             fstype = "cgroup2".into();
         }
-        make_mount_point(&target, true)?;
+        let target = root.make(dest, Leaf::Dir)?;
         let src = source.unwrap_or_else(|| PathBuf::from(&fstype));
         let data = (!data.is_empty()).then_some(data.as_str());
-        match mnt(Some(&src), &target, Some(&fstype), flags, data) {
+        match mount_fd(Some(&src), &target, dest, Some(&fstype), flags, data) {
             // Without its own network namespace a container may not mount sysfs: bind
             // the host's read-only instead, as runc does.
             Err(Error::Sys {
                 errno: nix::errno::Errno::EPERM,
                 ..
-            }) if fstype == "sysfs" => bind_read_only(Path::new("/sys"), &target)?,
+            }) if fstype == "sysfs" => bind_read_only(root, Path::new("/sys"), dest)?,
             // Likewise cgroup2 in a user namespace without its own cgroup namespace.
             Err(Error::Sys {
                 errno: nix::errno::Errno::EPERM,
                 ..
             }) if fstype == "cgroup2" && in_user_namespace() => {
-                bind_read_only(Path::new("/sys/fs/cgroup"), &target)?;
+                bind_read_only(root, Path::new("/sys/fs/cgroup"), dest)?;
             }
             other => other?,
         }
     }
     if !propagation.is_empty() {
-        mnt(None, &target, None, propagation, None)?;
+        mnt_at(root, dest, None, None, propagation, None)?;
     }
     Ok(())
 }
 
-fn make_mount_point(target: &Path, dir: bool) -> Result<()> {
-    if dir {
-        std::fs::create_dir_all(target).map_err(io(target))
+/// A bind mount of the host path `src` (the spec's: the runtime's caller chose it) on
+/// `dest` in the root: the detached `tree` the runtime cloned from it, or else the
+/// source opened once and bound through its descriptor, so what was checked (a
+/// directory or not) is what gets mounted.
+fn bind_mount(
+    root: &Root,
+    src: &Path,
+    tree: Option<&OwnedFd>,
+    dest: &Path,
+    flags: MsFlags,
+) -> Result<()> {
+    let opened;
+    let src_fd = match tree {
+        Some(t) => t,
+        None => {
+            opened = nix::fcntl::open(src, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(sys(format!("opening the bind source {}", src.display())))?;
+            &opened
+        }
+    };
+    let leaf = if is_dir(src_fd) {
+        Leaf::Dir
     } else {
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        if !target.exists() {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o644)
-                .open(target)
-                .map_err(io(target))?;
-        }
-        Ok(())
+        Leaf::File
+    };
+    let target = root.make(dest, leaf)?;
+    match tree {
+        Some(t) => crate::sys::attach_tree(t.as_fd(), target.as_fd())
+            .map_err(sys("attaching the bind source's tree")),
+        None => mount_fd(
+            Some(&fd_path(src_fd)),
+            &target,
+            dest,
+            None,
+            flags & (MsFlags::MS_BIND | MsFlags::MS_REC),
+            None,
+        ),
     }
+    .map_err(|e| match e {
+        Error::Sys { errno, .. } => Error::Sys {
+            op: format!("binding {} on {}", src.display(), dest.display()),
+            errno,
+        },
+        other => other,
+    })?;
+    // A bind mount takes its other flags only on a remount.
+    let rest = flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+    if rest.is_empty() {
+        return Ok(());
+    }
+    mnt_at(
+        root,
+        dest,
+        None,
+        None,
+        rest | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+        None,
+    )
 }
 
 struct Node {
@@ -327,9 +391,7 @@ struct Node {
     gid: Option<u32>,
 }
 
-fn create_devices(spec: &Spec, rootfs: &Path) -> Result<()> {
-    let dev = rootfs.join("dev");
-    std::fs::create_dir_all(&dev).map_err(io(&dev))?;
+fn nodes(spec: &Spec) -> Result<Vec<Node>> {
     let mut nodes: Vec<Node> = DEFAULT_DEVICES
         .iter()
         .map(|(p, major, minor)| Node {
@@ -374,79 +436,81 @@ fn create_devices(spec: &Spec, rootfs: &Path) -> Result<()> {
             gid: d.gid(),
         });
     }
-    for Node {
-        path,
-        kind,
-        major,
-        minor,
-        mode,
-        uid,
-        gid,
-    } in nodes
-    {
-        let target = in_rootfs(rootfs, &path)?;
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        let _ = std::fs::remove_file(&target);
+    Ok(nodes)
+}
+
+fn create_devices(spec: &Spec, root: &Root) -> Result<()> {
+    root.make(Path::new("/dev"), Leaf::Dir)?;
+    for node in nodes(spec)? {
+        let (dir, name) = root.parent(&node.path)?;
+        // Whatever the image put there goes, a symlink included (removed, not followed).
+        let _ = nix::unistd::unlinkat(
+            &dir,
+            name.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
         if in_user_namespace() {
             // mknod is not allowed there: the host's node, bound onto an empty file.
-            bind_device(&path, &target)?;
-            continue;
-        }
-        mknod(
-            &target,
-            kind,
-            Mode::from_bits_truncate(mode),
-            makedev(major, minor),
-        )
-        .map_err(sys(format!("mknod {}", target.display())))?;
-        // mknod applies the umask; the spec's mode is meant exactly.
-        nix::sys::stat::fchmodat(
-            nix::fcntl::AT_FDCWD,
-            &target,
-            Mode::from_bits_truncate(mode),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )
-        .map_err(sys(format!("chmod {}", target.display())))?;
-        if uid.is_some() || gid.is_some() {
-            nix::unistd::chown(
-                &target,
-                uid.map(nix::unistd::Uid::from_raw),
-                gid.map(nix::unistd::Gid::from_raw),
-            )
-            .map_err(sys(format!("chown {}", target.display())))?;
+            root.make(&node.path, Leaf::File)?;
+            mnt_at(
+                root,
+                &node.path,
+                Some(&node.path),
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?;
+        } else {
+            make_node(&dir, &name, &node)?;
         }
     }
     Ok(())
 }
 
-fn bind_device(host: &Path, target: &Path) -> Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(target)
-        .map_err(io(target))?;
-    mnt(Some(host), target, None, MsFlags::MS_BIND, None)
+/// mknodat in the in-root directory `dir`, with the spec's mode exactly (the umask is
+/// cleared around the call; the init is single-threaded) and owner.
+fn make_node(dir: &OwnedFd, name: &OsStr, node: &Node) -> Result<()> {
+    let old = nix::sys::stat::umask(Mode::empty());
+    let made = mknodat(
+        dir,
+        name,
+        node.kind,
+        Mode::from_bits_truncate(node.mode),
+        makedev(node.major, node.minor),
+    );
+    nix::sys::stat::umask(old);
+    made.map_err(in_root(&node.path, "mknod"))?;
+    if node.uid.is_some() || node.gid.is_some() {
+        nix::unistd::fchownat(
+            dir,
+            name,
+            node.uid.map(nix::unistd::Uid::from_raw),
+            node.gid.map(nix::unistd::Gid::from_raw),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(in_root(&node.path, "chown"))?;
+    }
+    Ok(())
 }
 
-/// /dev/fd, stdin, stdout, stderr and ptmx, as every container expects them.
-fn dev_symlinks(rootfs: &Path) {
+/// /dev/fd, stdin, stdout, stderr, ptmx and core, as every container expects them,
+/// made in the in-root /dev; what the image already has there stays.
+fn dev_symlinks(root: &Root) -> Result<()> {
+    let dev = root.open_in(Path::new("/dev"))?;
     for (link, target) in [
-        ("dev/fd", "/proc/self/fd"),
-        ("dev/stdin", "/proc/self/fd/0"),
-        ("dev/stdout", "/proc/self/fd/1"),
-        ("dev/stderr", "/proc/self/fd/2"),
-        ("dev/ptmx", "pts/ptmx"),
-        ("dev/core", "/proc/kcore"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
     ] {
-        let path = rootfs.join(link);
-        if path.symlink_metadata().is_err() {
-            let _ = symlink(target, &path);
+        match nix::unistd::symlinkat(target, dev.as_fd(), link) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(in_root(&Path::new("/dev").join(link), "symlink")(e)),
         }
     }
+    Ok(())
 }
 
 /// Makes `rootfs` the root: pivot_root(".", ".") stacks the old root on the new one,
@@ -493,48 +557,64 @@ fn move_root() -> Result<()> {
     nix::unistd::chdir("/").map_err(sys("chdir /"))
 }
 
-/// Masked paths (runtime-spec linux.maskedPaths): a directory gets an empty read-only
-/// tmpfs, a file /dev/null over it; what does not exist is skipped.
+/// Masked paths (runtime-spec linux.maskedPaths), after pivot_root: a directory gets an
+/// empty read-only tmpfs, a file /dev/null over it; what does not exist is skipped.
+/// Resolved in the new root too, so no magic link can point them elsewhere.
 pub fn mask(paths: &[String]) -> Result<()> {
+    let root = Root::open(Path::new("/"))?;
     for p in paths {
         let path = Path::new(p);
-        match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => mnt(
+        let fd = match root.resolve(path) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(e) => return Err(in_root(path, "resolving")(e)),
+        };
+        if is_dir(&fd) {
+            mount_fd(
                 Some(Path::new("tmpfs")),
+                &fd,
                 path,
                 Some("tmpfs"),
                 MsFlags::MS_RDONLY,
                 None,
-            )?,
-            Ok(_) => mnt(
-                Some(Path::new("/dev/null")),
+            )?;
+        } else {
+            let null = root.open_in(Path::new("/dev/null"))?;
+            mount_fd(
+                Some(&fd_path(&null)),
+                &fd,
                 path,
                 None,
                 MsFlags::MS_BIND,
                 None,
-            )?,
-            Err(_) => {}
+            )?;
         }
     }
     Ok(())
 }
 
-/// Read-only paths: bound onto themselves, then remounted read-only.
+/// Read-only paths, after pivot_root: bound onto themselves, then remounted read-only.
 pub fn read_only(paths: &[String]) -> Result<()> {
+    let root = Root::open(Path::new("/"))?;
     for p in paths {
         let path = Path::new(p);
-        if path.exists() {
-            bind_read_only(path, path)?;
-        }
+        let fd = match root.resolve(path) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(e) => return Err(in_root(path, "resolving")(e)),
+        };
+        bind_read_only(&root, &fd_path(&fd), path)?;
     }
     Ok(())
 }
 
-/// `src` bound (recursively) on `target`, then remounted read-only, nosuid, nodev, noexec.
-fn bind_read_only(src: &Path, target: &Path) -> Result<()> {
-    mnt(
+/// `src` bound (recursively) on `dest` in `root`, then remounted read-only, nosuid,
+/// nodev, noexec.
+fn bind_read_only(root: &Root, src: &Path, dest: &Path) -> Result<()> {
+    mnt_at(
+        root,
+        dest,
         Some(src),
-        target,
         None,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
@@ -545,7 +625,7 @@ fn bind_read_only(src: &Path, target: &Path) -> Result<()> {
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC;
-    mnt(None, target, None, ro, None)
+    mnt_at(root, dest, None, None, ro, None)
 }
 
 /// root.readonly: the new / remounted read-only.
@@ -582,28 +662,5 @@ mod tests {
         let (flags, _, _) = parse_options(&["ro".into(), "rw".into()]).unwrap();
         assert!(flags.is_empty());
         assert!(parse_options(&["".into()]).is_err());
-    }
-
-    #[test]
-    fn paths_stay_in_the_rootfs() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        symlink("/etc", root.join("abs")).unwrap();
-        symlink("../../../..", root.join("etc/up")).unwrap();
-        assert_eq!(
-            in_rootfs(root, Path::new("/../../x")).unwrap(),
-            root.join("x")
-        );
-        assert_eq!(
-            in_rootfs(root, Path::new("/abs/passwd")).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            in_rootfs(root, Path::new("/etc/up/tmp")).unwrap(),
-            root.join("tmp")
-        );
-        symlink("loop", root.join("loop")).unwrap();
-        assert!(in_rootfs(root, Path::new("/loop")).is_err());
     }
 }

@@ -81,12 +81,12 @@ pub fn dir(root: &Path, id: &str) -> PathBuf {
 }
 
 impl Saved {
+    /// Written durably: `state`, `kill` and `delete` must never find it half written.
     pub fn save(&self, root: &Path) -> Result<()> {
-        let dir = dir(root, &self.id);
-        let tmp = dir.join("state.json.tmp");
-        let text = serde_json::to_vec(self).map_err(|e| io(&tmp)(e.into()))?;
-        std::fs::write(&tmp, text).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(io(dir.join(STATE_FILE)))
+        let path = dir(root, &self.id).join(STATE_FILE);
+        let text = serde_json::to_vec(self).map_err(|e| io(&path)(e.into()))?;
+        berth_persist::write_file(&path, &text, 0o644)?;
+        Ok(())
     }
 
     pub fn load(root: &Path, id: &str) -> Result<Self> {

@@ -3,10 +3,18 @@
 use nix::errno::Errno;
 use nix::unistd::ForkResult;
 
-/// fork(2). The runtime is single-threaded whenever it forks (no thread is ever
-/// started), so the child may allocate and use std freely until it execs.
-pub fn fork() -> Result<ForkResult, Errno> {
-    // SAFETY: single-threaded process (see above): no lock can be held by another thread.
+/// fork(2), for a child that goes on to allocate and use std until it execs.
+///
+/// # Safety
+///
+/// The calling process must be single-threaded: a lock (the allocator's, stdio's, the
+/// environment's) held by another thread at the fork stays held forever in the child,
+/// which would then deadlock on its first use. The runtime never starts a thread, so
+/// every caller in this crate meets this; a caller that does not must exec or `_exit`
+/// at once in the child, touching nothing else.
+pub unsafe fn fork() -> Result<ForkResult, Errno> {
+    // SAFETY: the caller guarantees a single-threaded process (see # Safety), so no
+    // lock can be held by a thread the child does not have.
     unsafe { nix::unistd::fork() }
 }
 
@@ -165,6 +173,51 @@ fn read_only_clone(file: &std::path::Path) -> Result<std::os::fd::OwnedFd, Errno
     Ok(fd)
 }
 
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// A detached copy of the mount tree at `path` (of the mounts below it too when
+/// `recursive`), as open_tree(OPEN_TREE_CLONE) makes it: it holds the very directory
+/// `path` named when it was called, and can be attached in another mount namespace.
+pub fn clone_tree(path: &std::path::Path, recursive: bool) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let cpath = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .map_err(|_| Errno::EINVAL)?;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: open_tree(2) reads the NUL-terminated path, which outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) };
+    let fd = i32::try_from(Errno::result(rc)?).map_err(|_| Errno::EBADF)?;
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches the detached tree `tree` (from [`clone_tree`]) on what `target` (an
+/// O_PATH descriptor) holds: move_mount(2) with both paths empty, so nothing is
+/// resolved by name.
+pub fn attach_tree(
+    tree: std::os::fd::BorrowedFd<'_>,
+    target: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: move_mount(2) reads two NUL-terminated (empty) paths, static here; the
+    // descriptors are open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    Errno::result(rc).map(|_| ())
+}
+
 /// A sealed memfd copy of `file`.
 fn sealed_copy(file: &std::path::Path) -> Result<std::os::fd::OwnedFd, Errno> {
     use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -188,13 +241,18 @@ fn sealed_copy(file: &std::path::Path) -> Result<std::os::fd::OwnedFd, Errno> {
 
 /// fork(2) that also creates the namespaces in `flags` (CLONE_NEWUSER, CLONE_NEWPID)
 /// for the child, so a new pid namespace is owned by a new user namespace created in
-/// the same call (the container's root may then mount its /proc). The runtime is
-/// single-threaded when it forks (see `fork`).
-pub fn fork_into(flags: nix::sched::CloneFlags) -> Result<ForkResult, Errno> {
+/// the same call (the container's root may then mount its /proc).
+///
+/// # Safety
+///
+/// As for [`fork`]: the calling process must be single-threaded. Here glibc's fork
+/// handlers do not run either, so no atfork handler may be registered.
+pub unsafe fn fork_into(flags: nix::sched::CloneFlags) -> Result<ForkResult, Errno> {
     if flags.is_empty() {
-        return fork();
+        // SAFETY: the caller guarantees a single-threaded process, as `fork` needs.
+        return unsafe { fork() };
     }
-    // SAFETY: clone(2) with no stack, no tid pointers and SIGCHLD behaves as fork(2),
+    // SAFETY: the caller guarantees a single-threaded process. clone(2) with no stack, no tid pointers and SIGCHLD behaves as fork(2),
     // plus the namespace flags. glibc's fork handlers do not run: no thread or atfork
     // handler exists in this process, and glibc (>= 2.34) asks the kernel for the
     // thread id where it needs it rather than trusting its cached copy.

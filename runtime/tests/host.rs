@@ -590,3 +590,117 @@ fn the_runtime_runs_from_a_read_only_view_of_itself() {
         .len();
     assert_eq!(before, after);
 }
+
+/// What is in `dir` (a host directory that no container may write in).
+fn entries(dir: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect()
+}
+
+#[test]
+fn an_image_dev_symlink_to_the_host_is_resolved_in_the_rootfs() {
+    // The image's /dev is a symlink to a host directory: device nodes and /dev links
+    // must land in the rootfs (at the link's target taken in it), never on the host.
+    // Once with the usual tmpfs on /dev, once with the nodes made in the rootfs itself.
+    for tmpfs_on_dev in [true, false] {
+        let host = tempfile::tempdir().unwrap();
+        let b = sh(concat!(
+            "test -c /dev/null && echo null=char; echo x > /dev/null && echo write=ok; ",
+            "echo fd=$(readlink /dev/fd); echo dev=$(readlink /dev)"
+        ));
+        let dev = b.path().join("rootfs/dev");
+        std::fs::remove_dir(&dev).unwrap();
+        std::os::unix::fs::symlink(host.path(), &dev).unwrap();
+        // No tmpfs on /tmp: it would cover where /dev leads, with nodev.
+        b.edit(|c| {
+            c["mounts"].as_array_mut().unwrap().retain(|m| {
+                let d = m["destination"].as_str().unwrap();
+                d != "/tmp" && (tmpfs_on_dev || !d.starts_with("/dev"))
+            })
+        });
+        let (code, out, err) = b.run("devlink");
+        assert_eq!(code, 0, "tmpfs on /dev: {tmpfs_on_dev}: {out}{err}");
+        for want in [
+            "null=char".to_string(),
+            "write=ok".into(),
+            "fd=/proc/self/fd".into(),
+            format!("dev={}", host.path().display()),
+        ] {
+            assert!(
+                out.lines().any(|l| l == want),
+                "{want:?} not in:\n{out}{err}"
+            );
+        }
+        assert!(
+            entries(host.path()).is_empty(),
+            "written on the host: {:?}",
+            entries(host.path())
+        );
+        b.assert_clean();
+    }
+}
+
+#[test]
+fn a_mount_destination_through_a_symlink_out_of_the_rootfs_lands_in_it() {
+    // /mnt -> a host directory (absolute): the mounts below /mnt, and the directories
+    // made for them, go to that path inside the rootfs; the host directory stays empty.
+    let victim = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("hello"), "from the host\n").unwrap();
+    let b = sh(concat!(
+        "touch /mnt/scratch/x && echo scratch=rw; cat /mnt/bound/hello; ",
+        "for m in scratch bound; do grep -q \" $(readlink /mnt)/$m \" /proc/self/mountinfo ",
+        "&& echo $m=in-tmp; done"
+    ));
+    std::os::unix::fs::symlink(victim.path(), b.path().join("rootfs/mnt")).unwrap();
+    b.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/mnt/scratch", "type": "tmpfs", "source": "tmpfs"}));
+        mounts.push(json!({"destination": "/mnt/bound", "type": "bind",
+            "source": shared.path(), "options": ["rbind", "ro"]}));
+    });
+    let (code, out, err) = b.run("mntlink");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("scratch=rw"), "{out}{err}");
+    assert!(out.contains("from the host"), "{out}{err}");
+    // Both mounts are under the container's /tmp (where the link leads in it).
+    assert!(out.contains("scratch=in-tmp\nbound=in-tmp"), "{out}{err}");
+    assert!(
+        entries(victim.path()).is_empty(),
+        "written on the host: {:?}",
+        entries(victim.path())
+    );
+    b.assert_clean();
+}
+
+#[test]
+fn a_bind_source_pinned_by_a_descriptor_mounts_what_was_checked() {
+    // The daemon checks a bind source, holds it open and passes /proc/<its pid>/fd/<n>:
+    // swapping the path for a symlink afterwards must not change what is mounted.
+    use std::os::fd::AsRawFd;
+    let t = tempfile::tempdir().unwrap();
+    let checked = t.path().join("checked");
+    std::fs::create_dir(&checked).unwrap();
+    std::fs::write(checked.join("which"), "the checked one\n").unwrap();
+    let held = std::fs::File::open(&checked).unwrap();
+    let pinned = format!("/proc/{}/fd/{}", std::process::id(), held.as_raw_fd());
+    std::fs::rename(&checked, t.path().join("moved")).unwrap();
+    std::fs::create_dir(t.path().join("other")).unwrap();
+    std::fs::write(t.path().join("other/which"), "swapped in\n").unwrap();
+    std::os::unix::fs::symlink(t.path().join("other"), &checked).unwrap();
+    let b = sh("cat /data/which");
+    b.edit(|c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/data",
+            "type": "bind", "source": pinned, "options": ["rbind", "ro"]}))
+    });
+    let (code, out, err) = b.run("pinned");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "the checked one\n", "{err}");
+    drop(held);
+}

@@ -35,9 +35,21 @@ fn args(fd: i64, name: &OsStr, name_at: usize) -> Result<Box<[u8; ARGS_SIZE]>, E
     Ok(a)
 }
 
-fn ioctl(dir: BorrowedFd<'_>, request: libc::c_ulong, arg: *mut libc::c_void) -> Result<(), Errno> {
-    // SAFETY: every caller passes a request whose argument is the buffer behind `arg`
-    // (a 4096-byte vol_args block or a u64), alive and writable across the call.
+/// ioctl(2) on `dir`.
+///
+/// # Safety
+///
+/// `arg` must point to memory the kernel may read and write as `request`'s argument:
+/// at least as many bytes as the size encoded in `request` (ARGS_SIZE for the
+/// vol_args requests, 8 for IOC_SUBVOL_SETFLAGS), laid out as that request expects,
+/// and valid and not otherwise borrowed for the whole call.
+unsafe fn ioctl(
+    dir: BorrowedFd<'_>,
+    request: libc::c_ulong,
+    arg: *mut libc::c_void,
+) -> Result<(), Errno> {
+    // SAFETY: `dir` is an open descriptor (BorrowedFd); `arg` meets `request`'s needs by
+    // this function's own precondition, which its callers uphold.
     let rc = unsafe { libc::ioctl(dir.as_raw_fd(), request, arg) };
     if rc < 0 {
         Err(Errno::from_raw_os_error(
@@ -51,29 +63,40 @@ fn ioctl(dir: BorrowedFd<'_>, request: libc::c_ulong, arg: *mut libc::c_void) ->
 /// A new, empty subvolume `name` in the directory `parent`.
 pub fn create_subvolume(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
     let mut a = args(0, name, V1_NAME_AT)?;
-    ioctl(parent, IOC_SUBVOL_CREATE, a.as_mut_ptr().cast())
+    // SAFETY: `a` is an ARGS_SIZE-byte btrfs_ioctl_vol_args (fd at 0, NUL-terminated
+    // name at V1_NAME_AT), the size IOC_SUBVOL_CREATE encodes, owned here for the call.
+    unsafe { ioctl(parent, IOC_SUBVOL_CREATE, a.as_mut_ptr().cast()) }
 }
 
 /// A writable snapshot of the subvolume open at `source`, as `name` in `parent`.
 pub fn snapshot(source: BorrowedFd<'_>, parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
     let mut a = args(i64::from(source.as_raw_fd()), name, V2_NAME_AT)?;
-    ioctl(parent, IOC_SNAP_CREATE_V2, a.as_mut_ptr().cast())
+    // SAFETY: `a` is an ARGS_SIZE-byte btrfs_ioctl_vol_args_v2 (source fd at 0, flags
+    // and the rest zero, NUL-terminated name at V2_NAME_AT), the size IOC_SNAP_CREATE_V2
+    // encodes, owned here for the call.
+    unsafe { ioctl(parent, IOC_SNAP_CREATE_V2, a.as_mut_ptr().cast()) }
 }
 
 /// Deletes the subvolume `name` in `parent`, with everything in it.
 pub fn delete_subvolume(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
     let mut a = args(0, name, V1_NAME_AT)?;
-    ioctl(parent, IOC_SNAP_DESTROY, a.as_mut_ptr().cast())
+    // SAFETY: `a` is an ARGS_SIZE-byte btrfs_ioctl_vol_args (NUL-terminated name at
+    // V1_NAME_AT), the size IOC_SNAP_DESTROY encodes, owned here for the call.
+    unsafe { ioctl(parent, IOC_SNAP_DESTROY, a.as_mut_ptr().cast()) }
 }
 
 /// Makes the subvolume open at `subvol` read-only.
 pub fn set_read_only(subvol: BorrowedFd<'_>) -> Result<(), Errno> {
     let mut flags: u64 = SUBVOL_RDONLY;
-    ioctl(
-        subvol,
-        IOC_SUBVOL_SETFLAGS,
-        std::ptr::from_mut(&mut flags).cast(),
-    )
+    // SAFETY: `flags` is the __u64 IOC_SUBVOL_SETFLAGS encodes (size 8), a local alive
+    // and exclusively borrowed for the call.
+    unsafe {
+        ioctl(
+            subvol,
+            IOC_SUBVOL_SETFLAGS,
+            std::ptr::from_mut(&mut flags).cast(),
+        )
+    }
 }
 
 /// Whether `dir` is on btrfs.

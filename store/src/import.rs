@@ -2,18 +2,75 @@
 //! `oci-layout`, `index.json`, `blobs/ALG/HEX`) and a `docker save` archive (a tar with
 //! `manifest.json` listing each image's config, tags and layer tars; Docker 25+ writes
 //! an OCI layout inside the same tar, which this reads the same way).
+//!
+//! Both are hostile input. Every file of a layout is opened in the layout's directory
+//! with no symlink on the way (openat2 RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS), must be
+//! a regular file (a FIFO would block, /dev/zero would never end) and is read up to a
+//! cap: [`MAX_SMALL`] for index.json, manifests and configs, a blob's declared size for
+//! a layer. An archive must be a regular file, its manifest.json and configs are capped
+//! the same way, and it may hold at most [`MAX_MEMBERS`] members.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
 
 use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::image::{self, BlobSource, Descriptor, Manifest};
 use crate::reference::Reference;
+use crate::regular::{self, OpenError, ReadError, Resolve};
 use crate::store::{ImageRecord, Result, Store, StoreError};
+
+/// index.json, oci-layout, manifests, configs, an archive's manifest.json: JSON that is
+/// a few KiB in practice (registries cap manifests at 4 MiB too).
+pub const MAX_SMALL: u64 = 4 << 20;
+
+/// Members of a `docker save` archive: a layer tar, a config and a few small files per
+/// layer; far more is a bomb of headers.
+pub const MAX_MEMBERS: usize = 100_000;
+
+/// Opens `rel` in the layout (no symlinks, a regular file): the descriptor and size.
+fn open_in(dir: &OwnedFd, root: &Path, rel: &str) -> Result<(OwnedFd, u64)> {
+    let path = root.join(rel);
+    regular::open_regular(dir.as_fd(), Path::new(rel), Resolve::InRootNoSymlinks)
+        .map_err(|e| open_failed(path, e))
+}
+
+fn open_failed(path: PathBuf, e: OpenError) -> StoreError {
+    match e {
+        // RESOLVE_NO_SYMLINKS met one on the way.
+        OpenError::Errno(rustix::io::Errno::LOOP) => StoreError::NotRegular {
+            path,
+            why: "a symlink, which an image layout must not hold".into(),
+        },
+        OpenError::Errno(e) => StoreError::Io {
+            path,
+            source: e.into(),
+        },
+        e @ OpenError::NotRegular(_) => StoreError::NotRegular {
+            path,
+            why: e.to_string(),
+        },
+    }
+}
+
+/// Reads a small file of the layout whole, refusing it past MAX_SMALL.
+fn read_small_file(dir: &OwnedFd, root: &Path, rel: &str) -> Result<Vec<u8>> {
+    let (fd, size) = open_in(dir, root, rel)?;
+    regular::read_capped(fd, size, MAX_SMALL).map_err(|e| capped_failed(root.join(rel), e))
+}
+
+fn capped_failed(path: PathBuf, e: ReadError) -> StoreError {
+    match e {
+        ReadError::Io(source) => StoreError::Io { path, source },
+        ReadError::TooLarge { limit } => StoreError::TooBig { path, limit },
+    }
+}
 
 /// Annotations that name an image in a layout: containerd's full name, and the OCI
 /// one (often just a tag, as skopeo writes it).
@@ -52,25 +109,50 @@ fn reference_for(name: Option<&str>, desc: &Descriptor) -> Result<String> {
 
 struct LayoutDir {
     dir: PathBuf,
+    fd: OwnedFd,
 }
 
 impl LayoutDir {
-    fn path(&self, d: &Digest) -> PathBuf {
-        self.dir.join("blobs/sha256").join(d.hex())
+    fn open(dir: &Path) -> Result<LayoutDir> {
+        // The directory the operator named: followed as given. Nothing inside it is.
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::Io {
+            path: dir.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(LayoutDir {
+            dir: dir.to_path_buf(),
+            fd,
+        })
+    }
+
+    fn rel(d: &Digest) -> String {
+        format!("blobs/sha256/{}", d.hex())
     }
 
     fn read_small(&self, d: &Digest, what: &str) -> Result<Vec<u8>> {
-        let p = self.path(d);
-        let data = std::fs::read(&p).map_err(|e| StoreError::Io { path: p, source: e })?;
+        let data = read_small_file(&self.fd, &self.dir, &Self::rel(d))?;
         image::checked(d, data, what)
     }
 }
 
 impl BlobSource for LayoutDir {
+    /// The blob, read no further than its descriptor's size (a larger file is refused
+    /// at once: its digest could not match anyway).
     fn open(&self, d: &Descriptor) -> Result<Box<dyn Read + '_>> {
-        let p = self.path(&d.digest);
-        let f = File::open(&p).map_err(|e| StoreError::Io { path: p, source: e })?;
-        Ok(Box::new(f))
+        let rel = Self::rel(&d.digest);
+        let (fd, size) = open_in(&self.fd, &self.dir, &rel)?;
+        if size > d.size {
+            return Err(StoreError::TooBig {
+                path: self.dir.join(rel),
+                limit: d.size,
+            });
+        }
+        Ok(Box::new(File::from(fd).take(d.size)))
     }
 }
 
@@ -82,11 +164,9 @@ pub fn oci_layout(
     name: Option<&str>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<ImageRecord>> {
+    let source = LayoutDir::open(dir)?;
     let layout_file = dir.join("oci-layout");
-    let text = std::fs::read(&layout_file).map_err(|e| StoreError::Io {
-        path: layout_file.clone(),
-        source: e,
-    })?;
+    let text = read_small_file(&source.fd, dir, "oci-layout")?;
     let version: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| StoreError::Json {
             path: layout_file.clone(),
@@ -100,14 +180,8 @@ pub fn oci_layout(
         )));
     }
     let index_path = dir.join("index.json");
-    let index_bytes = std::fs::read(&index_path).map_err(|e| StoreError::Io {
-        path: index_path.clone(),
-        source: e,
-    })?;
+    let index_bytes = read_small_file(&source.fd, dir, "index.json")?;
     let index = Manifest::parse(&index_bytes)?;
-    let source = LayoutDir {
-        dir: dir.to_path_buf(),
-    };
     if name.is_some() && index.manifests.len() > 1 {
         return Err(invalid(format!(
             "{} lists {} images: import it without a name (each is named in the layout)",
@@ -161,12 +235,22 @@ impl Archive {
             path: path.to_path_buf(),
             source: e,
         };
-        let file = File::open(path).map_err(io)?;
+        // Followed as the operator named it, but it must be a regular file: a FIFO or
+        // /dev/zero would hang the import or never end.
+        let (fd, _) = regular::open_regular(rustix::fs::CWD, path, Resolve::Follow)
+            .map_err(|e| open_failed(path.to_path_buf(), e))?;
+        let file = File::from(fd);
         let mut members = BTreeMap::new();
         {
             let mut tar = tar::Archive::new(&file);
             for entry in tar.entries().map_err(io)? {
                 let entry = entry.map_err(io)?;
+                if members.len() >= MAX_MEMBERS {
+                    return Err(invalid(format!(
+                        "{}: more than {MAX_MEMBERS} members",
+                        path.display()
+                    )));
+                }
                 let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
                 let name = name.trim_start_matches("./").to_string();
                 if entry.header().entry_type().is_file() {
@@ -203,15 +287,30 @@ impl Archive {
         Ok(Box::new(f.take(size)))
     }
 
+    /// A small member (manifest.json, a config) whole, refused past MAX_SMALL.
     fn read_member(&self, name: &str) -> Result<Vec<u8>> {
+        let too_big = || StoreError::TooBig {
+            path: self.path.join(name),
+            limit: MAX_SMALL,
+        };
+        if self
+            .members
+            .get(name)
+            .is_some_and(|(_, size)| *size > MAX_SMALL)
+        {
+            return Err(too_big());
+        }
         let mut out = Vec::new();
         self.member(name)?
-            .take(64 << 20)
+            .take(MAX_SMALL + 1)
             .read_to_end(&mut out)
             .map_err(|e| StoreError::Io {
                 path: self.path.clone(),
                 source: e,
             })?;
+        if out.len() as u64 > MAX_SMALL {
+            return Err(too_big());
+        }
         Ok(out)
     }
 }

@@ -12,6 +12,7 @@ pub mod import;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod regular;
 pub mod store;
 pub mod unpack;
 

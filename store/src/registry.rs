@@ -20,7 +20,7 @@ use crate::digest::Digest;
 use crate::image::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use crate::reference::{Reference, DOCKER_HUB};
 
-pub const CONFIG_PATH: &str = "/etc/berth/registries.toml";
+pub use berth_schema::registries::CONFIG_PATH;
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 #[derive(Debug, thiserror::Error)]
@@ -47,87 +47,14 @@ pub enum RegistryError {
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
 
-/// `/etc/berth/registries.toml` (the agent writes it from user-data):
-///
-/// ```toml
-/// parallel_layers = 3
-/// ca_files = ["/etc/berth/ca/corp.pem"]
-/// [registry."docker.io"]
-/// mirrors = ["mirror.example.com"]
-/// [registry."registry.example.com:5000"]
-/// insecure = true          # plain HTTP
-/// username = "me"
-/// password = "secret"
-/// ```
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    #[serde(default)]
-    pub registry: BTreeMap<String, RegistryConfig>,
-    #[serde(default)]
-    pub ca_files: Vec<PathBuf>,
-    #[serde(default = "default_parallel")]
-    pub parallel_layers: usize,
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-}
+pub use berth_schema::registries::{Config, RegistriesError, RegistryConfig};
 
-fn default_parallel() -> usize {
-    3
-}
-
-fn default_retries() -> u32 {
-    5
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            registry: BTreeMap::new(),
-            ca_files: Vec::new(),
-            parallel_layers: default_parallel(),
-            retries: default_retries(),
+impl From<RegistriesError> for RegistryError {
+    fn from(e: RegistriesError) -> RegistryError {
+        RegistryError::Config {
+            path: e.path,
+            why: e.why,
         }
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    #[serde(default)]
-    pub insecure: bool,
-    #[serde(default)]
-    pub mirrors: Vec<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
-impl Config {
-    /// The file, or the defaults when it does not exist.
-    pub fn load(path: &Path) -> Result<Config> {
-        let bad = |why: String| RegistryError::Config {
-            path: path.to_path_buf(),
-            why,
-        };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(e) => return Err(bad(e.to_string())),
-        };
-        Config::parse(&text).map_err(bad)
-    }
-
-    /// The file's text, checked (the agent checks user-data's `berth.registries` so).
-    pub fn parse(text: &str) -> std::result::Result<Config, String> {
-        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        if c.parallel_layers == 0 {
-            return Err("parallel_layers must be at least 1".into());
-        }
-        Ok(c)
-    }
-
-    fn for_host(&self, host: &str) -> RegistryConfig {
-        self.registry.get(host).cloned().unwrap_or_default()
     }
 }
 
@@ -296,6 +223,7 @@ impl Client {
                     url: url.into(),
                     why: "bearer challenge without a realm".into(),
                 })?;
+                check_realm(url, realm)?;
                 let mut token_url = format!("{realm}?");
                 if let Some(service) = params.get("service") {
                     token_url.push_str(&format!("service={}&", query_escape(service)));
@@ -453,6 +381,30 @@ impl Client {
     }
 }
 
+/// Refuses a token realm that would weaken the registry's transport: a registry reached
+/// over HTTPS may only send us to an HTTPS token endpoint (otherwise the credentials,
+/// and the token, would cross the network in clear, to whoever answers a plain-HTTP
+/// connection). Only http and https realms are followed at all.
+fn check_realm(registry_url: &str, realm: &str) -> Result<()> {
+    let lower = realm.to_ascii_lowercase();
+    let refuse = |why: &str| {
+        Err(RegistryError::Auth {
+            url: registry_url.into(),
+            why: format!("token realm {realm:?} refused: {why}"),
+        })
+    };
+    if lower.starts_with("https://") {
+        return Ok(());
+    }
+    if !lower.starts_with("http://") {
+        return refuse("not an http or https URL");
+    }
+    if registry_url.to_ascii_lowercase().starts_with("https://") {
+        return refuse("plain HTTP for a registry reached over HTTPS");
+    }
+    Ok(())
+}
+
 fn read_limited(body: ureq::Body, limit: u64) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     body.into_reader().take(limit + 1).read_to_end(&mut out)?;
@@ -551,26 +503,19 @@ mod tests {
     }
 
     #[test]
-    fn config_errors_name_the_file() {
-        let t = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            t.path(),
-            "parallel_layers = 2\n[registry.\"a\"]\ninsecur = true\n",
-        )
-        .unwrap();
-        let e = Config::load(t.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("insecur") && e.contains(&t.path().display().to_string()),
-            "{e}"
-        );
-        std::fs::write(
-            t.path(),
-            "[registry.\"127.0.0.1:5000\"]\ninsecure = true\nmirrors = [\"m:1\"]\n",
-        )
-        .unwrap();
-        let c = Config::load(t.path()).unwrap();
-        assert!(c.for_host("127.0.0.1:5000").insecure);
-        assert_eq!(c.parallel_layers, 3);
-        assert!(Config::load(Path::new("/nonexistent/registries.toml")).is_ok());
+    fn an_https_registry_never_sends_us_to_a_plain_http_realm() {
+        let tls = "https://registry.test/v2/a/manifests/1";
+        let plain = "http://registry.test:5000/v2/a/manifests/1";
+        assert!(check_realm(tls, "https://auth.test/token").is_ok());
+        assert!(check_realm(plain, "http://auth.test/token").is_ok());
+        assert!(check_realm(plain, "https://auth.test/token").is_ok());
+        for bad in [
+            "http://auth.test/token",
+            "HTTP://auth.test/",
+            "ftp://auth.test/",
+        ] {
+            let e = check_realm(tls, bad).unwrap_err().to_string();
+            assert!(e.contains("refused"), "{e}");
+        }
     }
 }

@@ -18,6 +18,14 @@
 //! of its image's top layer (O(1), no copy). Elsewhere a layer directory holds only its
 //! own changes and a container's rootfs is an overlayfs mount over the chain.
 //! A layer appears under `layers/` only once both its digests checked out.
+//!
+//! The top directory is 0700 (set on every open, so an older 0755 store is fixed too):
+//! layers hold images' set-uid binaries and containers' writable trees, which a host
+//! user must not reach (the CVE-2021-41091 class). 0711 is not needed: overlayfs checks
+//! lower and upper directories with the mounter's credentials (root), and a container
+//! reaches its files through its root mount, never through this path. Only a runtime
+//! resolving the rootfs path from inside a user namespace (mapped root is not host root)
+//! would need search permission here, and Berth's daemon does not create one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -33,6 +41,12 @@ use crate::digest::{Digest, HashingReader};
 use crate::unpack::{self, Limits, Target};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/berth/containers";
+
+/// The store's top directory: root's alone (see above).
+pub const ROOT_MODE: u32 = 0o700;
+
+/// Files the store writes (blobs, records): the top directory already keeps others out.
+const FILE_MODE: u32 = 0o644;
 
 /// Read buffers on the unpack path: large enough that a layer costs few system calls.
 const IO_BUFFER: usize = 256 * 1024;
@@ -69,6 +83,12 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(transparent)]
+    Persist(#[from] berth_persist::PersistError),
+    #[error("{path}: {why}")]
+    NotRegular { path: PathBuf, why: String },
+    #[error("{path}: larger than {limit} bytes")]
+    TooBig { path: PathBuf, limit: u64 },
     #[error("{0}")]
     Invalid(String),
 }
@@ -183,11 +203,11 @@ const CONTAINER_LAYER_FILE: &str = "image-layer";
 impl Store {
     /// Opens (creating) the store at `root`, waiting for another writer to finish.
     pub fn open(root: &Path, options: Options) -> Result<Store> {
+        let dir = make_root(root)?;
         for sub in ["blobs/sha256", "layers", "containers", "tmp"] {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        let dir = open_dir(root)?;
         let backend = if btrfs::is_btrfs(dir.as_fd()) {
             Backend::Btrfs
         } else {
@@ -293,7 +313,7 @@ impl Store {
         let d = Digest::of(data);
         let path = self.blob_path(&d);
         if !path.exists() {
-            write_atomic(&path, data)?;
+            berth_persist::write_file(&path, data, FILE_MODE)?;
         }
         Ok(d)
     }
@@ -351,13 +371,7 @@ impl Store {
 
     /// Refuses to add `what` when the filesystem is nearly full.
     pub fn check_space(&self, what: &str) -> Result<()> {
-        let st = rustix::fs::statvfs(&self.root).map_err(errno_err(&self.root))?;
-        let free = st.f_bavail * st.f_frsize;
-        let size = st.f_blocks * st.f_frsize;
-        let needed = self
-            .options
-            .min_free_bytes
-            .max(size / 100 * self.options.min_free_percent);
+        let (free, needed) = self.space()?;
         if free < needed {
             return Err(StoreError::NearlyFull {
                 free,
@@ -366,6 +380,18 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// The filesystem's free bytes, and how many must stay free.
+    fn space(&self) -> Result<(u64, u64)> {
+        let st = rustix::fs::statvfs(&self.root).map_err(errno_err(&self.root))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let size = st.f_blocks.saturating_mul(st.f_frsize);
+        let needed = self
+            .options
+            .min_free_bytes
+            .max(size / 100 * self.options.min_free_percent);
+        Ok((free, needed))
     }
 
     /// Unpacks a layer blob (gzip, zstd or plain tar, told apart by their magic bytes)
@@ -403,12 +429,13 @@ impl Store {
         };
         let json =
             serde_json::to_vec_pretty(&rec).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        write_atomic(
+        berth_persist::write_file(
             &self
                 .root
                 .join("layers")
                 .join(format!("{}.json", chain_id.hex())),
             &json,
+            FILE_MODE,
         )?;
         let dest = self.layer_dir(&chain_id);
         if let Err(e) = std::fs::rename(&tmp, &dest) {
@@ -469,7 +496,13 @@ impl Store {
             // Buffered: tar reads 512-byte headers, which would each reach the
             // decompressor otherwise.
             let mut tar = HashingReader::new(BufReader::with_capacity(IO_BUFFER, tar));
-            let report = unpack::unpack(&mut tar, &tmp, &target, self.options.limits)?;
+            // The reserve is kept while writing too: one large layer must not fill the
+            // disk between two checks.
+            let limits = Limits {
+                min_free_bytes: self.space()?.1,
+                ..self.options.limits
+            };
+            let report = unpack::unpack(&mut tar, &tmp, &target, limits)?;
             let (diff, _) = tar.finish().map_err(io_err("the layer blob"))?;
             Ok::<_, StoreError>((diff, report))
         })();
@@ -517,7 +550,7 @@ impl Store {
     fn save_images(&self, images: &Images) -> Result<()> {
         let json =
             serde_json::to_vec_pretty(images).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        write_atomic(&self.images_path(), &json)
+        berth_persist::write_file(&self.images_path(), &json, FILE_MODE).map_err(Into::into)
     }
 
     /// Records `reference` as the image whose layers are `layers` (bottom first).
@@ -796,7 +829,11 @@ impl Store {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        write_atomic(&dir.join(CONTAINER_LAYER_FILE), top.to_string().as_bytes())?;
+        berth_persist::write_file(
+            &dir.join(CONTAINER_LAYER_FILE),
+            top.to_string().as_bytes(),
+            FILE_MODE,
+        )?;
         Ok(rootfs)
     }
 
@@ -894,14 +931,21 @@ fn open_dir(path: &Path) -> Result<OwnedFd> {
     .map_err(errno_err(path))
 }
 
-/// Writes through a temporary file and a rename: readers see the old or the new.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, data).map_err(io_err(&tmp))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+/// The store's top directory, made 0700 where missing and set to 0700 where it was
+/// looser (a store made by an older Berth was 0755).
+fn make_root(root: &Path) -> Result<OwnedFd> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    match std::fs::DirBuilder::new().mode(ROOT_MODE).create(root) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_err(root)(e)),
+        _ => {}
+    }
+    let dir = open_dir(root)?;
+    // On the descriptor: the umask cannot change it, and it is the directory just opened.
+    rustix::fs::fchmod(&dir, Mode::from_raw_mode(ROOT_MODE)).map_err(errno_err(root))?;
+    Ok(dir)
 }
 
 /// The tar stream inside a layer blob: gzip (possibly multi-member), zstd, or plain,

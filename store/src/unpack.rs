@@ -11,23 +11,34 @@
 //! - names an absolute path or has a `..` component,
 //! - would be written through a symlink whose target climbs above the root (`../..`),
 //! - is a hardlink whose target is absolute, has `..`, or is missing,
-//! - goes past the entry-count or byte limits.
+//! - goes past the entry-count or byte limits (every byte written counts: a hardlink
+//!   copied from a lower layer, a sparse file's holes), or would leave the filesystem
+//!   with less than the space it must keep free (checked while writing, not only before),
+//! - is a hardlink into a lower layer whose target is not a regular file (a FIFO there
+//!   would block the open, with the store lock held, forever),
+//! - is a PAX-format sparse file (`GNU.sparse.*` records), which is not supported. GNU
+//!   sparse entries (type `S`) are written sparse: their holes are seeked over.
 //!
 //! Device nodes are skipped with a warning (some old images carry /dev entries; the
 //! runtime makes a container's devices itself). Whiteouts (image-spec "Whiteouts"):
 //! in a snapshot (btrfs) the named entries of lower layers are deleted, and an opaque
 //! directory loses every child a lower layer made; for overlayfs they become overlay
 //! whiteouts (a 0:0 character device) and the `trusted.overlay.opaque` attribute.
+//! Overlayfs's own attributes (`trusted.overlay.*`, and `user.overlay.*`, which it reads
+//! when mounted with `userxattr`) are never taken from a layer: they would let an image
+//! forge whiteouts, opaque directories or redirects.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timestamps};
 use rustix::io::Errno;
+
+use crate::regular::{self, OpenError, Resolve};
 
 /// The prefix of a whiteout entry's name, and the name that makes a directory opaque.
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -37,15 +48,27 @@ const OPAQUE: &str = ".wh..wh..opq";
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_entries: u64,
-    /// Bytes of file content written.
+    /// Bytes of file content written (a sparse file's holes included).
     pub max_bytes: u64,
+    /// Bytes the root's filesystem must keep free, checked every [`SPACE_CHECK_BYTES`]
+    /// written and every [`SPACE_CHECK_ENTRIES`] entries; 0: not checked.
+    pub min_free_bytes: u64,
 }
+
+/// How often free space is checked while unpacking: often enough that a layer cannot
+/// overshoot the reserve by much, rarely enough that statvfs costs nothing.
+pub const SPACE_CHECK_BYTES: u64 = 16 << 20;
+pub const SPACE_CHECK_ENTRIES: u64 = 4096;
+
+/// The copy buffer; also the unit in which a sparse file's zeros are seeked over.
+const CHUNK: usize = 128 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_entries: 1_000_000,
             max_bytes: 64 << 30,
+            min_free_bytes: 0,
         }
     }
 }
@@ -86,6 +109,10 @@ pub enum UnpackError {
     TooManyEntries { limit: u64 },
     #[error("layer unpacks to more than {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("the store's filesystem is nearly full while unpacking the layer: {free} bytes free, {needed} kept free")]
+    NearlyFull { free: u64, needed: u64 },
+    #[error("layer entry {path:?}: PAX sparse files (GNU.sparse.* records) are not supported")]
+    PaxSparse { path: String },
     #[error("reading the layer's tar stream: {0}")]
     Tar(#[source] std::io::Error),
     #[error("layer entry {path:?}: {what}: {source}")]
@@ -134,6 +161,8 @@ struct Unpacker<'a> {
     made: HashSet<PathBuf>,
     /// Directories whose times are set last (writing into them changes them).
     dir_times: Vec<(PathBuf, u64)>,
+    /// Bytes written since free space was last checked.
+    unchecked_bytes: u64,
 }
 
 /// Applies the tar stream `layer` to `root`. On error the root is left partly written:
@@ -152,6 +181,7 @@ pub fn unpack(layer: impl Read, root: &Path, target: &Target, limits: Limits) ->
         report: Report::default(),
         made: HashSet::new(),
         dir_times: Vec::new(),
+        unchecked_bytes: 0,
     };
     let mut archive = tar::Archive::new(layer);
     for entry in archive.entries().map_err(UnpackError::Tar)? {
@@ -161,6 +191,10 @@ pub fn unpack(layer: impl Read, root: &Path, target: &Target, limits: Limits) ->
             return Err(UnpackError::TooManyEntries {
                 limit: limits.max_entries,
             });
+        }
+        // Entries cost inodes and directory blocks even when they hold no bytes.
+        if u.report.entries.is_multiple_of(SPACE_CHECK_ENTRIES) {
+            u.check_space()?;
         }
         u.entry(entry)?;
     }
@@ -186,6 +220,78 @@ fn timestamps(mtime: u64) -> Timestamps {
 }
 
 impl Unpacker<'_> {
+    /// Copies `from` into `out`, counting every byte against the byte limit before it
+    /// is written and checking free space as it goes. With `sparse`, whole chunks of
+    /// zeros are seeked over instead of written (the file's length is set at the end).
+    fn write_content(
+        &mut self,
+        from: &mut impl Read,
+        out: &mut std::fs::File,
+        path: &Path,
+        sparse: bool,
+        what: &'static str,
+    ) -> Result<u64> {
+        let io = |e| UnpackError::Fs {
+            path: path.display().to_string(),
+            what,
+            source: e,
+        };
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            };
+            self.charge(n as u64)?;
+            if sparse && is_zero(&buf[..n]) {
+                out.seek(SeekFrom::Start(total + n as u64)).map_err(io)?;
+            } else {
+                out.write_all(&buf[..n]).map_err(io)?;
+            }
+            total += n as u64;
+        }
+        if sparse {
+            out.set_len(total).map_err(io)?;
+        }
+        Ok(total)
+    }
+
+    /// Counts `n` more bytes of content, refusing them past the limit, and checks the
+    /// filesystem's free space every SPACE_CHECK_BYTES.
+    fn charge(&mut self, n: u64) -> Result<()> {
+        let bytes = self.report.bytes.saturating_add(n);
+        if bytes > self.limits.max_bytes {
+            return Err(UnpackError::TooLarge {
+                limit: self.limits.max_bytes,
+            });
+        }
+        self.report.bytes = bytes;
+        self.unchecked_bytes += n;
+        if self.unchecked_bytes >= SPACE_CHECK_BYTES {
+            self.unchecked_bytes = 0;
+            self.check_space()?;
+        }
+        Ok(())
+    }
+
+    /// Refuses to go on when the root's filesystem has less than `min_free_bytes` free.
+    fn check_space(&self) -> Result<()> {
+        let needed = self.limits.min_free_bytes;
+        if needed == 0 {
+            return Ok(());
+        }
+        let st = rustix::fs::fstatvfs(&self.root)
+            .map_err(fs_err(Path::new("."), "checking free space"))?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < needed {
+            return Err(UnpackError::NearlyFull { free, needed });
+        }
+        Ok(())
+    }
+
     fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
         let Some(path) = clean_path(&raw)? else {
@@ -229,6 +335,7 @@ impl Unpacker<'_> {
                 return Ok(());
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                refuse_pax_sparse(&mut entry, &path)?;
                 self.replace(parent.as_fd(), &name, &path)?;
                 let file = rustix::fs::openat(
                     parent.as_fd(),
@@ -242,20 +349,9 @@ impl Unpacker<'_> {
                 )
                 .map_err(fs_err(&path, "creating the file"))?;
                 let mut out = std::fs::File::from(file);
-                let room = self.limits.max_bytes.saturating_sub(self.report.bytes);
-                let n = copy(&mut (&mut entry).take(room.saturating_add(1)), &mut out).map_err(
-                    |e| UnpackError::Fs {
-                        path: path.display().to_string(),
-                        what: "writing the file",
-                        source: e,
-                    },
-                )?;
-                if n > room {
-                    return Err(UnpackError::TooLarge {
-                        limit: self.limits.max_bytes,
-                    });
-                }
-                self.report.bytes += n;
+                // The tar crate hands a GNU sparse file's holes over as zeros.
+                let sparse = kind == tar::EntryType::GNUSparse;
+                self.write_content(&mut entry, &mut out, &path, sparse, "writing the file")?;
                 let file = OwnedFd::from(out);
                 self.owner_and_mode(&file, &path, uid, gid, mode)?;
                 self.xattrs(&mut entry, &file, &path)?;
@@ -501,7 +597,8 @@ impl Unpacker<'_> {
     }
 
     /// PAX `SCHILY.xattr.*` records: file capabilities and user attributes. Others
-    /// (trusted.*, which overlayfs reads as whiteouts; security labels) are skipped.
+    /// (trusted.*, user.overlay.*: see the module's comment; security labels) are
+    /// skipped with a warning.
     fn xattrs<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -515,7 +612,7 @@ impl Unpacker<'_> {
             let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
                 continue;
             };
-            if name == b"security.capability" || name.starts_with(b"user.") {
+            if xattr_allowed(name) {
                 rustix::fs::fsetxattr(
                     fd,
                     OsStr::from_bytes(name),
@@ -600,14 +697,23 @@ impl Unpacker<'_> {
             ) else {
                 continue;
             };
-            let Ok(src) = rustix::fs::openat2(
-                &root,
-                target,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-            ) else {
-                continue;
+            // Never a plain open: a FIFO there would block it forever (with the store
+            // lock held), and a device must not be opened at all.
+            let src = match regular::open_regular(root.as_fd(), target, Resolve::InRootNoFollow) {
+                Ok((fd, _)) => fd,
+                Err(OpenError::Errno(Errno::NOENT)) => continue,
+                Err(e) => {
+                    return Err(UnpackError::Hardlink {
+                        path: path.display().to_string(),
+                        target: String::from_utf8_lossy(raw).into_owned(),
+                        why: match e {
+                            OpenError::NotRegular(_) | OpenError::Errno(Errno::LOOP) => {
+                                "the target in a lower layer is not a regular file"
+                            }
+                            OpenError::Errno(_) => "the target in a lower layer cannot be opened",
+                        },
+                    })
+                }
             };
             let st = rustix::fs::fstat(&src)
                 .map_err(fs_err(path, "looking at the hardlink's target"))?;
@@ -620,14 +726,15 @@ impl Unpacker<'_> {
             )
             .map_err(fs_err(path, "creating the copy"))?;
             let mut out = std::fs::File::from(dst);
-            let n = std::io::copy(&mut std::fs::File::from(src), &mut out).map_err(|e| {
-                UnpackError::Fs {
-                    path: path.display().to_string(),
-                    what: "copying the hardlink's target",
-                    source: e,
-                }
-            })?;
-            self.report.bytes += n;
+            // A copy costs what a file does: a thousand links to one big lower file must
+            // not write a thousand times its size past the limit.
+            self.write_content(
+                &mut std::fs::File::from(src),
+                &mut out,
+                path,
+                false,
+                "copying the hardlink's target",
+            )?;
             let out = OwnedFd::from(out);
             self.owner_and_mode(
                 &out,
@@ -718,21 +825,32 @@ fn clamped(path: &Path) -> PathBuf {
     out
 }
 
-/// std::io::copy with a larger buffer (its own is 8 KiB): fewer writes per file.
-fn copy(from: &mut impl Read, to: &mut std::fs::File) -> std::io::Result<u64> {
-    use std::io::Write;
-    let mut buf = vec![0u8; 128 * 1024];
-    let mut total = 0;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
-        total += n as u64;
+/// Whether a `SCHILY.xattr.` record's attribute is applied: file capabilities and
+/// user attributes, but never overlayfs's own (`user.overlay.*` is what it reads with
+/// `userxattr`; `trusted.*` is not applied at all).
+fn xattr_allowed(name: &[u8]) -> bool {
+    name == b"security.capability"
+        || (name.starts_with(b"user.") && !name.starts_with(b"user.overlay."))
+}
+
+/// Refuses an entry carrying PAX sparse records: the tar crate does not expand them, so
+/// the file would be written as its sparse map and data, not as the file it describes.
+fn refuse_pax_sparse<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path) -> Result<()> {
+    let Ok(Some(exts)) = entry.pax_extensions() else {
+        return Ok(());
+    };
+    for ext in exts.flatten() {
+        if ext.key_bytes().starts_with(b"GNU.sparse.") {
+            return Err(UnpackError::PaxSparse {
+                path: path.display().to_string(),
+            });
+        }
     }
+    Ok(())
+}
+
+fn is_zero(buf: &[u8]) -> bool {
+    buf.iter().all(|b| *b == 0)
 }
 
 /// Sets the owner of `name` itself (a symlink is not followed).

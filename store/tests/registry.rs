@@ -576,10 +576,9 @@ fn token_auth_as_docker_hub_does_it() {
     assert!(ok, "{err}");
 }
 
-#[test]
-fn https_with_an_extra_ca_a_docker_schema2_manifest_and_a_mirror() {
-    let t = tempfile::tempdir().unwrap();
-    let p = |n: &str| t.path().join(n).display().to_string();
+/// A test CA (ca.pem) and a leaf for 127.0.0.1 it signed (leaf.pem, leaf.key) in `dir`.
+fn tls_certs(dir: &Path) {
+    let p = |n: &str| dir.join(n).display().to_string();
     openssl(&[
         "req",
         "-x509",
@@ -612,7 +611,7 @@ fn https_with_an_extra_ca_a_docker_schema2_manifest_and_a_mirror() {
         "/CN=127.0.0.1",
     ]);
     std::fs::write(
-        t.path().join("leaf.ext"),
+        dir.join("leaf.ext"),
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
@@ -633,6 +632,13 @@ fn https_with_an_extra_ca_a_docker_schema2_manifest_and_a_mirror() {
         "-extfile",
         &p("leaf.ext"),
     ]);
+}
+
+#[test]
+fn https_with_an_extra_ca_a_docker_schema2_manifest_and_a_mirror() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| t.path().join(n).display().to_string();
+    tls_certs(t.path());
     let reg = registry_with(&format!(
         "  tls:\n    certificate: {}\n    key: {}\n",
         p("leaf.pem"),
@@ -748,4 +754,71 @@ fn two_pulls_of_one_image_at_once_both_succeed() {
     let images: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(images.as_array().unwrap().len(), 1, "{out}");
     assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+}
+
+/// A plain-HTTP "token endpoint" that records every byte it is sent (and answers 401).
+fn recording_server() -> (u16, Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                record.lock().unwrap().extend_from_slice(&buf[..n]);
+                if record.lock().unwrap().windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn a_plain_http_token_realm_of_an_https_registry_is_refused_and_sent_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| t.path().join(n).display().to_string();
+    tls_certs(t.path());
+    let (realm_port, seen) = recording_server();
+    // An HTTPS registry whose challenge sends clients to a plain-HTTP realm.
+    let reg = registry_with(&format!(
+        "  tls:\n    certificate: {}\n    key: {}\nauth:\n  token:\n    realm: http://127.0.0.1:{realm_port}/token\n    service: berth-test\n    issuer: berth-test\n    rootcertbundle: {}\n",
+        p("leaf.pem"),
+        p("leaf.key"),
+        p("ca.pem"),
+    ));
+    let host = format!("127.0.0.1:{}", reg.port);
+    let regs = t.path().join("creds.toml");
+    std::fs::write(
+        &regs,
+        format!(
+            "ca_files = [\"{}\"]\n[registry.\"{host}\"]\nusername = \"user\"\npassword = \"hunter2-secret\"\n",
+            p("ca.pem")
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = store_cli(
+        &t.path().join("store"),
+        &regs,
+        &["pull", &format!("{host}/test/app:1")],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("refused") && err.contains("plain HTTP"),
+        "{err}"
+    );
+    // Nothing at all went to the realm: no credentials, not even a connection.
+    std::thread::sleep(Duration::from_millis(200));
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.is_empty(),
+        "the realm was sent: {}",
+        String::from_utf8_lossy(&seen)
+    );
 }

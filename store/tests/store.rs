@@ -247,3 +247,196 @@ fn a_nearly_full_filesystem_refuses_new_layers() {
     assert!(err.to_string().contains("nearly full"), "{err}");
     assert!(store.images().unwrap().is_empty());
 }
+
+/// `cli`, given up (and killed) after `secs`: None when it hung.
+fn cli_within(root: &Path, args: &[&str], secs: u64) -> Option<(bool, String, String)> {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth-store"))
+        .arg("--root")
+        .arg(root)
+        .args(["--min-free-mib", "0", "--min-free-percent", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    Some((status.success(), out, err))
+}
+
+fn mkfifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+}
+
+fn nothing_stored(root: &Path) {
+    let store = open(root);
+    assert!(store.images().unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(root.join("layers")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_hardlink_to_a_lower_layers_fifo_fails_fast_and_frees_the_store_lock() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    let l1 = layer(&[E::Fifo("pipe")]);
+    let l2 = layer(&[E::Hardlink("link", "pipe")]);
+    oci_layout(
+        &layout,
+        &[(l1.clone(), l1, TAR), (l2.clone(), l2, TAR)],
+        serde_json::json!({"io.containerd.image.name": "x.test/fifo:1"}),
+    );
+    let root = t.path().join("store");
+    let (ok, _, err) = cli_within(&root, &["import", layout.to_str().unwrap()], 20)
+        .expect("the import hung on the FIFO (holding the store lock)");
+    assert!(!ok);
+    assert!(err.contains("not a regular file"), "{err}");
+    // The exclusive lock is free: gc runs at once.
+    let (ok, _, err) = cli_within(&root, &["gc"], 20).expect("gc waited for the lock");
+    assert!(ok, "{err}");
+    nothing_stored(&root);
+}
+
+#[test]
+fn layout_files_that_are_not_regular_or_too_large_are_refused_at_once() {
+    let layers = three_layers();
+    let big_layer = layers[2].1.clone();
+    // (what to spoil, how, what the error says)
+    type Spoil = fn(&Path, &Path);
+    let cases: Vec<(&str, Spoil, &str)> = vec![
+        (
+            "index.json -> /dev/zero",
+            |layout, _| {
+                std::fs::remove_file(layout.join("index.json")).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", layout.join("index.json")).unwrap();
+            },
+            "symlink",
+        ),
+        (
+            "index.json a FIFO",
+            |layout, _| {
+                std::fs::remove_file(layout.join("index.json")).unwrap();
+                mkfifo(&layout.join("index.json"));
+            },
+            "not a regular file",
+        ),
+        (
+            "index.json of 5 MiB",
+            |layout, _| {
+                let mut text = std::fs::read(layout.join("index.json")).unwrap();
+                text.extend(std::iter::repeat_n(b' ', 5 << 20));
+                std::fs::write(layout.join("index.json"), text).unwrap();
+            },
+            "larger than 4194304 bytes",
+        ),
+        (
+            "a layer blob -> /dev/zero",
+            |_, blob| {
+                std::fs::remove_file(blob).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", blob).unwrap();
+            },
+            "symlink",
+        ),
+        (
+            "a layer blob a FIFO",
+            |_, blob| {
+                std::fs::remove_file(blob).unwrap();
+                mkfifo(blob);
+            },
+            "not a regular file",
+        ),
+        (
+            "a layer blob larger than its descriptor says",
+            |_, blob| {
+                let mut data = std::fs::read(blob).unwrap();
+                data.extend(std::iter::repeat_n(0u8, 1 << 20));
+                std::fs::write(blob, data).unwrap();
+            },
+            "larger than",
+        ),
+    ];
+    for (what, spoil, expect) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let layout = t.path().join("layout");
+        oci_layout(
+            &layout,
+            &layers,
+            serde_json::json!({"io.containerd.image.name": "x.test/spoiled:1"}),
+        );
+        let blob = layout
+            .join("blobs/sha256")
+            .join(Digest::of(&big_layer).hex());
+        spoil(&layout, &blob);
+        let root = t.path().join("store");
+        let (ok, _, err) = cli_within(&root, &["import", layout.to_str().unwrap()], 20)
+            .unwrap_or_else(|| panic!("{what}: the import hung"));
+        assert!(!ok, "{what}: imported");
+        assert!(
+            err.contains(expect),
+            "{what}: {err:?} should say {expect:?}"
+        );
+        nothing_stored(&root);
+    }
+}
+
+#[test]
+fn a_docker_archive_that_is_not_a_regular_file_is_refused_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let fifo = t.path().join("archive.tar");
+    mkfifo(&fifo);
+    let zero = t.path().join("zero.tar");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for path in [&fifo, &zero] {
+        let root = t.path().join("store");
+        let (ok, _, err) = cli_within(&root, &["import", path.to_str().unwrap()], 20)
+            .unwrap_or_else(|| panic!("importing {} hung", path.display()));
+        assert!(!ok);
+        assert!(err.contains("not a regular file"), "{err}");
+        nothing_stored(&root);
+    }
+}
+
+#[test]
+fn the_store_is_root_only_and_an_older_open_one_is_fixed() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    drop(open(&root));
+    assert_eq!(mode(&root), 0o700);
+    // A store made by an older Berth (0755) is closed on its next open.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    drop(open(&root));
+    assert_eq!(mode(&root), 0o700);
+}

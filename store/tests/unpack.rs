@@ -130,6 +130,7 @@ fn limits_stop_a_tar_bomb() {
         Limits {
             max_entries: 10,
             max_bytes: 1 << 20,
+            min_free_bytes: 0,
         },
     )
     .unwrap_err();
@@ -145,6 +146,7 @@ fn limits_stop_a_tar_bomb() {
         Limits {
             max_entries: 10,
             max_bytes: 6000,
+            min_free_bytes: 0,
         },
     )
     .unwrap_err();
@@ -214,4 +216,247 @@ fn whiteouts_become_overlay_markers_in_an_overlay_layer() {
     let mut value = [0u8; 4];
     let n = rustix::fs::getxattr(root.join("a"), "trusted.overlay.opaque", &mut value).unwrap();
     assert_eq!(&value[..n], b"y");
+}
+
+/// Runs `unpack` on its own thread and gives up after `secs`: a hang is a failure, not a
+/// stuck test run.
+fn unpack_within(
+    secs: u64,
+    tar: Vec<u8>,
+    root: &Path,
+    target: Target,
+    limits: Limits,
+) -> Option<Result<Report, UnpackError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(unpack(&tar[..], &root, &target, limits));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs)).ok()
+}
+
+#[test]
+fn a_hardlink_to_a_fifo_in_a_lower_layer_is_refused_without_blocking() {
+    let (t, root) = scratch();
+    let lower = t.path().join("lower");
+    std::fs::create_dir(&lower).unwrap();
+    let fifo = lower.join("pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let result = unpack_within(
+        10,
+        layer(&[E::Hardlink("h", "pipe")]),
+        &root,
+        Target::Overlay {
+            lowers: vec![lower],
+        },
+        Limits::default(),
+    );
+    let Some(result) = result else {
+        // Unblock the stuck open so the thread can end, then fail.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        panic!("unpacking a hardlink to a lower layer's FIFO blocked");
+    };
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn hardlink_copies_from_lower_layers_count_against_the_byte_limit() {
+    let (t, root) = scratch();
+    let lower = t.path().join("lower");
+    std::fs::create_dir(&lower).unwrap();
+    std::fs::write(lower.join("big"), vec![7u8; 1 << 20]).unwrap();
+    let names: Vec<String> = (0..100).map(|i| format!("h{i}")).collect();
+    let entries: Vec<E<'_>> = names.iter().map(|n| E::Hardlink(n, "big")).collect();
+    let err = unpack(
+        &layer(&entries)[..],
+        &root,
+        &Target::Overlay {
+            lowers: vec![lower],
+        },
+        Limits {
+            max_bytes: 8 << 20,
+            ..Limits::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooLarge { limit } if limit == 8 << 20),
+        "{err}"
+    );
+    // Within the limit a copy is made, and counted.
+    let (t, root) = scratch();
+    let lower = t.path().join("lower");
+    std::fs::create_dir(&lower).unwrap();
+    std::fs::write(lower.join("small"), b"12345").unwrap();
+    let report = unpack(
+        &layer(&[E::Hardlink("h", "small")])[..],
+        &root,
+        &Target::Overlay {
+            lowers: vec![lower],
+        },
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(report.bytes, 5);
+    assert_eq!(std::fs::read(root.join("h")).unwrap(), b"12345");
+}
+
+#[test]
+fn a_gnu_sparse_entry_is_written_sparse_and_its_holes_count() {
+    let data = vec![b'x'; 512];
+    let sparse = |real_size| {
+        layer(&[E::Sparse {
+            name: "disk.img",
+            real_size,
+            offset: 32 << 20,
+            data: &data,
+        }])
+    };
+    // 512 bytes in the tar, 1 TiB once expanded: refused by the byte limit, quickly.
+    let (_t, root) = scratch();
+    let started = std::time::Instant::now();
+    let err = unpack(
+        &sparse(1 << 40)[..],
+        &root,
+        &Target::Snapshot,
+        Limits {
+            max_bytes: 64 << 20,
+            ..Limits::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Within the limit: the holes take no space on disk.
+    let (_t, root) = scratch();
+    let report = unpack(
+        &sparse(64 << 20)[..],
+        &root,
+        &Target::Snapshot,
+        Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(report.bytes, 64 << 20);
+    let m = std::fs::metadata(root.join("disk.img")).unwrap();
+    assert_eq!(m.len(), 64 << 20);
+    assert!(
+        m.blocks() * 512 < 1 << 20,
+        "{} bytes allocated for a file of 512 data bytes",
+        m.blocks() * 512
+    );
+    let content = std::fs::read(root.join("disk.img")).unwrap();
+    assert!(content[..32 << 20].iter().all(|b| *b == 0));
+    assert_eq!(&content[32 << 20..(32 << 20) + 512], &data[..]);
+}
+
+#[test]
+fn a_pax_sparse_entry_is_refused() {
+    let (_t, root) = scratch();
+    let err = apply(
+        &root,
+        &[
+            E::Pax(&[
+                ("GNU.sparse.major", b"1"),
+                ("GNU.sparse.minor", b"0"),
+                ("GNU.sparse.name", b"disk.img"),
+                ("GNU.sparse.realsize", b"1099511627776"),
+            ]),
+            E::File("GNUSparseFile.0/disk.img", 0o644, b"1\n0\n512\n"),
+        ],
+    )
+    .unwrap_err();
+    assert!(matches!(err, UnpackError::PaxSparse { .. }), "{err}");
+}
+
+#[test]
+fn overlay_attributes_in_a_layer_are_not_applied() {
+    let (_t, root) = scratch();
+    let report = apply(
+        &root,
+        &[
+            E::Pax(&[
+                ("SCHILY.xattr.user.overlay.opaque", b"y"),
+                ("SCHILY.xattr.user.overlay.redirect", b"/etc"),
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+                ("SCHILY.xattr.user.note", b"kept"),
+            ]),
+            E::File("f", 0o644, b"x"),
+        ],
+    )
+    .unwrap();
+    let f = root.join("f");
+    let mut value = [0u8; 16];
+    let n = rustix::fs::getxattr(&f, "user.note", &mut value).unwrap();
+    assert_eq!(&value[..n], b"kept");
+    for name in [
+        "user.overlay.opaque",
+        "user.overlay.redirect",
+        "trusted.overlay.opaque",
+    ] {
+        assert!(
+            rustix::fs::getxattr(&f, name, &mut value).is_err(),
+            "{name} was applied"
+        );
+        assert!(
+            report.warnings.iter().any(|w| w.contains(name)),
+            "{:?}",
+            report.warnings
+        );
+    }
+}
+
+/// A tmpfs of `mib` MiB mounted on a fresh directory; unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new(mib: u64) -> Tmpfs {
+        let t = tempfile::tempdir().unwrap();
+        let data = std::ffi::CString::new(format!("size={mib}m,mode=0700")).unwrap();
+        rustix::mount::mount(
+            "berth-test",
+            t.path(),
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            Some(data.as_c_str()),
+        )
+        .unwrap();
+        Tmpfs(t)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(self.0.path(), rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+#[test]
+fn free_space_is_checked_while_writing_not_only_before() {
+    // 64 MiB, of which 32 must stay free: a 48 MiB layer passes a check made before
+    // it (64 MiB free) and must be stopped on the way.
+    let fs = Tmpfs::new(64);
+    let root = fs.0.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let big = vec![1u8; 48 << 20];
+    let err = unpack(
+        &layer(&[E::File("big", 0o644, &big)])[..],
+        &root,
+        &Target::Snapshot,
+        Limits {
+            min_free_bytes: 32 << 20,
+            ..Limits::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, UnpackError::NearlyFull { .. }), "{err}");
+    let free = rustix::fs::statvfs(&root).unwrap();
+    assert!(free.f_bavail * free.f_frsize >= (32 - 16) << 20);
 }

@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod console;
+pub mod frames;
 pub mod http;
 pub mod lock;
 pub mod qmp;

@@ -2,7 +2,10 @@
 //! that answers from the host through QEMU's hostfwd; a port it listens on but does not
 //! publish does not answer; it reaches a server outside the guest through NAT but not
 //! the cloud metadata address, which a container declared with `allow_metadata` does
-//! reach; its resolv.conf is the host's.
+//! reach; its resolv.conf is the host's. And what a container holding CAP_NET_RAW could
+//! try: speaking with an allowed neighbour's address to the metadata service, a frame to
+//! 127.0.0.1 from the network reaching a port published on 127.0.0.1, a router
+//! advertisement changing the host's routes.
 //!
 //! The guest's network is QEMU's user network, restricted: it reaches only what the test
 //! forwards. The "outside" and the metadata service are test servers on 127.0.0.1,
@@ -91,9 +94,13 @@ fn bridge_containers_publish_ports_reach_out_through_nat_but_not_metadata() {
         r#"mkdir -p /etc/berth/containers.d && cd /etc/berth/containers.d &&
 printf '%s\n' 'image = "berth.local/busybox:latest"' \
   'command = ["sh", "-c", "mkdir -p /www && echo hello-from-bridge > /www/index.html && httpd -p 8081 -h /www && exec httpd -f -p 80 -h /www"]' \
-  'ports = ["8080:80"]' 'restart = "always"' > web.toml &&
+  'ports = ["8080:80", "127.0.0.1:9090:80"]' 'restart = "always"' > web.toml &&
 printf '%s\n' 'image = "berth.local/busybox:latest"' 'command = ["sleep", "100000"]' \
   'allow_metadata = true' > meta.toml &&
+printf '%s\n' 'image = "berth.local/busybox:latest"' 'command = ["true"]' \
+  'allow_metadata = true' > ghost.toml &&
+printf '%s\n' 'image = "berth.local/busybox:latest"' 'command = ["sleep", "100000"]' \
+  'cap_add = ["NET_ADMIN"]' > spoof.toml &&
 berthctl reload"#,
     );
     assert_eq!(code, 0, "{out}");
@@ -101,11 +108,13 @@ berthctl reload"#,
     let ps = loop {
         let (_, ps) = sh(&mut testd, "berthctl --json ps");
         let list: serde_json::Value = serde_json::from_str(&ps).unwrap_or_default();
-        let running = list
-            .as_array()
-            .map(|l| l.iter().filter(|c| c["state"] == "running").count())
-            .unwrap_or(0);
-        if running == 2 {
+        let running = |name: &str| {
+            list.as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|c| c["name"] == name && c["state"] == "running")
+            })
+        };
+        if ["web", "meta", "spoof"].into_iter().all(running) {
             break list;
         }
         if Instant::now() > deadline {
@@ -166,6 +175,83 @@ berthctl reload"#,
     // DNS as the host has it.
     let (_, out) = sh(&mut testd, "berthctl exec web cat /etc/resolv.conf");
     assert_eq!(out.trim(), "nameserver 169.254.169.4");
+
+    // Isolation. A container holds CAP_NET_RAW, and `spoof` CAP_NET_ADMIN too: it takes
+    // the address of `ghost`, which may reach the metadata service but has exited (so
+    // the address is spoof's alone, and no ARP race decides the outcome). The bridge's
+    // port rules drop what it sends from an address that is not its own.
+    let (_, all) = sh(&mut testd, "berthctl --json ps -a");
+    let all: serde_json::Value = serde_json::from_str(&all).unwrap_or_default();
+    let ghost = all
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == "ghost"))
+        .and_then(|c| c["address"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let (_, rules) = sh(&mut testd, "nft list table inet berth");
+    assert!(
+        ghost.starts_with("10.88.0.") && rules.contains(&ghost),
+        "ghost's address {ghost:?} is not among the allowed: {all}\n{rules}"
+    );
+    let (_, out) = sh(
+        &mut testd,
+        &format!(
+            "berthctl exec spoof sh -c \"ip addr flush dev eth0 && ip addr add {ghost}/16 dev eth0 && \
+             ip route add default via 10.88.0.1 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' | \
+             nc -w 5 169.254.169.254 80\""
+        ),
+    );
+    assert!(
+        !out.contains("metadata-ok"),
+        "a container speaking with an allowed neighbour's address reached the metadata service: {out}"
+    );
+
+    // A frame to 127.0.0.1 arriving on a NIC is not DNAT'd to the port `web` publishes on
+    // 127.0.0.1:9090. The NIC is a veth whose other end is in a namespace of its own;
+    // the same kind of SYN to the NIC's own address and port 8080 is answered (so the
+    // path works, and only the loopback destination is refused).
+    let (code, out) = sh(
+        &mut testd,
+        "unshare -n sleep 600 >/dev/null 2>&1 & P=$!; sleep 0.5; \
+         ip link add vta type veth && ip link set vta address 02:00:00:00:00:01 && \
+         ip link set veth0 address 02:00:00:00:00:02 && ip link set veth0 netns $P && \
+         ip addr add 192.0.2.1/24 dev vta && ip link set vta up && \
+         nsenter -t $P -n sh -c 'ip addr add 192.0.2.2/24 dev veth0 && ip link set veth0 up' && \
+         sleep 1; \
+         nsenter -t $P -n berth-testsvc syn veth0 02:00:00:00:00:02 02:00:00:00:00:01 192.0.2.2 192.0.2.1 8080; \
+         echo published=$?; \
+         nsenter -t $P -n berth-testsvc syn veth0 02:00:00:00:00:02 02:00:00:00:00:01 192.0.2.2 127.0.0.1 9090; \
+         echo loopback=$?; kill $P; ip link del vta",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("published=0"),
+        "the control SYN was not answered: {out}"
+    );
+    assert!(
+        out.contains("loopback=1"),
+        "a frame to 127.0.0.1 from the network reached a container: {out}"
+    );
+
+    // A router advertisement from a container changes none of the host's routes.
+    let mac = {
+        let o: Vec<u8> = web.split('.').filter_map(|p| p.parse().ok()).collect();
+        format!("02:62:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+    };
+    let router =
+        berth_tests::frames::link_local(berth_tests::frames::parse_mac(&mac).expect("web's MAC"));
+    let (code, out) = sh(
+        &mut testd,
+        &format!(
+            "nsenter -n/run/berth/netns/web berth-testsvc router-advert eth0 {mac} && sleep 2 && ip -6 route"
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("sent from {router}")), "{out}");
+    assert!(
+        !out.contains(&format!("via {router}")),
+        "the host routes through a container after its router advertisement: {out}"
+    );
 
     // Removed: its namespace and its rules go.
     let (code, out) = sh(

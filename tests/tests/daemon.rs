@@ -62,6 +62,7 @@ cat > web.toml <<'EOF'
 image = "berth.local/busybox:latest"
 command = ["sh", "-c", "echo started; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done"]
 network = "host"
+allow_metadata = true
 restart = "always"
 memory = "64M"
 EOF
@@ -262,7 +263,7 @@ fn daemon_pid(testd: &mut TestdClient) -> i64 {
 fn api_verbs(testd: &mut TestdClient) {
     let (code, out) = sh(
         testd,
-        "berthctl run -d --name api --restart always --network host -e GREETING=hi \
+        "berthctl run -d --name api --restart always --network host --allow-metadata -e GREETING=hi \
          berth.local/busybox:latest sh -c 'echo $GREETING from api; echo oops >&2; exec sleep 1000'",
     );
     assert_eq!(code, 0, "{out}");
@@ -324,19 +325,25 @@ fn api_verbs(testd: &mut TestdClient) {
         testd,
         "berthctl run -d --name api berth.local/busybox:latest true",
     );
-    assert_ne!(code, 0);
+    // Named D-Bus errors, each with its exit code (4 already exists, 5 invalid, 6 busy,
+    // 3 not found): a script tells them apart without reading the text.
+    assert_eq!(code, 4, "{out}");
     assert!(out.contains("already exists"), "{out}");
     let (code, out) = sh(
         testd,
         "berthctl run -d --name bad --restart sometimes berth.local/busybox:latest true",
     );
-    assert_ne!(code, 0);
+    assert_eq!(code, 5, "{out}");
     assert!(out.contains("restart"), "{out}");
     let (code, out) = sh(testd, "berthctl rm web");
-    assert_ne!(code, 0);
+    assert_eq!(code, 6, "{out}");
     assert!(out.contains("/etc/berth/containers.d/web.toml"), "{out}");
     let (code, out) = sh(testd, "berthctl rmi berth.local/busybox:latest");
-    assert_ne!(code, 0, "{out}");
+    assert_eq!(code, 6, "{out}");
+    let (code, out) = sh(testd, "berthctl inspect nosuch");
+    assert_eq!(code, 3, "{out}");
+    let (code, out) = sh(testd, "berthctl rmi example.org/nosuch:1");
+    assert_eq!(code, 3, "{out}");
     // A foreground run: its output, then its exit code.
     let (code, out) = sh(
         testd,

@@ -81,6 +81,11 @@ fn first_boot_makes_var_which_survives_reboots_and_grows_with_the_disk() {
         let ino = testd.run(&["stat", "-c", "%i", sub]).unwrap().stdout;
         assert_eq!(ino.trim(), "256", "{sub} is not a subvolume");
     }
+    // Images and volumes are root's alone (set-uid files from images out of users' reach).
+    for sub in ["/var/lib/berth/containers", "/var/lib/berth/volumes"] {
+        let mode = testd.run(&["stat", "-c", "%a", sub]).unwrap().stdout;
+        assert_eq!(mode.trim(), "700", "{sub}");
+    }
     let image_guid = {
         let raw = std::fs::read(image_dir().join("berth.raw")).unwrap();
         raw[568..584]

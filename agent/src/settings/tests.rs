@@ -170,3 +170,53 @@ fn syntax_errors_have_a_line_and_column() {
         report
     );
 }
+
+/// gz+b64 files of zeros, of these sizes once inflated.
+fn gz_files(sizes: &[usize]) -> String {
+    use base64::Engine;
+    use std::io::Write;
+    let mut doc = String::from("#cloud-config\nwrite_files:\n");
+    for (i, each) in sizes.iter().enumerate() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; *each]).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        doc += &format!("  - path: /var/f{i}\n    encoding: gz+b64\n    content: {b64}\n");
+    }
+    doc
+}
+
+#[test]
+fn write_files_together_decode_to_at_most_the_total_cap() {
+    // Six files of 3 MiB, each under the 4 MiB a file may hold: five fit in 16 MiB, the
+    // sixth does not; a 1 MiB file then fills the budget exactly, and after that not
+    // even one byte more is taken, whatever its encoding.
+    let m = 1 << 20;
+    let mut doc = gz_files(&[3 * m, 3 * m, 3 * m, 3 * m, 3 * m, 3 * m, m]);
+    doc += "  - path: /etc/plain\n    content: x\n";
+    doc += "  - path: /etc/b64\n    encoding: b64\n    content: aGVsbG8=\n";
+    let (s, report) = from_cloud_config(&doc);
+    let total: usize = s.write_files.iter().map(|f| f.content.len()).sum();
+    assert_eq!(
+        (s.write_files.len(), total),
+        (6, MAX_FILES_TOTAL),
+        "{report:?}"
+    );
+    let said: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(said.len(), 3, "{said:?}");
+    for (e, i) in said.iter().zip([5, 7, 8]) {
+        assert!(
+            e.starts_with(&format!("write_files[{i}].content: past the")),
+            "{e}"
+        );
+    }
+    // Alone, one such file is fine, and one over the per-file cap is not.
+    let (s, report) = from_cloud_config(&gz_files(&[3 * m]));
+    assert_eq!((s.write_files.len(), report.errors.len()), (1, 0));
+    let (_, report) = from_cloud_config(&gz_files(&[4 * m + 1]));
+    assert!(
+        report.errors[0]
+            .message
+            .contains("the most one file may hold"),
+        "{report:?}"
+    );
+}

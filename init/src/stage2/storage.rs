@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -355,8 +356,20 @@ fn ensure_subvolumes() -> Result<(), StorageError> {
             errno,
         })?;
     }
+    // Images' files (set-uid ones included) and volumes are root's alone: no host user
+    // may walk into them (the CVE-2021-41091 class). Every boot, so an older /var is
+    // closed too; the store checks its own top directory again when it opens it.
+    for sub in ROOT_ONLY {
+        let path = Path::new(VAR).join(sub);
+        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)) {
+            crate::warn!("{}: making it root's alone: {e}", path.display());
+        }
+    }
     Ok(())
 }
+
+/// Subvolumes only root may enter.
+const ROOT_ONLY: &[&str] = &["lib/berth/containers", "lib/berth/volumes"];
 
 fn open_dir(path: &Path) -> Result<File, StorageError> {
     File::open(path).map_err(|source| StorageError::Io {

@@ -108,6 +108,8 @@ impl Supervisor {
             let _ = super::services::cgroup::kill(root);
         }
         info!("shutdown: services stopped");
+        // Their log files live on /var: open, they would keep it from being unmounted.
+        self.services.close_logs();
         crate::shutdown::finish(action)
     }
 

@@ -13,12 +13,37 @@ pub enum E<'a> {
     Hardlink(&'a str, &'a str),
     Char(&'a str),
     Fifo(&'a str),
+    /// PAX records for the entry that follows (`SCHILY.xattr.NAME`, `GNU.sparse.*`).
+    Pax(&'a [(&'a str, &'a [u8])]),
+    /// A GNU sparse file (type `S`) of `real_size` bytes whose only data, `data`
+    /// (a multiple of 512 bytes), sits at `offset`; the rest is holes.
+    Sparse {
+        name: &'a str,
+        real_size: u64,
+        offset: u64,
+        data: &'a [u8],
+    },
 }
 
 /// A tar with raw names: `name` and `linkname` bytes go into the header as given.
 pub fn layer(entries: &[E<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
+        if let E::Pax(records) = e {
+            b.append_pax_extensions(records.iter().copied()).unwrap();
+            continue;
+        }
+        if let E::Sparse {
+            name,
+            real_size,
+            offset,
+            data,
+        } = e
+        {
+            b.append(&sparse_header(name, *real_size, *offset, data.len()), *data)
+                .unwrap();
+            continue;
+        }
         let mut h = tar::Header::new_gnu();
         let (name, kind, mode, link, data, uid, gid): (
             &str,
@@ -36,6 +61,7 @@ pub fn layer(entries: &[E<'_>]) -> Vec<u8> {
             E::Hardlink(n, t) => (n, tar::EntryType::Link, 0o644, t, b"", 0, 0),
             E::Char(n) => (n, tar::EntryType::Char, 0o666, "", b"", 0, 0),
             E::Fifo(n) => (n, tar::EntryType::Fifo, 0o644, "", b"", 0, 0),
+            E::Pax(_) | E::Sparse { .. } => unreachable!("handled above"),
         };
         let old = h.as_old_mut();
         old.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -50,6 +76,29 @@ pub fn layer(entries: &[E<'_>]) -> Vec<u8> {
         b.append(&h, data).unwrap();
     }
     b.into_inner().unwrap()
+}
+
+/// A GNU sparse header: one data block of `len` bytes at `offset` in a file of
+/// `real_size` bytes (GNU tar's format: the map in the header's `sparse` slots).
+fn sparse_header(name: &str, real_size: u64, offset: u64, len: usize) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(len as u64);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.set_real_size(real_size);
+    gnu.sparse[0].set_offset(offset);
+    gnu.sparse[0].set_length(len as u64);
+    // The map ends with an empty block at the end of the file, as GNU tar writes it:
+    // the trailing hole.
+    gnu.sparse[1].set_offset(real_size);
+    gnu.sparse[1].set_length(0);
+    h.set_cksum();
+    h
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {

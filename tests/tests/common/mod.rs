@@ -98,10 +98,20 @@ pub fn new_disk(dir: &std::path::Path) {
     .expect("creating the disk overlay");
 }
 
-/// A clean power-off (ACPI), waited for.
+/// A clean power-off (ACPI), waited for. When /var was on the DATA partition, it was
+/// unmounted (not merely remounted read-only), with nothing left holding it.
 pub fn power_off(mut vm: Vm) {
     vm.powerdown().expect("system_powerdown");
     vm.wait_exit(SHUTDOWN_TIMEOUT).expect("clean poweroff");
+    let console = vm.console();
+    if console.contains("/var: btrfs on") {
+        let shutdown = &console[console.rfind("shutdown: poweroff").unwrap_or(0)..];
+        assert!(
+            shutdown.contains("shutdown: unmounted /var\n")
+                || shutdown.contains("shutdown: unmounted /var\r\n"),
+            "/var was not unmounted at shutdown:\n{shutdown}"
+        );
+    }
 }
 
 /// Waits (30 s at most) for `berthctl ps` in the guest to list the container `name` as

@@ -179,6 +179,15 @@ impl ServiceLog {
         self.size = 0;
     }
 
+    /// Syncs and closes the file for good (shutdown: /var is about to be unmounted, and an
+    /// open file would keep it busy); later lines are kept in memory only.
+    pub fn close(&mut self) {
+        if let Some(f) = self.file.take() {
+            let _ = f.sync_all();
+        }
+        self.broken = true;
+    }
+
     /// Forgets the remembered lines (a new run of the service begins).
     pub fn clear_tail(&mut self) {
         self.tail.clear();

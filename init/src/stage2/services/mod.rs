@@ -690,6 +690,13 @@ impl Manager {
         }
     }
 
+    /// Closes every service's log file (the last step before unmounting /var).
+    pub fn close_logs(&mut self) {
+        for s in &mut self.services {
+            s.log.close();
+        }
+    }
+
     /// One step of the final stop; true when every service is down and its cgroup empty
     /// (or given up on).
     pub fn shutdown_step(&mut self, now: Instant) -> bool {

@@ -161,7 +161,9 @@ pub enum Volume {
 }
 
 /// Where bind mounts may come from: the writable, persistent /var. Not the verified,
-/// read-only /usr, and not /etc, which is rebuilt at every boot.
+/// read-only /usr, and not /etc, which is rebuilt at every boot. The parser checks the
+/// path as written, for an early error; the check that holds is made when the
+/// container starts (`volumes::resolve_bind`: no symlink followed below the root).
 pub const BIND_ROOTS: &[&str] = &["/var"];
 
 /// A checked declaration.
@@ -412,6 +414,18 @@ impl Declaration {
                 "published ports need network = \"bridge\"".into(),
             ));
         }
+        // A container in the host's network namespace reaches whatever the host reaches,
+        // the metadata service (and the instance credentials it hands out) included: no
+        // rule can tell its packets from the host's own. So it must be said.
+        if network == Network::Host && !raw.allow_metadata {
+            return Err(invalid(
+                "network",
+                "\"host\" shares the host's network, where the cloud metadata address \
+                 cannot be blocked for one container: set allow_metadata = true to accept \
+                 that, or use \"bridge\""
+                    .into(),
+            ));
+        }
         let restart = parse_restart(raw.restart.as_deref().unwrap_or("no"))
             .map_err(|e| invalid("restart", e))?;
         let memory = raw
@@ -608,11 +622,15 @@ mod tests {
             ),
             ("image = \"x\"\nafter = [\"web\"]", "after"),
             ("image = \"\"", "image"),
+            // The host's network cannot keep the metadata service from one container.
+            ("image = \"x\"\nnetwork = \"host\"", "allow_metadata"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("web.toml") && e.contains(key), "{text}: {e}");
         }
         let e = Declaration::parse("-bad", "image = \"x\"", Path::new("-bad.toml")).unwrap_err();
         assert!(e.to_string().contains("not a container name"), "{e}");
+        let host = parse("image = \"x\"\nnetwork = \"host\"\nallow_metadata = true").unwrap();
+        assert_eq!(host.network, Network::Host);
     }
 }

@@ -1,0 +1,11 @@
+//! The formats Berth's parts hand each other as files, in one small crate so that the
+//! agent (which writes them from user-data) checks them with the very parsers the
+//! daemon and the image store read them with, without linking either:
+//!
+//! - `declaration`: a container declaration, `/etc/berth/containers.d/NAME.toml`;
+//! - `caps`: capability names as declarations use them, and Docker's default set;
+//! - `registries`: the image store's `/etc/berth/registries.toml`.
+
+pub mod caps;
+pub mod declaration;
+pub mod registries;
