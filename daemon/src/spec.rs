@@ -223,94 +223,8 @@ pub fn build(
     }
     let hostname = decl.hostname.clone().unwrap_or_else(|| decl.name.clone());
     let caps = crate::caps::effective(decl.privileged, &decl.cap_add, &decl.cap_drop);
-    let cwd = decl
-        .working_dir
-        .clone()
-        .or_else(|| {
-            image_config["WorkingDir"]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "/".into());
-    if !cwd.starts_with('/') {
-        return Err(invalid(format!("working_dir {cwd:?} is not absolute")));
-    }
-    let sys_ro = if decl.privileged { "rw" } else { "ro" };
-    let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys_ro]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", sys_ro]}),
-    ];
-    for (source, target) in &ctx.etc_files {
-        mounts.push(json!({"destination": target, "type": "bind", "source": source, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
-    }
-    for v in &decl.volumes {
-        mounts.push(match v {
-            Volume::Named { name, target, read_only } => {
-                let dir = ctx
-                    .volume_dirs
-                    .get(name)
-                    .ok_or_else(|| invalid(format!("volume {name} has no directory")))?;
-                let mut o = vec!["rbind", "nosuid", "nodev"];
-                if *read_only {
-                    o.push("ro");
-                }
-                json!({"destination": target, "type": "bind", "source": dir, "options": o})
-            }
-            Volume::Bind { source, target, read_only } => {
-                let pinned = ctx.bind_sources.get(source).ok_or_else(|| {
-                    invalid(format!("bind source {} was not checked", source.display()))
-                })?;
-                let mut o = vec!["rbind", "nosuid", "nodev"];
-                if *read_only {
-                    o.push("ro");
-                }
-                json!({"destination": target, "type": "bind", "source": pinned, "options": o})
-            }
-            Volume::Tmpfs { target } => {
-                json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]})
-            }
-        });
-    }
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-        json!({"type": "cgroup"}),
-    ];
-    match (decl.network, &ctx.netns) {
-        (Network::Host, _) => {}
-        (_, Some(path)) => namespaces.push(json!({"type": "network", "path": path})),
-        (_, None) => namespaces.push(json!({"type": "network"})),
-    }
-    let mut resources = json!({"devices": if decl.privileged { json!([{"allow": true, "access": "rwm"}]) } else { device_rules() }});
-    if let Some(m) = decl.memory {
-        resources["memory"] = json!({"limit": m, "swap": m});
-    }
-    if let Some(mc) = decl.millicpus {
-        resources["cpu"] = json!({"quota": mc * 100, "period": 100_000});
-    }
-    if let Some(p) = decl.pids {
-        resources["pids"] = json!({"limit": p});
-    }
-    let mut linux = json!({
-        "namespaces": namespaces,
-        "resources": resources,
-        "maskedPaths": if decl.privileged { json!([]) } else { json!(MASKED) },
-        "readonlyPaths": if decl.privileged { json!([]) } else { json!(READ_ONLY) },
-    });
-    if let Some(cg) = &ctx.cgroup {
-        linux["cgroupsPath"] = json!(cg);
-    }
-    if decl.seccomp && !decl.privileged {
-        linux["seccomp"] = crate::seccomp::default_profile(&caps);
-    }
+    let cwd = working_dir(decl, image_config).map_err(invalid)?;
+    let mounts = mounts(decl, ctx).map_err(invalid)?;
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -327,35 +241,209 @@ pub fn build(
         "root": {"path": ctx.rootfs, "readonly": decl.read_only},
         "hostname": hostname,
         "mounts": mounts,
-        "linux": linux
+        "linux": linux(decl, ctx, &caps)
     }))
 }
 
+/// The declared working directory, else the image's, else /; absolute.
+fn working_dir(decl: &Declaration, image_config: &Value) -> Result<String, String> {
+    let cwd = decl
+        .working_dir
+        .clone()
+        .or_else(|| {
+            image_config["WorkingDir"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(format!("working_dir {cwd:?} is not absolute"));
+    }
+    Ok(cwd)
+}
+
+/// docker's standard mounts, the daemon's /etc files, then the declared volumes.
+fn mounts(decl: &Declaration, ctx: &Context) -> Result<Vec<Value>, String> {
+    let sys_ro = if decl.privileged { "rw" } else { "ro" };
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys_ro]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", sys_ro]}),
+    ];
+    for (source, target) in &ctx.etc_files {
+        mounts.push(json!({"destination": target, "type": "bind", "source": source, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
+    }
+    for v in &decl.volumes {
+        mounts.push(volume_mount(v, ctx)?);
+    }
+    Ok(mounts)
+}
+
+/// One declared volume as a mount: named volumes and bind sources by what the daemon
+/// resolved and holds, never by their declared path.
+fn volume_mount(v: &Volume, ctx: &Context) -> Result<Value, String> {
+    let bind = |target: &PathBuf, source: &Path, read_only: bool| {
+        let mut o = vec!["rbind", "nosuid", "nodev"];
+        if read_only {
+            o.push("ro");
+        }
+        json!({"destination": target, "type": "bind", "source": source, "options": o})
+    };
+    Ok(match v {
+        Volume::Named {
+            name,
+            target,
+            read_only,
+        } => {
+            let dir = ctx
+                .volume_dirs
+                .get(name)
+                .ok_or_else(|| format!("volume {name} has no directory"))?;
+            bind(target, dir, *read_only)
+        }
+        Volume::Bind {
+            source,
+            target,
+            read_only,
+        } => {
+            let pinned = ctx
+                .bind_sources
+                .get(source)
+                .ok_or_else(|| format!("bind source {} was not checked", source.display()))?;
+            bind(target, pinned, *read_only)
+        }
+        Volume::Tmpfs { target } => {
+            json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]})
+        }
+    })
+}
+
+/// The spec's `linux`: namespaces, resources, masked and read-only paths, cgroup,
+/// seccomp.
+fn linux(decl: &Declaration, ctx: &Context, caps: &[String]) -> Value {
+    let mut linux = json!({
+        "namespaces": namespaces(decl, ctx),
+        "resources": resources(decl),
+        "maskedPaths": if decl.privileged { json!([]) } else { json!(MASKED) },
+        "readonlyPaths": if decl.privileged { json!([]) } else { json!(READ_ONLY) },
+    });
+    if let Some(cg) = &ctx.cgroup {
+        linux["cgroupsPath"] = json!(cg);
+    }
+    if decl.seccomp && !decl.privileged {
+        linux["seccomp"] = crate::seccomp::default_profile(caps);
+    }
+    linux
+}
+
+/// Its own pid, ipc, uts, mount and cgroup namespaces; the network as declared.
+fn namespaces(decl: &Declaration, ctx: &Context) -> Vec<Value> {
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    match (decl.network, &ctx.netns) {
+        (Network::Host, _) => {}
+        (_, Some(path)) => namespaces.push(json!({"type": "network", "path": path})),
+        (_, None) => namespaces.push(json!({"type": "network"})),
+    }
+    namespaces
+}
+
+/// Device rules, memory (swap included), CPU quota, pids.
+fn resources(decl: &Declaration) -> Value {
+    let mut resources = json!({"devices": if decl.privileged { json!([{"allow": true, "access": "rwm"}]) } else { device_rules() }});
+    if let Some(m) = decl.memory {
+        resources["memory"] = json!({"limit": m, "swap": m});
+    }
+    if let Some(mc) = decl.millicpus {
+        resources["cpu"] = json!({"quota": mc * 100, "period": 100_000});
+    }
+    if let Some(p) = decl.pids {
+        resources["pids"] = json!({"limit": p});
+    }
+    resources
+}
+
+/// The most of an image's /etc/passwd or /etc/group read: far above any real one.
+pub const MAX_ROOT_FILE: u64 = 1 << 20;
+
+/// Why a file of the image's root was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum RootFileError {
+    #[error("{path}: {op}: {errno}")]
+    Sys {
+        path: PathBuf,
+        op: &'static str,
+        errno: rustix::io::Errno,
+    },
+    #[error("{path}: not a regular file")]
+    NotRegular { path: PathBuf },
+    #[error("{path}: over {limit} bytes")]
+    TooLarge { path: PathBuf, limit: u64 },
+    #[error("{path}: not UTF-8")]
+    NotText { path: PathBuf },
+}
+
 /// Reads a file of the image's root (its /etc/passwd, /etc/group) without following a
-/// symlink out of it: None when missing or unreadable.
+/// symlink out of it: None when missing, unreadable, or not a regular file of at most
+/// [`MAX_ROOT_FILE`] bytes (see [`read_file_in_root`]).
 pub fn read_in_root(rootfs: &Path, rel: &str) -> Option<String> {
+    read_file_in_root(rootfs, rel).ok()
+}
+
+/// As [`read_in_root`], saying why not. The image is hostile: the file is opened
+/// non-blocking (a FIFO planted there must not hang the daemon in open(2) or read(2)),
+/// must be a regular file, and is read up to the cap only.
+pub fn read_file_in_root(rootfs: &Path, rel: &str) -> Result<String, RootFileError> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let path = rootfs.join(rel.trim_start_matches('/'));
+    let fail = |op: &'static str| {
+        let path = path.clone();
+        move |errno| RootFileError::Sys { path, op, errno }
+    };
     let root = rustix::fs::open(
         rootfs,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .ok()?;
+    .map_err(fail("opening the root"))?;
     let fd = rustix::fs::openat2(
         &root,
         rel.trim_start_matches('/'),
-        OFlags::RDONLY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
     )
-    .ok()?;
-    let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut std::io::Read::take(std::fs::File::from(fd), 4 << 20),
-        &mut text,
+    .map_err(fail("openat2"))?;
+    let st = rustix::fs::fstat(&fd).map_err(fail("fstat"))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(RootFileError::NotRegular { path });
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::from(fd), MAX_ROOT_FILE + 1),
+        &mut bytes,
     )
-    .ok()?;
-    Some(text)
+    .map_err(|e| {
+        fail("read")(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
+    })?;
+    if bytes.len() as u64 > MAX_ROOT_FILE {
+        // Cut short, a passwd could resolve a name to the wrong entry: refused whole.
+        return Err(RootFileError::TooLarge {
+            path,
+            limit: MAX_ROOT_FILE,
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| RootFileError::NotText { path })
 }
 
 #[cfg(test)]
@@ -395,6 +483,77 @@ mod tests {
         assert!(resolve_user("nobody", PASSWD, GROUP)
             .unwrap_err()
             .contains("nobody"));
+    }
+
+    /// A root with /etc, and the path of its /etc/passwd.
+    fn rootfs() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        let passwd = dir.path().join("etc/passwd");
+        (dir, passwd)
+    }
+
+    /// `read_file_in_root` in a thread: None when it has not returned within 5 s.
+    fn read_within_5s(root: &Path) -> Option<Result<String, RootFileError>> {
+        let root = root.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_file_in_root(&root, "/etc/passwd"));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn a_fifo_at_etc_passwd_is_refused_at_once() {
+        let (dir, passwd) = rootfs();
+        nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let got = read_within_5s(dir.path());
+        // Without O_NONBLOCK, open(2) of a FIFO with no writer blocks: the daemon with it.
+        let got = got.expect("reading a FIFO at /etc/passwd blocked");
+        assert!(
+            matches!(got, Err(RootFileError::NotRegular { .. })),
+            "{got:?}"
+        );
+        assert_eq!(read_in_root(dir.path(), "/etc/passwd"), None);
+        // The fallback: a numeric user still resolves without the image's files.
+        let text = read_in_root(dir.path(), "/etc/passwd").unwrap_or_default();
+        assert_eq!(resolve_user("1000", &text, "").unwrap().uid, 1000);
+    }
+
+    #[test]
+    fn an_oversized_passwd_is_refused_not_cut_short() {
+        let (dir, passwd) = rootfs();
+        let line = "u:x:1:1::/:/bin/sh\n";
+        let big = line.repeat(usize::try_from(MAX_ROOT_FILE).unwrap() / line.len() + 1);
+        std::fs::write(&passwd, big).unwrap();
+        let got = read_file_in_root(dir.path(), "/etc/passwd");
+        assert!(
+            matches!(got, Err(RootFileError::TooLarge { .. })),
+            "{got:?}"
+        );
+        // At the cap exactly, it is read.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&passwd)
+            .unwrap();
+        f.set_len(MAX_ROOT_FILE).unwrap();
+        assert_eq!(
+            read_file_in_root(dir.path(), "/etc/passwd").unwrap().len() as u64,
+            MAX_ROOT_FILE
+        );
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_root_resolves_in_it() {
+        let (dir, passwd) = rootfs();
+        std::os::unix::fs::symlink("/etc/hostname", &passwd).unwrap();
+        // /etc/hostname of the root: missing there, never the host's.
+        assert!(matches!(
+            read_file_in_root(dir.path(), "/etc/passwd"),
+            Err(RootFileError::Sys { .. })
+        ));
+        std::fs::write(dir.path().join("etc/group"), "g:x:5:\n").unwrap();
+        assert_eq!(read_in_root(dir.path(), "etc/group").unwrap(), "g:x:5:\n");
     }
 
     #[test]

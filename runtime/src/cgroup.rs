@@ -108,6 +108,28 @@ pub fn plan(spec: &Spec, id: &str, systemd: bool, disabled: bool) -> Result<Opti
 
 /// Creates the directory (enabling controllers on the way down) and writes the limits.
 pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
+    make_dirs(dir)?;
+    let Some(r) = resources else { return Ok(()) };
+    let mut writes: Vec<(&str, String)> = Vec::new();
+    memory_limits(r, &mut writes);
+    pids_limit(r, &mut writes);
+    cpu_limits(r, &mut writes);
+    memory_reservation(r, &mut writes);
+    io_limits(r, dir, &mut writes);
+    let hugepages = hugepage_limits(r, dir)?;
+    let unified = unified_files(r)?;
+    let rules = r.devices().as_deref().unwrap_or_default();
+    if crate::devices::restricts(rules) {
+        attach_devices(dir, rules)?;
+    }
+    let writes = writes.into_iter().map(|(f, v)| (f.to_string(), v));
+    // unified last, so its files win.
+    write_files(dir, writes.chain(hugepages).chain(unified))
+}
+
+/// Each directory from the mount down to `dir`, every controller Berth uses enabled
+/// in each parent on the way.
+fn make_dirs(dir: &Path) -> Result<()> {
     let rel = dir.strip_prefix(MOUNT).unwrap_or(dir);
     let mut cur = PathBuf::from(MOUNT);
     for part in rel.components() {
@@ -123,29 +145,34 @@ pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
             _ => {}
         }
     }
-    let Some(r) = resources else { return Ok(()) };
-    let mut writes: Vec<(&str, String)> = Vec::new();
-    let mut owned: Vec<(String, String)> = Vec::new();
-    let mut unified: Vec<(String, String)> = Vec::new();
-    if let Some(m) = r.memory() {
-        if let Some(limit) = m.limit() {
-            writes.push((
-                "memory.max",
-                if limit < 0 {
-                    "max".into()
-                } else {
-                    limit.to_string()
-                },
-            ));
-        }
-        if let Some(swap) = m.swap() {
-            // OCI's swap is memory+swap; v2's memory.swap.max is swap alone.
-            let limit = m.limit().unwrap_or(-1);
-            if swap >= 0 && limit >= 0 {
-                writes.push(("memory.swap.max", (swap - limit).max(0).to_string()));
-            }
+    Ok(())
+}
+
+/// A limit where negative means none.
+fn or_max(n: i64) -> String {
+    if n < 0 {
+        "max".into()
+    } else {
+        n.to_string()
+    }
+}
+
+/// memory.max and memory.swap.max.
+fn memory_limits(r: &LinuxResources, writes: &mut Vec<(&str, String)>) {
+    let Some(m) = r.memory() else { return };
+    if let Some(limit) = m.limit() {
+        writes.push(("memory.max", or_max(limit)));
+    }
+    if let Some(swap) = m.swap() {
+        // OCI's swap is memory+swap; v2's memory.swap.max is swap alone.
+        let limit = m.limit().unwrap_or(-1);
+        if swap >= 0 && limit >= 0 {
+            writes.push(("memory.swap.max", (swap - limit).max(0).to_string()));
         }
     }
+}
+
+fn pids_limit(r: &LinuxResources, writes: &mut Vec<(&str, String)>) {
     if let Some(p) = r.pids() {
         let l = p.limit();
         writes.push((
@@ -153,36 +180,37 @@ pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
             if l <= 0 { "max".into() } else { l.to_string() },
         ));
     }
-    if let Some(c) = r.cpu() {
-        if let Some(shares) = c.shares() {
-            // The conversion runc and crun use (cgroup v1 shares 2..262144 → weight 1..10000).
-            let weight = 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
-            writes.push(("cpu.weight", weight.to_string()));
-        }
-        if c.quota().is_some() || c.period().is_some() {
-            let quota = c
-                .quota()
-                .filter(|q| *q > 0)
-                .map_or("max".to_string(), |q| q.to_string());
-            writes.push((
-                "cpu.max",
-                format!("{quota} {}", c.period().unwrap_or(100_000)),
-            ));
-        }
+}
+
+/// cpu.weight from shares, cpu.max from quota and period.
+fn cpu_limits(r: &LinuxResources, writes: &mut Vec<(&str, String)>) {
+    let Some(c) = r.cpu() else { return };
+    if let Some(shares) = c.shares() {
+        // The conversion runc and crun use (cgroup v1 shares 2..262144 → weight 1..10000).
+        let weight = 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
+        writes.push(("cpu.weight", weight.to_string()));
     }
-    if let Some(m) = r.memory() {
-        if let Some(low) = m.reservation() {
-            writes.push((
-                "memory.low",
-                if low < 0 {
-                    "max".into()
-                } else {
-                    low.to_string()
-                },
-            ));
-        }
+    if c.quota().is_some() || c.period().is_some() {
+        let quota = c
+            .quota()
+            .filter(|q| *q > 0)
+            .map_or("max".to_string(), |q| q.to_string());
+        writes.push((
+            "cpu.max",
+            format!("{quota} {}", c.period().unwrap_or(100_000)),
+        ));
     }
-    io_limits(r, dir, &mut writes);
+}
+
+fn memory_reservation(r: &LinuxResources, writes: &mut Vec<(&str, String)>) {
+    if let Some(low) = r.memory().as_ref().and_then(|m| m.reservation()) {
+        writes.push(("memory.low", or_max(low)));
+    }
+}
+
+/// hugetlb.<size>.max for each page size, which this kernel must offer.
+fn hugepage_limits(r: &LinuxResources, dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
     for h in r.hugepage_limits().iter().flatten() {
         // runtime-spec: pageSize in the kernel's own unit syntax ("2MB", "1GB").
         let size = h.page_size();
@@ -199,9 +227,14 @@ pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
                 format!("this kernel has no {size} huge pages (no {file})"),
             ));
         }
-        owned.push((file, h.limit().max(0).to_string()));
+        files.push((file, h.limit().max(0).to_string()));
     }
-    // linux.resources.unified: cgroup v2 files by name, written last so they win.
+    Ok(files)
+}
+
+/// linux.resources.unified: cgroup v2 files by name, each a controller's file.
+fn unified_files(r: &LinuxResources) -> Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
     for (file, value) in r.unified().iter().flatten() {
         if file.contains('/') || file.starts_with('.') || file.starts_with("cgroup.") {
             return Err(crate::error::config(
@@ -209,14 +242,14 @@ pub fn create(dir: &Path, resources: Option<&LinuxResources>) -> Result<()> {
                 format!("{file:?} is not a controller's file"),
             ));
         }
-        unified.push((file.clone(), value.clone()));
+        files.push((file.clone(), value.clone()));
     }
-    let rules = r.devices().as_deref().unwrap_or_default();
-    if crate::devices::restricts(rules) {
-        attach_devices(dir, rules)?;
-    }
-    let writes = writes.into_iter().map(|(f, v)| (f.to_string(), v));
-    for (file, value) in writes.chain(owned).chain(unified) {
+    Ok(files)
+}
+
+/// Writes each value into its file in `dir`, in order.
+fn write_files(dir: &Path, files: impl Iterator<Item = (String, String)>) -> Result<()> {
+    for (file, value) in files {
         let path = dir.join(&file);
         // io.max and io.weight take one device per write.
         for line in value.lines() {
@@ -353,5 +386,48 @@ mod tests {
             PathBuf::from("system.slice/p-n.scope")
         );
         assert!(systemd_path("a:b").is_none());
+    }
+
+    #[test]
+    fn limits_convert_in_write_order() {
+        let r: LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": {"limit": 1_048_576, "swap": 3_145_728, "reservation": -1},
+            "pids": {"limit": 0},
+            "cpu": {"shares": 1024, "quota": 50_000}
+        }))
+        .unwrap();
+        let mut w = Vec::new();
+        memory_limits(&r, &mut w);
+        pids_limit(&r, &mut w);
+        cpu_limits(&r, &mut w);
+        memory_reservation(&r, &mut w);
+        let w: Vec<(&str, &str)> = w.iter().map(|(f, v)| (*f, v.as_str())).collect();
+        assert_eq!(
+            w,
+            [
+                ("memory.max", "1048576"),
+                ("memory.swap.max", "2097152"),
+                ("pids.max", "max"),
+                ("cpu.weight", "39"),
+                ("cpu.max", "50000 100000"),
+                ("memory.low", "max"),
+            ]
+        );
+    }
+
+    #[test]
+    fn unified_takes_only_controller_files() {
+        for bad in ["cgroup.procs", "../x", ".hidden", "a/b"] {
+            let r: LinuxResources =
+                serde_json::from_value(serde_json::json!({"unified": {bad: "1"}})).unwrap();
+            let e = unified_files(&r).unwrap_err().to_string();
+            assert!(e.contains("linux.resources.unified"), "{bad}: {e}");
+        }
+        let r: LinuxResources =
+            serde_json::from_value(serde_json::json!({"unified": {"memory.high": "1G"}})).unwrap();
+        assert_eq!(
+            unified_files(&r).unwrap(),
+            [("memory.high".to_string(), "1G".to_string())]
+        );
     }
 }

@@ -3,13 +3,16 @@
 //! `create` forks the container's init: it enters its namespaces, builds its root, and
 //! then blocks opening `<root>/<id>/exec.fifo` for writing. `start` opens the FIFO for
 //! reading, which lets it exec the program; the FIFO's removal marks it running. The
-//! two processes report to each other over pipes: the parent learns of any setup error
-//! with its message, removes what it made, and exits non-zero.
+//! two processes lead each other through the setup with typed messages (`handshake`):
+//! the parent learns of any setup error with its stage and message, removes what it
+//! made, and exits non-zero.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
@@ -20,6 +23,7 @@ use nix::unistd::{ForkResult, Pid};
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 
 use crate::error::{config, io, sys, Error, Result};
+use crate::handshake::{at, Channel, Failure, HandshakeError, Message, Stage, STEP_TIMEOUT};
 use crate::state::{self, Saved, Status, EXEC_FIFO};
 use crate::{cgroup, mounts, process};
 
@@ -273,43 +277,17 @@ fn create_in(
     cgroup_dir: Option<&Path>,
     dir: &Path,
 ) -> Result<i32> {
-    let fifo = dir.join(EXEC_FIFO);
-    nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
-        .map_err(sys(format!("mkfifo {}", fifo.display())))?;
-    // Writable by the container's user (it opens it after dropping to that user), as
-    // runc's is; only root can read it, which is what `start` does. Set past the umask.
-    std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
-        .map_err(io(&fifo))?;
+    let fifo = make_exec_fifo(dir)?;
     if let Some(cg) = cgroup_dir {
         let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
         cgroup::create(cg, resources)?;
     }
     // Compiled here, so a bad profile fails `create` before anything runs.
     let seccomp = crate::seccomp::for_spec(spec)?;
-    let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
-    // New pid and user namespaces come with the fork (the pid namespace then belongs to
-    // the user namespace); namespaces given by path are joined around it.
+    let (parent_end, child_end) = Channel::pair().map_err(handshake_error)?;
     let nss = namespaces(spec);
-    let new = |t| {
-        nss.iter()
-            .any(|n: &LinuxNamespace| n.typ() == t && n.path().is_none())
-    };
-    let mut fork_flags = CloneFlags::empty();
-    if new(LinuxNamespaceType::Pid) {
-        fork_flags |= CloneFlags::CLONE_NEWPID;
-    }
-    if new(LinuxNamespaceType::User) {
-        fork_flags |= CloneFlags::CLONE_NEWUSER;
-    }
-    // Bind sources are pinned here, in the runtime's mount namespace (see bind_trees).
-    // Not for a user namespace: a tree cloned by the host's root is not the container
-    // root's to attach; its init mounts by path.
-    let trees = if nss.iter().any(|n| n.typ() == LinuxNamespaceType::User) {
-        Vec::new()
-    } else {
-        mounts::bind_trees(spec)?
-    };
+    let fork_flags = fork_flags(nss);
+    let trees = pinned_bind_trees(spec)?;
     let own_namespaces = join_for_fork(nss)?;
     // SAFETY: the runtime is single-threaded (it never starts a thread) and registers
     // no atfork handler, as fork_into needs.
@@ -320,112 +298,214 @@ fn create_in(
     }
     match forked? {
         ForkResult::Child => {
-            drop(report_r);
-            drop(go_w);
-            let err = child(
+            drop(parent_end);
+            let init = Init {
                 spec,
                 rootfs,
-                &trees,
-                &fifo,
-                go_r,
-                &report_w,
-                &seccomp,
-                opts.console_socket,
-            )
-            .err()
-            .map_or_else(|| "exec returned".to_string(), |e| e.to_string());
-            // Before "ok" the parent reads this and reports it; after, only the
-            // container's stderr can tell.
-            let mut w = std::fs::File::from(report_w);
-            if w.write_all(format!("error: {err}").as_bytes()).is_err() || started_waiting() {
-                eprintln!("berth-runtime: container init: {err}");
-            }
-            std::process::exit(1);
+                trees: &trees,
+                fifo: &fifo,
+                seccomp: &seccomp,
+                console_socket: opts.console_socket,
+            };
+            init_main(&init, child_end)
         }
         ForkResult::Parent { child } => {
-            drop(report_w);
-            drop(go_r);
-            let pid = child.as_raw();
-            let placed = if fork_flags.contains(CloneFlags::CLONE_NEWUSER) {
-                write_id_mappings(pid, spec)
-            } else {
-                Ok(())
-            }
-            .and_then(|()| cgroup_dir.map_or(Ok(()), |cg| cgroup::add(cg, pid)));
-            let mut go = std::fs::File::from(go_w);
-            if let Err(e) = placed {
-                let _ = kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                return Err(e);
-            }
-            let _ = go.write_all(b"1");
-            let mut report = std::fs::File::from(report_r);
-            // "ns" once its namespaces exist: the runtime's hooks run now, in the
-            // runtime's namespaces, with the container's state on stdin.
-            let mut answer = read_report(&mut report);
-            if answer == "ns" {
-                let hooks_state = hook_state(opts.id, pid, bundle, spec, Status::Created);
-                let ran = spec.hooks().as_ref().map_or(Ok(()), |h| {
-                    crate::hooks::run(
-                        "prestart",
-                        h.prestart().as_deref().unwrap_or_default(),
-                        &hooks_state,
-                    )
-                    .and_then(|()| {
-                        crate::hooks::run(
-                            "createRuntime",
-                            h.create_runtime().as_deref().unwrap_or_default(),
-                            &hooks_state,
-                        )
-                    })
-                });
-                if let Err(e) = ran {
-                    let _ = kill(child, Signal::SIGKILL);
-                    let _ = waitpid(child, None);
-                    return Err(e);
-                }
-                // The state for the container's own hooks, then end of file.
-                let _ = go.write_all(hooks_state.as_bytes());
-                drop(go);
-                answer = read_report(&mut report);
-            }
-            // "ok" while the child waits for `start` (the pipe stays open until its exec),
-            // or an error message and end of file when it failed.
-            if answer != "ok" {
-                let _ = kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                let msg = answer
-                    .strip_prefix("error: ")
-                    .unwrap_or(&answer)
-                    .to_string();
-                return Err(Error::Setup(if msg.is_empty() {
-                    "the container's init died".into()
-                } else {
-                    msg
-                }));
-            }
-            let annotations: BTreeMap<String, String> = spec
-                .annotations()
-                .clone()
-                .map(|a| a.into_iter().collect())
-                .unwrap_or_default();
-            let saved = Saved {
-                id: opts.id.to_string(),
-                pid,
-                pid_start_time: state::start_time(pid).unwrap_or(0),
-                bundle: bundle.to_path_buf(),
-                rootfs: rootfs.to_path_buf(),
-                created: now_rfc3339(),
-                annotations,
-                cgroup: cgroup_dir.map(Path::to_path_buf),
+            drop(child_end);
+            let launched = Launched {
+                opts,
+                spec,
+                bundle,
+                child,
+                fork_flags,
+                cgroup_dir,
             };
-            saved.save(opts.root)?;
-            if let Some(pf) = opts.pid_file {
-                std::fs::write(pf, pid.to_string()).map_err(io(pf))?;
-            }
-            Ok(pid)
+            launched.await_ready(parent_end)?;
+            record_created(opts, spec, bundle, rootfs, cgroup_dir, child.as_raw())
         }
     }
+}
+
+/// `<dir>/exec.fifo`, which the container's init opens to wait for `start`.
+fn make_exec_fifo(dir: &Path) -> Result<PathBuf> {
+    let fifo = dir.join(EXEC_FIFO);
+    nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622))
+        .map_err(sys(format!("mkfifo {}", fifo.display())))?;
+    // Writable by the container's user (it opens it after dropping to that user), as
+    // runc's is; only root can read it, which is what `start` does. Set past the umask.
+    std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
+        .map_err(io(&fifo))?;
+    Ok(fifo)
+}
+
+/// New pid and user namespaces come with the fork (the pid namespace then belongs to
+/// the user namespace); namespaces given by path are joined around it.
+fn fork_flags(nss: &[LinuxNamespace]) -> CloneFlags {
+    let new = |t| nss.iter().any(|n| n.typ() == t && n.path().is_none());
+    let mut flags = CloneFlags::empty();
+    if new(LinuxNamespaceType::Pid) {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
+    if new(LinuxNamespaceType::User) {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
+    flags
+}
+
+/// Bind sources are pinned here, in the runtime's mount namespace (see bind_trees).
+/// Not for a user namespace: a tree cloned by the host's root is not the container
+/// root's to attach; its init mounts by path.
+fn pinned_bind_trees(spec: &Spec) -> Result<Vec<Option<OwnedFd>>> {
+    if namespaces(spec)
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User)
+    {
+        return Ok(Vec::new());
+    }
+    mounts::bind_trees(spec)
+}
+
+/// The handshake with a container's init broke: its going away without a word is
+/// said as such.
+fn handshake_error(e: HandshakeError) -> Error {
+    match e {
+        HandshakeError::Closed => Error::Setup("the container's init died".into()),
+        source => Error::Handshake {
+            peer: "the container's init",
+            source,
+        },
+    }
+}
+
+/// How long the runtime and the init wait for each other across `hooks`: the step's
+/// own bound plus each hook's timeout.
+fn step_timeout(hooks: Option<&Vec<oci_spec::runtime::Hook>>) -> Duration {
+    hooks
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.timeout())
+        .filter_map(|t| u64::try_from(t).ok())
+        .fold(STEP_TIMEOUT, |d, t| {
+            d.saturating_add(Duration::from_secs(t))
+        })
+}
+
+/// The runtime's side of a container init it just forked.
+struct Launched<'a> {
+    opts: &'a CreateOptions<'a>,
+    spec: &'a Spec,
+    bundle: &'a Path,
+    child: Pid,
+    fork_flags: CloneFlags,
+    cgroup_dir: Option<&'a Path>,
+}
+
+impl Launched<'_> {
+    /// Leads the init through its setup until it waits for `start`; on any failure the
+    /// init is killed and reaped.
+    fn await_ready(&self, mut chan: Channel) -> Result<()> {
+        let result = self.handshake(&mut chan);
+        if result.is_err() {
+            let _ = kill(self.child, Signal::SIGKILL);
+            let _ = waitpid(self.child, None);
+        }
+        result
+    }
+
+    fn handshake(&self, chan: &mut Channel) -> Result<()> {
+        self.place()?;
+        send_to_init(chan, &Message::Go)?;
+        let hooks = self.spec.hooks().as_ref();
+        expect_from_init(chan, &Message::Namespaces, STEP_TIMEOUT)?;
+        // Its namespaces exist: the runtime's hooks run now, in the runtime's
+        // namespaces, with the container's state on stdin.
+        let state = hook_state(
+            self.opts.id,
+            self.child.as_raw(),
+            self.bundle,
+            self.spec,
+            Status::Created,
+        );
+        run_runtime_hooks(hooks, &state)?;
+        send_to_init(chan, &Message::HookState { state })?;
+        let wait = step_timeout(hooks.and_then(|h| h.create_container().as_ref()));
+        expect_from_init(chan, &Message::Ready, wait)
+    }
+
+    /// Writes a new user namespace's id maps and puts the init in its cgroup.
+    fn place(&self) -> Result<()> {
+        let pid = self.child.as_raw();
+        if self.fork_flags.contains(CloneFlags::CLONE_NEWUSER) {
+            write_id_mappings(pid, self.spec)?;
+        }
+        self.cgroup_dir.map_or(Ok(()), |cg| cgroup::add(cg, pid))
+    }
+}
+
+/// Sends to the init. A failed write (it died) is not the error to report: its own
+/// report, or its silence, is read next.
+fn send_to_init(chan: &mut Channel, msg: &Message) -> Result<()> {
+    match chan.send(msg) {
+        Ok(()) | Err(HandshakeError::Io { .. }) => Ok(()),
+        Err(e) => Err(handshake_error(e)),
+    }
+}
+
+/// Reads the init's next message, which must be `wanted` (its error, when it failed).
+fn expect_from_init(chan: &mut Channel, wanted: &Message, wait: Duration) -> Result<()> {
+    let got = chan.recv(wait).map_err(handshake_error)?;
+    match crate::handshake::reported(got)? {
+        got if got == *wanted => Ok(()),
+        got => Err(handshake_error(HandshakeError::Unexpected {
+            got: got.kind(),
+            wanted: wanted.kind(),
+        })),
+    }
+}
+
+/// prestart (deprecated, same moment) then createRuntime, in the runtime.
+fn run_runtime_hooks(hooks: Option<&oci_spec::runtime::Hooks>, state: &str) -> Result<()> {
+    let Some(h) = hooks else { return Ok(()) };
+    crate::hooks::run(
+        "prestart",
+        h.prestart().as_deref().unwrap_or_default(),
+        state,
+    )?;
+    crate::hooks::run(
+        "createRuntime",
+        h.create_runtime().as_deref().unwrap_or_default(),
+        state,
+    )
+}
+
+/// Saves the created container's state (and its pid file): it now waits for `start`.
+fn record_created(
+    opts: &CreateOptions<'_>,
+    spec: &Spec,
+    bundle: &Path,
+    rootfs: &Path,
+    cgroup_dir: Option<&Path>,
+    pid: i32,
+) -> Result<i32> {
+    let annotations: BTreeMap<String, String> = spec
+        .annotations()
+        .clone()
+        .map(|a| a.into_iter().collect())
+        .unwrap_or_default();
+    let saved = Saved {
+        id: opts.id.to_string(),
+        pid,
+        pid_start_time: state::start_time(pid).unwrap_or(0),
+        bundle: bundle.to_path_buf(),
+        rootfs: rootfs.to_path_buf(),
+        created: now_rfc3339(),
+        annotations,
+        cgroup: cgroup_dir.map(Path::to_path_buf),
+    };
+    saved.save(opts.root)?;
+    if let Some(pf) = opts.pid_file {
+        std::fs::write(pf, pid.to_string()).map_err(io(pf))?;
+    }
+    Ok(pid)
 }
 
 /// The OCI state document for hooks.
@@ -446,57 +526,155 @@ fn hook_state(id: &str, pid: i32, bundle: &Path, spec: &Spec, status: Status) ->
     .to_string()
 }
 
-/// One message from the container's init: "ns", "ok", or "error: ..." up to end of
-/// file; empty when it died without a word.
-fn read_report(report: &mut std::fs::File) -> String {
-    let mut head = [0u8; 2];
-    match report.read_exact(&mut head) {
-        Ok(()) if &head == b"ok" || &head == b"ns" => String::from_utf8_lossy(&head).into_owned(),
-        Ok(()) => {
-            let mut rest = String::new();
-            let _ = report.read_to_string(&mut rest);
-            format!("{}{rest}", String::from_utf8_lossy(&head))
-        }
-        Err(_) => String::new(),
-    }
+/// What the container's init works from, between fork and exec.
+struct Init<'a> {
+    spec: &'a Spec,
+    rootfs: &'a Path,
+    trees: &'a [Option<OwnedFd>],
+    fifo: &'a Path,
+    seccomp: &'a [seccompiler::BpfProgram],
+    console_socket: Option<&'a Path>,
 }
 
-/// The container's init, between fork and exec. Reports "ok" on `report` (kept open
-/// until exec closes it) once it waits for `start`.
-#[allow(clippy::too_many_arguments)]
-fn child(
-    spec: &Spec,
-    rootfs: &Path,
-    trees: &[Option<OwnedFd>],
-    fifo: &Path,
-    go: OwnedFd,
-    report: &OwnedFd,
-    seccomp: &[seccompiler::BpfProgram],
-    console_socket: Option<&Path>,
-) -> Result<std::convert::Infallible> {
-    // Paths outside the rootfs are opened first, while this process is still the
-    // host's root (in a new user namespace, its root is an unprivileged host user).
-    // The FIFO is reachable by path only from the host's root: hold it before pivoting.
-    let fifo_fd = nix::fcntl::open(fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(sys(format!("opening {}", fifo.display())))?;
-    let process = spec
+/// The container's init: sets up and execs, or reports why not and exits.
+fn init_main(init: &Init<'_>, mut chan: Channel) -> ! {
+    let failure = match child(init, &mut chan) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    };
+    // Before "ready" the runtime reads this and reports it; after, only the container's
+    // stderr can tell.
+    if !failure.report(&mut chan) || started_waiting() {
+        eprintln!("berth-runtime: container init: {}", failure.error);
+    }
+    std::process::exit(1);
+}
+
+/// The init's steps, in order, each failure tagged with its stage. Reports `Ready` on
+/// `chan` (kept open until exec closes it) once it waits for `start`.
+fn child(init: &Init<'_>, chan: &mut Channel) -> std::result::Result<Infallible, Failure> {
+    let spec = init.spec;
+    let outside = open_outside(init).map_err(at(Stage::Waiting))?;
+    // Wait until the runtime has written our id maps and put us in our cgroup.
+    expect_from_runtime(chan, &Message::Go).map_err(at(Stage::Waiting))?;
+    enter_namespaces(spec).map_err(at(Stage::Namespaces))?;
+    // The runtime's hooks (prestart, createRuntime) run now, in the runtime; it then
+    // sends the state for ours.
+    let hooks_state = hook_state_from_runtime(chan, spec).map_err(at(Stage::Namespaces))?;
+    let hooks = spec.hooks().as_ref();
+    if let Some(h) = hooks {
+        // In the container's namespaces, before pivot_root (paths resolve in the runtime's).
+        crate::hooks::run(
+            "createContainer",
+            h.create_container().as_deref().unwrap_or_default(),
+            &hooks_state,
+        )
+        .map_err(at(Stage::Hooks))?;
+    }
+    build_root(spec, init.rootfs, init.trees).map_err(at(Stage::Rootfs))?;
+    set_up_process(outside.process, outside.console).map_err(at(Stage::Process))?;
+    // Set up: tell the runtime, then wait for `start`.
+    chan.send(&Message::Ready)
+        .map_err(|source| Error::Handshake {
+            peer: "the runtime",
+            source,
+        })
+        .map_err(at(Stage::Process))?;
+    WAITING.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for_start(outside.fifo).map_err(at(Stage::Exec))?;
+    if let Some(h) = hooks {
+        // After start, in the container (paths resolve in it), before the program.
+        crate::hooks::run(
+            "startContainer",
+            h.start_container().as_deref().unwrap_or_default(),
+            &hooks_state,
+        )
+        .map_err(at(Stage::Exec))?;
+    }
+    process::finish_and_exec(outside.process, init.seccomp).map_err(at(Stage::Exec))
+}
+
+/// What the init opens before it changes namespaces or user.
+struct Outside<'a> {
+    fifo: OwnedFd,
+    process: &'a oci_spec::runtime::Process,
+    console: Option<std::os::unix::net::UnixStream>,
+}
+
+/// Paths outside the rootfs are opened first, while this process is still the host's
+/// root (in a new user namespace, its root is an unprivileged host user). The FIFO is
+/// reachable by path only from the host's root: hold it before pivoting.
+fn open_outside<'a>(init: &Init<'a>) -> Result<Outside<'a>> {
+    let fifo = nix::fcntl::open(init.fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(sys(format!("opening {}", init.fifo.display())))?;
+    let process = init
+        .spec
         .process()
         .as_ref()
         .ok_or_else(|| config("process", "missing"))?;
-    let console = match (process.terminal() == Some(true), console_socket) {
+    let console = match (process.terminal() == Some(true), init.console_socket) {
         (true, Some(path)) => Some(crate::console::connect(path)?),
         (true, None) => return Err(config("process.terminal", "needs --console-socket")),
         (false, _) => None,
     };
-    // Wait until the parent has written our id maps and put us in our cgroup.
-    let mut go = std::fs::File::from(go);
-    let mut byte = [0u8; 1];
-    if go.read(&mut byte).map_err(io("the parent's pipe"))? == 0 {
-        return Err(Error::Setup("the runtime went away".into()));
+    Ok(Outside {
+        fifo,
+        process,
+        console,
+    })
+}
+
+/// The runtime's next message, within `wait`.
+fn recv_from_runtime(chan: &mut Channel, wait: Duration) -> Result<Message> {
+    chan.recv(wait).map_err(|e| match e {
+        HandshakeError::Closed => Error::Setup("the runtime went away".into()),
+        source => Error::Handshake {
+            peer: "the runtime",
+            source,
+        },
+    })
+}
+
+fn out_of_order(got: &Message, wanted: &'static str) -> Error {
+    Error::Handshake {
+        peer: "the runtime",
+        source: HandshakeError::Unexpected {
+            got: got.kind(),
+            wanted,
+        },
     }
+}
+
+/// The runtime's next message, which must be `wanted`.
+fn expect_from_runtime(chan: &mut Channel, wanted: &Message) -> Result<()> {
+    match recv_from_runtime(chan, STEP_TIMEOUT)? {
+        got if got == *wanted => Ok(()),
+        got => Err(out_of_order(&got, wanted.kind())),
+    }
+}
+
+/// Says the namespaces exist and waits (through the runtime's hooks) for the state
+/// document of the container's own hooks.
+fn hook_state_from_runtime(chan: &mut Channel, spec: &Spec) -> Result<String> {
+    chan.send(&Message::Namespaces)
+        .map_err(|source| Error::Handshake {
+            peer: "the runtime",
+            source,
+        })?;
+    let hooks = spec.hooks().as_ref();
+    let wait = step_timeout(hooks.and_then(|h| h.prestart().as_ref()))
+        + step_timeout(hooks.and_then(|h| h.create_runtime().as_ref()));
+    match recv_from_runtime(chan, wait)? {
+        Message::HookState { state } => Ok(state),
+        got => Err(out_of_order(&got, "hook-state")),
+    }
+}
+
+/// A new session, then the spec's namespaces: the user namespace first (the init
+/// takes its root), then the mount namespace given by path, then new ones.
+fn enter_namespaces(spec: &Spec) -> Result<()> {
     nix::unistd::setsid().map_err(sys("setsid"))?;
     let nss = namespaces(spec);
-    let has = |t| nss.iter().any(|n: &LinuxNamespace| n.typ() == t);
     if let Some(user) = nss.iter().find(|n| n.typ() == LinuxNamespaceType::User) {
         join(user)?;
         become_namespace_root()?;
@@ -513,45 +691,16 @@ fn child(
             None => unshare |= clone_flag(ns.typ()),
         }
     }
-    nix::sched::unshare(unshare).map_err(sys(format!("unshare({unshare:?})")))?;
-    // The runtime's hooks (prestart, createRuntime) run now, in the parent; it then
-    // sends the state for ours and closes the pipe.
-    nix::unistd::write(report, b"ns").map_err(sys("reporting to the parent"))?;
-    let mut hooks_state = String::new();
-    go.read_to_string(&mut hooks_state)
-        .map_err(io("the parent's pipe"))?;
-    if hooks_state.is_empty() {
-        return Err(Error::Setup("the runtime went away".into()));
-    }
-    let hooks = spec.hooks().as_ref();
-    if let Some(h) = hooks {
-        // In the container's namespaces, before pivot_root (paths resolve in the runtime's).
-        crate::hooks::run(
-            "createContainer",
-            h.create_container().as_deref().unwrap_or_default(),
-            &hooks_state,
-        )?;
-    }
+    nix::sched::unshare(unshare).map_err(sys(format!("unshare({unshare:?})")))
+}
+
+/// The container's root (pivoted in its own mount namespace, else a chroot), its
+/// sysctls, domain and host names.
+fn build_root(spec: &Spec, rootfs: &Path, trees: &[Option<OwnedFd>]) -> Result<()> {
+    let nss = namespaces(spec);
+    let has = |t| nss.iter().any(|n: &LinuxNamespace| n.typ() == t);
     if has(LinuxNamespaceType::Mount) {
-        mounts::prepare_rootfs(spec, rootfs, trees)?;
-        mounts::pivot(rootfs)?;
-        // Before /proc/sys turns read-only below.
-        sysctls(spec)?;
-        set_domainname(spec, has(LinuxNamespaceType::Uts))?;
-        let linux = spec.linux().as_ref();
-        mounts::mask(
-            linux
-                .and_then(|l| l.masked_paths().as_deref())
-                .unwrap_or_default(),
-        )?;
-        mounts::read_only(
-            linux
-                .and_then(|l| l.readonly_paths().as_deref())
-                .unwrap_or_default(),
-        )?;
-        if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
-            mounts::root_read_only()?;
-        }
+        pivot_into(spec, rootfs, trees, has(LinuxNamespaceType::Uts))?;
     } else {
         nix::unistd::chroot(rootfs).map_err(sys("chroot"))?;
         nix::unistd::chdir("/").map_err(sys("chdir /"))?;
@@ -564,6 +713,39 @@ fn child(
         }
         nix::unistd::sethostname(name).map_err(sys(format!("sethostname {name}")))?;
     }
+    Ok(())
+}
+
+/// Mounts the rootfs and pivots into it, then the settings that need /proc/sys
+/// writable, then masked, read-only paths and a read-only root.
+fn pivot_into(spec: &Spec, rootfs: &Path, trees: &[Option<OwnedFd>], uts: bool) -> Result<()> {
+    mounts::prepare_rootfs(spec, rootfs, trees)?;
+    mounts::pivot(rootfs)?;
+    // Before /proc/sys turns read-only below.
+    sysctls(spec)?;
+    set_domainname(spec, uts)?;
+    let linux = spec.linux().as_ref();
+    mounts::mask(
+        linux
+            .and_then(|l| l.masked_paths().as_deref())
+            .unwrap_or_default(),
+    )?;
+    mounts::read_only(
+        linux
+            .and_then(|l| l.readonly_paths().as_deref())
+            .unwrap_or_default(),
+    )?;
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        mounts::root_read_only()?;
+    }
+    Ok(())
+}
+
+/// The process's limits, capabilities, user and cwd, then its terminal.
+fn set_up_process(
+    process: &oci_spec::runtime::Process,
+    console: Option<std::os::unix::net::UnixStream>,
+) -> Result<()> {
     process::rlimits(process)?;
     process::oom_score_adj(process)?;
     let caps = process.capabilities().as_ref();
@@ -571,30 +753,21 @@ fn child(
     process::user(process)?;
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
-    // Set up: tell the parent, then wait for `start` (opening the FIFO for writing
-    // blocks until a reader comes).
     if let Some(socket) = console {
         crate::console::setup(socket, process.console_size().as_ref())?;
     }
-    nix::unistd::write(report, b"ok").map_err(sys("reporting to the parent"))?;
-    WAITING.store(true, std::sync::atomic::Ordering::SeqCst);
-    let reopen = format!("/proc/self/fd/{}", fifo_fd.as_raw_fd());
+    Ok(())
+}
+
+/// Opening the FIFO for writing blocks until `start` opens it for reading.
+fn wait_for_start(fifo: OwnedFd) -> Result<()> {
+    let reopen = format!("/proc/self/fd/{}", fifo.as_raw_fd());
     let mut fifo_w = std::fs::OpenOptions::new()
         .write(true)
         .open(&reopen)
         .map_err(io(&reopen))?;
     let _ = fifo_w.write_all(b"0");
-    drop(fifo_w);
-    drop(fifo_fd);
-    if let Some(h) = hooks {
-        // After start, in the container (paths resolve in it), before the program.
-        crate::hooks::run(
-            "startContainer",
-            h.start_container().as_deref().unwrap_or_default(),
-            &hooks_state,
-        )?;
-    }
-    process::finish_and_exec(process, seccomp)
+    Ok(())
 }
 
 /// In a user namespace, the container's init takes its root (uid and gid 0, no
@@ -628,7 +801,7 @@ fn sysctls(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Set in the container's init once the parent has its "ok": later errors go to stderr.
+/// Set in the container's init once it sent `Ready`: later errors go to stderr too.
 static WAITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn started_waiting() -> bool {

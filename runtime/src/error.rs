@@ -44,8 +44,33 @@ pub enum Error {
     },
     #[error("the container's setup failed: {0}")]
     Setup(String),
+    /// A forked child's setup failed, as it reported over the handshake.
+    #[error("the container's setup failed while {stage}: {message}")]
+    Init {
+        stage: crate::handshake::Stage,
+        errno: Option<Errno>,
+        message: String,
+    },
+    /// The handshake with a forked child broke (timed out, malformed, out of order).
+    #[error("talking to {peer}: {source}")]
+    Handshake {
+        peer: &'static str,
+        source: crate::handshake::HandshakeError,
+    },
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl Error {
+    /// The system's error number behind this error, when there is one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Error::Sys { errno, .. } | Error::InRoot { errno, .. } => Some(*errno),
+            Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            Error::Init { errno, .. } => *errno,
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -5,20 +5,22 @@
 //! Joining a pid namespace only applies to children, so the runtime forks twice: the
 //! middle process joins the namespaces and forks the one that execs, reports its pid
 //! and exits. The runtime is a child subreaper, so it can wait for the process when
-//! not detached. Errors before exec come back over a close-on-exec pipe.
+//! not detached. The pid and any error before exec come back as typed messages
+//! (`handshake`) over a close-on-exec socket pair.
 
-use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 use oci_spec::runtime::Process;
 
 use crate::error::{config, io, sys, Error, Result};
+use crate::handshake::{at, Channel, Failure, HandshakeError, Message, Stage, STEP_TIMEOUT};
 use crate::state::{Saved, Status};
 use crate::{cgroup, process};
 
@@ -109,33 +111,36 @@ pub fn exec(opts: &ExecOptions<'_>) -> Result<i32> {
         nss.push((fd, flag));
     }
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("prctl(PR_SET_CHILD_SUBREAPER)"))?;
-    let (report_r, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
+    let (mut parent_end, mut child_end) = Channel::pair().map_err(handshake_error)?;
     // SAFETY: the runtime is single-threaded (it never starts a thread), as fork needs.
     match unsafe { crate::sys::fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            drop(report_r);
-            let err = middle(opts, &saved, &process, &nss, &seccomp, &report_w).unwrap_err();
-            let mut w = std::fs::File::from(report_w);
-            let _ = w.write_all(format!("error: {err}").as_bytes());
+            drop(parent_end);
+            let failure = match middle(opts, &saved, &process, &nss, &seccomp, &mut child_end) {
+                Ok(never) => match never {},
+                Err(f) => f,
+            };
+            // Both the middle process and the one it forked hold this end.
+            let _ = failure.report(&mut child_end);
             std::process::exit(1);
         }
         ForkResult::Parent { child } => {
-            drop(report_w);
-            let mut text = String::new();
-            let _ = std::fs::File::from(report_r).read_to_string(&mut text);
+            drop(child_end);
+            let (pid, failed) = collect_reports(&mut parent_end);
             let _ = waitpid(child, None);
-            let pid = text
-                .lines()
-                .find_map(|l| l.strip_prefix("pid:"))
-                .and_then(|p| p.trim().parse::<i32>().ok());
-            if let Some(e) = text.find("error: ").map(|i| &text[i + 7..]) {
+            if let Some(e) = failed {
                 if let Some(p) = pid {
-                    let _ = waitpid(Pid::from_raw(p), None);
+                    // A broken handshake may leave it waiting: it must not outlive us.
+                    if !matches!(e, Error::Init { .. }) {
+                        let _ = kill(p, Signal::SIGKILL);
+                    }
+                    let _ = waitpid(p, None);
                 }
-                return Err(Error::Setup(e.trim().to_string()));
+                return Err(e);
             }
-            let pid =
-                pid.ok_or_else(|| Error::Setup("the exec'd process was not started".into()))?;
+            let pid = pid
+                .ok_or_else(|| Error::Setup("the exec'd process was not started".into()))?
+                .as_raw();
             if let Some(pf) = opts.pid_file {
                 std::fs::write(pf, pid.to_string()).map_err(io(pf))?;
             }
@@ -151,6 +156,37 @@ pub fn exec(opts: &ExecOptions<'_>) -> Result<i32> {
     }
 }
 
+fn handshake_error(source: HandshakeError) -> Error {
+    Error::Handshake {
+        peer: "exec's child processes",
+        source,
+    }
+}
+
+/// Reads until both children have closed the channel (the middle process exits, the
+/// process execs): the process's pid, and the first failure reported or met.
+fn collect_reports(chan: &mut Channel) -> (Option<Pid>, Option<Error>) {
+    let mut pid = None;
+    loop {
+        let failed = match chan.recv_or_eof(STEP_TIMEOUT) {
+            Ok(None) => return (pid, None),
+            Ok(Some(Message::Pid { pid: p })) if pid.is_none() && p > 0 => {
+                pid = Some(Pid::from_raw(p));
+                continue;
+            }
+            Ok(Some(msg)) => match crate::handshake::reported(msg) {
+                Err(e) => e,
+                Ok(other) => handshake_error(HandshakeError::Unexpected {
+                    got: other.kind(),
+                    wanted: "pid or error",
+                }),
+            },
+            Err(e) => handshake_error(e),
+        };
+        return (pid, Some(failed));
+    }
+}
+
 /// The middle process: joins, forks the process, reports its pid, exits.
 fn middle(
     opts: &ExecOptions<'_>,
@@ -158,8 +194,34 @@ fn middle(
     process: &Process,
     nss: &[(OwnedFd, CloneFlags)],
     seccomp: &[seccompiler::BpfProgram],
-    report: &OwnedFd,
-) -> Result<std::convert::Infallible> {
+    chan: &mut Channel,
+) -> std::result::Result<std::convert::Infallible, Failure> {
+    let console = join(opts, saved, process, nss).map_err(at(Stage::Joining))?;
+    // SAFETY: still single-threaded: this is the first fork's child, which starts no
+    // thread either.
+    match unsafe { crate::sys::fork() }
+        .map_err(sys("fork"))
+        .map_err(at(Stage::Joining))?
+    {
+        ForkResult::Parent { child } => {
+            chan.send(&Message::Pid {
+                pid: child.as_raw(),
+            })
+            .map_err(handshake_error)
+            .map_err(at(Stage::Joining))?;
+            std::process::exit(0);
+        }
+        ForkResult::Child => run_process(process, console, seccomp).map_err(at(Stage::Process)),
+    }
+}
+
+/// The container's cgroup, the console socket (opened from the host), its namespaces.
+fn join(
+    opts: &ExecOptions<'_>,
+    saved: &Saved,
+    process: &Process,
+    nss: &[(OwnedFd, CloneFlags)],
+) -> Result<Option<std::os::unix::net::UnixStream>> {
     if let Some(cg) = &saved.cgroup {
         cgroup::add(cg, i32::try_from(std::process::id()).unwrap_or(0))?;
     }
@@ -171,19 +233,7 @@ fn middle(
     for (fd, flag) in nss {
         nix::sched::setns(fd, *flag).map_err(sys(format!("setns({flag:?})")))?;
     }
-    // SAFETY: still single-threaded: this is the first fork's child, which starts no
-    // thread either.
-    match unsafe { crate::sys::fork() }.map_err(sys("fork"))? {
-        ForkResult::Parent { child } => {
-            nix::unistd::write(report, format!("pid:{}\n", child.as_raw()).as_bytes())
-                .map_err(sys("reporting the pid"))?;
-            std::process::exit(0);
-        }
-        ForkResult::Child => {
-            let err = run_process(process, console, seccomp).unwrap_err();
-            Err(err)
-        }
-    }
+    Ok(console)
 }
 
 fn run_process(

@@ -8,6 +8,7 @@ pub mod container;
 pub mod devices;
 pub mod error;
 pub mod exec;
+pub mod handshake;
 pub mod hooks;
 pub mod inroot;
 pub mod mounts;

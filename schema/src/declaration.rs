@@ -342,150 +342,50 @@ pub fn parse_restart(s: &str) -> Result<Restart, String> {
     }
 }
 
+/// A problem with one key: the key and what is wrong.
+type Problem = (&'static str, String);
+
 impl Declaration {
     /// Parses `text`, the declaration of container `name` (from `path`, for errors).
     pub fn parse(name: &str, text: &str, path: &Path) -> Result<Declaration, DeclarationError> {
-        let invalid = |key: &'static str, problem: String| DeclarationError::Invalid {
+        let invalid = |(key, problem): Problem| DeclarationError::Invalid {
             path: path.to_path_buf(),
             key,
             problem,
         };
         if !valid_name(name) {
-            return Err(invalid(
+            return Err(invalid((
                 "name",
                 format!(
                     "{name:?} is not a container name (letters, digits, _ . -; from the file name)"
                 ),
-            ));
+            )));
         }
         let raw: Raw = toml::from_str(text).map_err(|e| DeclarationError::Syntax {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        if raw.image.trim().is_empty() {
-            return Err(invalid("image", "empty".into()));
-        }
-        for (key, list) in [("command", &raw.command), ("entrypoint", &raw.entrypoint)] {
-            if list
-                .as_ref()
-                .is_some_and(|l| l.iter().any(|a| a.contains('\0')))
-            {
-                return Err(invalid(
-                    if key == "command" {
-                        "command"
-                    } else {
-                        "entrypoint"
-                    },
-                    "contains a NUL byte".into(),
-                ));
-            }
-        }
-        for k in raw.env.keys() {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(invalid("env", format!("{k:?} is not a variable name")));
-            }
-        }
-        let ports = raw
-            .ports
-            .iter()
-            .map(|p| parse_port(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("ports", e))?;
-        let volumes = raw
-            .volumes
-            .iter()
-            .map(|v| parse_volume(v))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("volumes", e))?;
-        let network = match raw.network.as_deref().unwrap_or("bridge") {
-            "bridge" => Network::Bridge,
-            "host" => Network::Host,
-            "none" => Network::None,
-            other => {
-                return Err(invalid(
-                    "network",
-                    format!("{other:?} is not bridge, host or none"),
-                ))
-            }
-        };
-        if network != Network::Bridge && !ports.is_empty() {
-            return Err(invalid(
-                "ports",
-                "published ports need network = \"bridge\"".into(),
-            ));
-        }
-        // A container in the host's network namespace reaches whatever the host reaches,
-        // the metadata service (and the instance credentials it hands out) included: no
-        // rule can tell its packets from the host's own. So it must be said.
-        if network == Network::Host && !raw.allow_metadata {
-            return Err(invalid(
-                "network",
-                "\"host\" shares the host's network, where the cloud metadata address \
-                 cannot be blocked for one container: set allow_metadata = true to accept \
-                 that, or use \"bridge\""
-                    .into(),
-            ));
-        }
-        let restart = parse_restart(raw.restart.as_deref().unwrap_or("no"))
-            .map_err(|e| invalid("restart", e))?;
-        let memory = raw
-            .memory
-            .as_deref()
-            .map(|m| {
-                parse_size(m).filter(|n| *n >= 6 << 20).ok_or_else(|| {
-                    invalid(
-                        "memory",
-                        format!("{m:?} is not a size of at least 6M (\"256M\", \"1G\")"),
-                    )
-                })
-            })
-            .transpose()?;
-        let millicpus = match raw.cpus {
-            None => None,
-            Some(c) if (0.01..=1024.0).contains(&c) =>
-            {
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                Some((c * 1000.0).round() as u64)
-            }
-            Some(c) => return Err(invalid("cpus", format!("{c} is not between 0.01 and 1024"))),
-        };
+        Self::check(name, raw).map_err(invalid)
+    }
+
+    /// Every key of `raw` checked, in the file's order of concerns: what runs, where
+    /// it connects, what it may use, what it may do.
+    fn check(name: &str, raw: Raw) -> Result<Declaration, Problem> {
+        check_program(&raw)?;
+        let ports = collect("ports", &raw.ports, parse_port)?;
+        let volumes = collect("volumes", &raw.volumes, parse_volume)?;
+        let network = parse_network(&raw, &ports)?;
+        let restart =
+            parse_restart(raw.restart.as_deref().unwrap_or("no")).map_err(|e| ("restart", e))?;
+        let memory = raw.memory.as_deref().map(parse_memory).transpose()?;
+        let millicpus = raw.cpus.map(parse_cpus).transpose()?;
         if raw.pids.is_some_and(|p| p < 1 && p != -1) {
-            return Err(invalid(
-                "pids",
-                "must be at least 1 (or -1: no limit)".into(),
-            ));
+            return Err(("pids", "must be at least 1 (or -1: no limit)".into()));
         }
-        for (key, caps) in [("cap_add", &raw.cap_add), ("cap_drop", &raw.cap_drop)] {
-            for c in caps {
-                if crate::caps::normalize(c).is_none() {
-                    return Err(invalid(
-                        if key == "cap_add" {
-                            "cap_add"
-                        } else {
-                            "cap_drop"
-                        },
-                        format!("{c:?} is not a capability (e.g. NET_ADMIN, or ALL)"),
-                    ));
-                }
-            }
-        }
-        if let Some(h) = &raw.hostname {
-            let ok = !h.is_empty()
-                && h.len() <= 63
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-            if !ok {
-                return Err(invalid("hostname", format!("{h:?} is not a host name")));
-            }
-        }
-        for a in &raw.after {
-            if !valid_name(a) || a == name {
-                return Err(invalid(
-                    "after",
-                    format!("{a:?} is not another container's name"),
-                ));
-            }
-        }
+        check_caps("cap_add", &raw.cap_add)?;
+        check_caps("cap_drop", &raw.cap_drop)?;
+        check_hostname(raw.hostname.as_deref())?;
+        check_after(name, &raw.after)?;
         Ok(Declaration {
             name: name.to_string(),
             image: raw.image,
@@ -523,6 +423,117 @@ impl Declaration {
             .and_then(|s| s.to_str())
             .unwrap_or_default();
         Self::parse(name, &text, path)
+    }
+}
+
+/// The image named, and what reaches the kernel as C strings free of NUL bytes.
+fn check_program(raw: &Raw) -> Result<(), Problem> {
+    if raw.image.trim().is_empty() {
+        return Err(("image", "empty".into()));
+    }
+    for (key, list) in [("command", &raw.command), ("entrypoint", &raw.entrypoint)] {
+        if list
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|a| a.contains('\0')))
+        {
+            return Err((key, "contains a NUL byte".into()));
+        }
+    }
+    for k in raw.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(("env", format!("{k:?} is not a variable name")));
+        }
+    }
+    Ok(())
+}
+
+/// Each item of a list parsed, the first problem under `key`.
+fn collect<T>(
+    key: &'static str,
+    items: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, Problem> {
+    items
+        .iter()
+        .map(|i| parse(i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| (key, e))
+}
+
+/// `network`, and what it rules out: published ports off the bridge, and the host's
+/// network without consent to the metadata service.
+fn parse_network(raw: &Raw, ports: &[Port]) -> Result<Network, Problem> {
+    let network = match raw.network.as_deref().unwrap_or("bridge") {
+        "bridge" => Network::Bridge,
+        "host" => Network::Host,
+        "none" => Network::None,
+        other => return Err(("network", format!("{other:?} is not bridge, host or none"))),
+    };
+    if network != Network::Bridge && !ports.is_empty() {
+        return Err(("ports", "published ports need network = \"bridge\"".into()));
+    }
+    // A container in the host's network namespace reaches whatever the host reaches,
+    // the metadata service (and the instance credentials it hands out) included: no
+    // rule can tell its packets from the host's own. So it must be said.
+    if network == Network::Host && !raw.allow_metadata {
+        return Err((
+            "network",
+            "\"host\" shares the host's network, where the cloud metadata address \
+             cannot be blocked for one container: set allow_metadata = true to accept \
+             that, or use \"bridge\""
+                .into(),
+        ));
+    }
+    Ok(network)
+}
+
+/// `memory`: a size of at least 6 MiB.
+fn parse_memory(m: &str) -> Result<u64, Problem> {
+    parse_size(m).filter(|n| *n >= 6 << 20).ok_or_else(|| {
+        (
+            "memory",
+            format!("{m:?} is not a size of at least 6M (\"256M\", \"1G\")"),
+        )
+    })
+}
+
+/// `cpus` (0.01 to 1024) in thousandths of a CPU.
+fn parse_cpus(c: f64) -> Result<u64, Problem> {
+    if !(0.01..=1024.0).contains(&c) {
+        return Err(("cpus", format!("{c} is not between 0.01 and 1024")));
+    }
+    // In range just above, so neither truncated nor negative.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok((c * 1000.0).round() as u64)
+}
+
+fn check_caps(key: &'static str, caps: &[String]) -> Result<(), Problem> {
+    match caps.iter().find(|c| crate::caps::normalize(c).is_none()) {
+        Some(c) => Err((
+            key,
+            format!("{c:?} is not a capability (e.g. NET_ADMIN, or ALL)"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_hostname(hostname: Option<&str>) -> Result<(), Problem> {
+    let Some(h) = hostname else { return Ok(()) };
+    let ok = !h.is_empty()
+        && h.len() <= 63
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !ok {
+        return Err(("hostname", format!("{h:?} is not a host name")));
+    }
+    Ok(())
+}
+
+/// `after`: other containers' names.
+fn check_after(name: &str, after: &[String]) -> Result<(), Problem> {
+    match after.iter().find(|a| !valid_name(a) || *a == name) {
+        Some(a) => Err(("after", format!("{a:?} is not another container's name"))),
+        None => Ok(()),
     }
 }
 

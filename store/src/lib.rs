@@ -5,8 +5,11 @@
 //! Kept out of `berth-runtime`'s binary: the runtime's create path stays free of HTTP,
 //! TLS and decompression code (`berth-runtime image ...` hands over to `berth-store`).
 
+mod backend;
 pub mod btrfs;
+pub mod compression;
 pub mod digest;
+mod error;
 pub mod image;
 pub mod import;
 pub mod pull;

@@ -16,7 +16,9 @@
 //! On btrfs each layer is a read-only subvolume holding the whole tree: a snapshot of
 //! its parent with the layer applied, and a container's rootfs is a writable snapshot
 //! of its image's top layer (O(1), no copy). Elsewhere a layer directory holds only its
-//! own changes and a container's rootfs is an overlayfs mount over the chain.
+//! own changes and a container's rootfs is an overlayfs mount over the chain. That is
+//! all that differs, and it lives in `crate::backend`; this module (records,
+//! images.json, locking, gc, limits) is the same on both.
 //! A layer appears under `layers/` only once both its digests checked out.
 //!
 //! The top directory is 0700 (set on every open, so an older 0755 store is fixed too):
@@ -29,16 +31,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::btrfs;
+pub use crate::backend::Backend;
+use crate::backend::{Layers, ROOTFS};
+use crate::compression::decompressed;
 use crate::digest::{Digest, HashingReader};
-use crate::unpack::{self, Limits, Target};
+use crate::error::{errno_err, io_err};
+pub use crate::error::{Result, StoreError};
+use crate::unpack::{self, Limits};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/berth/containers";
 
@@ -50,70 +56,6 @@ const FILE_MODE: u32 = 0o644;
 
 /// Read buffers on the unpack path: large enough that a layer costs few system calls.
 const IO_BUFFER: usize = 256 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Unpack(#[from] unpack::UnpackError),
-    #[error("{what} digest mismatch: expected {expected}, got {actual}")]
-    DigestMismatch {
-        what: String,
-        expected: Digest,
-        actual: Digest,
-    },
-    #[error("no image {0:?} in the store")]
-    NoSuchImage(String),
-    #[error("image {image} is used by container(s) {containers}: remove them first")]
-    InUse { image: String, containers: String },
-    #[error("the store's filesystem is nearly full: {free} bytes free, {needed} kept free; refusing to add {what} (remove images or run gc)")]
-    NearlyFull {
-        free: u64,
-        needed: u64,
-        what: String,
-    },
-    #[error("{path}: bad JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error(transparent)]
-    Persist(#[from] berth_persist::PersistError),
-    #[error("{path}: {why}")]
-    NotRegular { path: PathBuf, why: String },
-    #[error("{path}: larger than {limit} bytes")]
-    TooBig { path: PathBuf, limit: u64 },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-pub type Result<T> = std::result::Result<T, StoreError>;
-
-fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
-    let path = path.into();
-    move |source| StoreError::Io { path, source }
-}
-
-fn errno_err(path: impl Into<PathBuf>) -> impl FnOnce(rustix::io::Errno) -> StoreError {
-    let path = path.into();
-    move |e| StoreError::Io {
-        path,
-        source: e.into(),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Btrfs,
-    Overlay,
-}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -208,14 +150,9 @@ impl Store {
             let p = root.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        let backend = if btrfs::is_btrfs(dir.as_fd()) {
-            Backend::Btrfs
-        } else {
-            Backend::Overlay
-        };
         let store = Store {
             root: root.to_path_buf(),
-            backend,
+            backend: Backend::detect(dir.as_fd()),
             options,
         };
         // Leftovers of an interrupted unpack, when nobody is adding right now.
@@ -283,27 +220,8 @@ impl Store {
         let tmp = self.root.join("tmp");
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for e in entries.flatten() {
-                let _ = self.remove_tree(&tmp, &e.file_name());
+                let _ = self.backend.remove(&tmp, &e.file_name());
             }
-        }
-    }
-
-    /// Removes `name` in `parent`: a subvolume with its own ioctl, else recursively.
-    fn remove_tree(&self, parent: &Path, name: &OsStr) -> Result<()> {
-        let pdir = open_dir(parent)?;
-        let path = parent.join(name);
-        if self.backend == Backend::Btrfs {
-            if let Ok(sub) = open_dir(&path) {
-                if btrfs::is_subvolume(sub.as_fd()) {
-                    // A read-only layer must be made writable before its contents can go;
-                    // the ioctl deletes it whole either way.
-                    return btrfs::delete_subvolume(pdir.as_fd(), name).map_err(errno_err(&path));
-                }
-            }
-        }
-        match unpack::remove_at(pdir.as_fd(), name) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
-            Err(e) => Err(errno_err(&path)(e)),
         }
     }
 
@@ -412,12 +330,12 @@ impl Store {
         let tmp_parent = self.root.join("tmp");
         let tmp_name = format!("{}.{}", chain_id.hex(), std::process::id());
         let tmp = tmp_parent.join(&tmp_name);
-        let _ = self.remove_tree(&tmp_parent, OsStr::new(&tmp_name));
+        let _ = self.backend.remove(&tmp_parent, OsStr::new(&tmp_name));
         let result = self.unpack_into(parent, &tmp_parent, &tmp_name, diff_id, blob_digest, blob);
         let (size, warnings) = match result {
             Ok(r) => r,
             Err(e) => {
-                let _ = self.remove_tree(&tmp_parent, OsStr::new(&tmp_name));
+                let _ = self.backend.remove(&tmp_parent, OsStr::new(&tmp_name));
                 return Err(e);
             }
         };
@@ -440,16 +358,13 @@ impl Store {
         let dest = self.layer_dir(&chain_id);
         if let Err(e) = std::fs::rename(&tmp, &dest) {
             // Another pull stored the same layer meanwhile: keep theirs.
-            let _ = self.remove_tree(&tmp_parent, OsStr::new(&tmp_name));
+            let _ = self.backend.remove(&tmp_parent, OsStr::new(&tmp_name));
             if let Some(rec) = self.layer(&chain_id) {
                 return Ok((rec, warnings));
             }
             return Err(io_err(&dest)(e));
         }
-        if self.backend == Backend::Btrfs {
-            let d = open_dir(&dest)?;
-            btrfs::set_read_only(d.as_fd()).map_err(errno_err(&dest))?;
-        }
+        self.backend.seal_layer(&dest)?;
         Ok((rec, warnings))
     }
 
@@ -463,32 +378,7 @@ impl Store {
         blob: impl Read,
     ) -> Result<(u64, Vec<String>)> {
         let tmp = tmp_parent.join(tmp_name);
-        let pdir = open_dir(tmp_parent)?;
-        let target = match (self.backend, parent) {
-            (Backend::Btrfs, Some(p)) => {
-                let src = open_dir(&self.layer_dir(p))?;
-                btrfs::snapshot(src.as_fd(), pdir.as_fd(), OsStr::new(tmp_name))
-                    .map_err(errno_err(&tmp))?;
-                Target::Snapshot
-            }
-            (Backend::Btrfs, None) => {
-                btrfs::create_subvolume(pdir.as_fd(), OsStr::new(tmp_name))
-                    .map_err(errno_err(&tmp))?;
-                Target::Snapshot
-            }
-            (Backend::Overlay, parent) => {
-                std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-                let lowers = match parent {
-                    Some(p) => self
-                        .chain(p)?
-                        .iter()
-                        .map(|l| self.layer_dir(&l.chain_id))
-                        .collect(),
-                    None => Vec::new(),
-                };
-                Target::Overlay { lowers }
-            }
-        };
+        let target = self.backend.new_layer(self, parent, tmp_parent, tmp_name)?;
         let mut blob_reader = HashingReader::new(blob);
         let unpacked = (|| {
             let tar = decompressed(BufReader::with_capacity(IO_BUFFER, &mut blob_reader))
@@ -689,7 +579,7 @@ impl Store {
     /// Removes one layer (its directory, then its record).
     pub fn remove_layer(&self, chain: &Digest) -> Result<()> {
         let layers = self.root.join("layers");
-        self.remove_tree(&layers, OsStr::new(chain.hex()))?;
+        self.backend.remove(&layers, OsStr::new(chain.hex()))?;
         let rec = layers.join(format!("{}.json", chain.hex()));
         match std::fs::remove_file(&rec) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(rec)(e)),
@@ -699,6 +589,16 @@ impl Store {
 
     /// Removes layers and blobs no image or container refers to.
     pub fn gc(&self) -> Result<GcReport> {
+        let (keep_layers, keep_blobs) = self.in_use()?;
+        let mut report = GcReport::default();
+        self.sweep_layers(&keep_layers, &mut report)?;
+        self.sweep_blobs(&keep_blobs, &mut report)?;
+        Ok(report)
+    }
+
+    /// The layers (every one under an image's or a container's top) and the blobs (an
+    /// image's config and manifest) that gc keeps.
+    fn in_use(&self) -> Result<(BTreeSet<Digest>, BTreeSet<Digest>)> {
         let images = self.load_images()?;
         let mut keep_layers: BTreeSet<Digest> = BTreeSet::new();
         let mut keep_blobs: BTreeSet<Digest> = BTreeSet::new();
@@ -714,7 +614,11 @@ impl Store {
                 keep_layers.insert(l.chain_id);
             }
         }
-        let mut report = GcReport::default();
+        Ok((keep_layers, keep_blobs))
+    }
+
+    /// Removes every layer not in `keep`, then the records left without a layer.
+    fn sweep_layers(&self, keep: &BTreeSet<Digest>, report: &mut GcReport) -> Result<()> {
         let layers = self.root.join("layers");
         for e in std::fs::read_dir(&layers)
             .map_err(io_err(&layers))?
@@ -725,7 +629,7 @@ impl Store {
             let Ok(d) = Digest::parse(&format!("sha256:{hex}")) else {
                 continue;
             };
-            if keep_layers.contains(&d) || name.ends_with(".json") {
+            if keep.contains(&d) || name.ends_with(".json") {
                 continue;
             }
             report.bytes_freed += self.layer(&d).map_or(0, |l| l.size);
@@ -744,18 +648,22 @@ impl Store {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Removes every blob not in `keep`.
+    fn sweep_blobs(&self, keep: &BTreeSet<Digest>, report: &mut GcReport) -> Result<()> {
         let blobs = self.root.join("blobs/sha256");
         for e in std::fs::read_dir(&blobs).map_err(io_err(&blobs))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let keep =
-                Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep_blobs.contains(&d));
-            if !keep {
+            let kept = Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
+            if !kept {
                 report.bytes_freed += e.metadata().map_or(0, |m| m.len());
                 let _ = std::fs::remove_file(e.path());
                 report.blobs_removed += 1;
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     pub fn usage(&self) -> Result<Usage> {
@@ -795,14 +703,7 @@ impl Store {
     /// A writable root filesystem for container `id` from image `name`: a snapshot of
     /// the top layer on btrfs, an overlayfs mount elsewhere. Returns its path.
     pub fn create_rootfs(&self, name: &str, id: &str) -> Result<PathBuf> {
-        if id.is_empty()
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-            || id.starts_with('.')
-        {
-            return Err(StoreError::Invalid(format!("{id:?} is not a container ID")));
-        }
+        check_container_id(id)?;
         let rec = self.find(name)?;
         let top = rec
             .layers
@@ -815,17 +716,7 @@ impl Store {
             )));
         }
         std::fs::create_dir(&dir).map_err(io_err(&dir))?;
-        let rootfs = dir.join("rootfs");
-        let made = match self.backend {
-            Backend::Btrfs => {
-                let src = open_dir(&self.layer_dir(top))?;
-                let d = open_dir(&dir)?;
-                btrfs::snapshot(src.as_fd(), d.as_fd(), OsStr::new("rootfs"))
-                    .map_err(errno_err(&rootfs))
-            }
-            Backend::Overlay => self.mount_overlay(top, &dir),
-        };
-        if let Err(e) = made {
+        if let Err(e) = self.backend.make_rootfs(self, top, &dir) {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -834,15 +725,15 @@ impl Store {
             top.to_string().as_bytes(),
             FILE_MODE,
         )?;
-        Ok(rootfs)
+        Ok(dir.join(ROOTFS))
     }
 
     /// Container `id`'s root filesystem, made from image `name` if it has none yet. An
     /// existing one is kept (a container's writes survive its restarts, as in docker),
     /// and with overlayfs mounted again if a reboot undid the mount.
     pub fn ensure_rootfs(&self, name: &str, id: &str) -> Result<PathBuf> {
+        check_container_id(id)?;
         let dir = self.root.join("containers").join(id);
-        let rootfs = dir.join("rootfs");
         let layer = std::fs::read_to_string(dir.join(CONTAINER_LAYER_FILE))
             .ok()
             .and_then(|t| Digest::parse(t.trim()).ok());
@@ -853,76 +744,52 @@ impl Store {
             }
             return self.create_rootfs(name, id);
         };
-        if self.backend == Backend::Overlay && !is_mount_point(&rootfs) {
-            self.mount_overlay(&top, &dir)?;
-        }
-        Ok(rootfs)
-    }
-
-    fn mount_overlay(&self, top: &Digest, dir: &Path) -> Result<()> {
-        for sub in ["rootfs", "upper", "work"] {
-            match std::fs::create_dir(dir.join(sub)) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    return Err(io_err(dir.join(sub))(e))
-                }
-                _ => {}
-            }
-        }
-        let lowers: Vec<String> = self
-            .chain(top)?
-            .iter()
-            .map(|l| self.layer_dir(&l.chain_id).display().to_string())
-            .collect();
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowers.join(":"),
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
-        let data = std::ffi::CString::new(data)
-            .map_err(|_| StoreError::Invalid("a NUL in the store's path".into()))?;
-        rustix::mount::mount(
-            "overlay",
-            dir.join("rootfs"),
-            "overlay",
-            rustix::mount::MountFlags::empty(),
-            Some(data.as_c_str()),
-        )
-        .map_err(errno_err(dir.join("rootfs")))
+        self.backend.restore_rootfs(self, &top, &dir)?;
+        Ok(dir.join(ROOTFS))
     }
 
     /// Removes container `id`'s root filesystem (unmounting it first with overlayfs).
     pub fn remove_rootfs(&self, id: &str) -> Result<()> {
+        check_container_id(id)?;
         let dir = self.root.join("containers").join(id);
         if !dir.exists() {
             return Ok(());
         }
-        let rootfs = dir.join("rootfs");
-        if self.backend == Backend::Overlay {
-            match rustix::mount::unmount(&rootfs, rustix::mount::UnmountFlags::DETACH) {
-                Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(errno_err(&rootfs)(e)),
-            }
-        }
-        let parent = self.root.join("containers");
-        self.remove_tree(&dir, OsStr::new("rootfs"))?;
-        self.remove_tree(&parent, OsStr::new(id))
+        self.backend.remove_rootfs(&dir)?;
+        self.backend
+            .remove(&self.root.join("containers"), OsStr::new(id))
     }
 }
 
-/// Whether something is mounted on `path` (its device differs from its parent's).
-fn is_mount_point(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (
-        std::fs::metadata(path),
-        path.parent().map(std::fs::metadata),
-    ) {
-        (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
-        _ => false,
+/// A container ID names one directory under `containers/`: never `..`, a path, or hidden.
+fn check_container_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("{id:?} is not a container ID")))
     }
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd> {
+impl Layers for Store {
+    fn dir(&self, chain: &Digest) -> PathBuf {
+        self.layer_dir(chain)
+    }
+
+    fn stack(&self, top: &Digest) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .chain(top)?
+            .iter()
+            .map(|l| self.layer_dir(&l.chain_id))
+            .collect())
+    }
+}
+
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd> {
     rustix::fs::open(
         path,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -946,64 +813,4 @@ fn make_root(root: &Path) -> Result<OwnedFd> {
     // On the descriptor: the umask cannot change it, and it is the directory just opened.
     rustix::fs::fchmod(&dir, Mode::from_raw_mode(ROOT_MODE)).map_err(errno_err(root))?;
     Ok(dir)
-}
-
-/// The tar stream inside a layer blob: gzip (possibly multi-member), zstd, or plain,
-/// told apart by their magic numbers (RFC 1952; RFC 8878), so a mislabelled media
-/// type does no harm.
-pub fn decompressed<'a, R: BufRead + 'a>(mut r: R) -> std::io::Result<Box<dyn Read + 'a>> {
-    // The magic is read whole first: a stream (a spool still being downloaded) may
-    // hand over its first bytes one short read at a time.
-    let mut head = [0u8; 4];
-    let mut n = 0;
-    while n < head.len() {
-        match r.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let magic = &head[..n];
-    let r = std::io::Cursor::new(magic.to_vec()).chain(r);
-    if magic.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
-    } else {
-        Ok(Box::new(r))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Hands out one byte per read, as a growing spool may.
-    struct Trickle<'a>(&'a [u8]);
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            match (self.0.split_first(), buf.first_mut()) {
-                (Some((b, rest)), Some(out)) => {
-                    *out = *b;
-                    self.0 = rest;
-                    Ok(1)
-                }
-                _ => Ok(0),
-            }
-        }
-    }
-
-    #[test]
-    fn compression_is_told_apart_even_from_a_trickle() {
-        let plain = b"not compressed at all".to_vec();
-        let zst = zstd::encode_all(&plain[..], 3).unwrap();
-        for data in [&zst, &plain] {
-            let reader = std::io::BufReader::with_capacity(1, Trickle(data));
-            let mut out = Vec::new();
-            decompressed(reader).unwrap().read_to_end(&mut out).unwrap();
-            assert_eq!(out, plain);
-        }
-    }
 }

@@ -135,6 +135,12 @@ fn an_oci_layout_imports_and_a_container_gets_its_rootfs() {
     let (ok, _, err) = cli(&root, &["rm", "example.test/app:1.0"]);
     assert!(!ok);
     assert!(err.contains("c1"), "{err}");
+    // A container ID names one directory under containers/: `..` never reaches layers/.
+    for bad in ["../layers", "..", ".hidden", "a/b"] {
+        let (ok, _, err) = cli(&root, &["rootfs", "rm", bad]);
+        assert!(!ok && err.contains("is not a container ID"), "{bad}: {err}");
+    }
+    assert!(root.join("layers").read_dir().unwrap().count() > 0);
     let (ok, _, err) = cli(&root, &["rootfs", "rm", "c1"]);
     assert!(ok, "{err}");
     let (ok, out, _) = cli(&root, &["rm", "example.test/app:1.0"]);

@@ -60,7 +60,8 @@ fn floor(files: &[String]) -> ExitCode {
         let Ok(file) = std::fs::File::open(f) else {
             return ExitCode::FAILURE;
         };
-        let Ok(mut r) = berth_store::store::decompressed(std::io::BufReader::new(file)) else {
+        let Ok(mut r) = berth_store::compression::decompressed(std::io::BufReader::new(file))
+        else {
             return ExitCode::FAILURE;
         };
         if std::io::copy(&mut r, &mut std::io::sink()).is_err() {
