@@ -581,7 +581,7 @@ fn child(init: &Init<'_>, chan: &mut Channel) -> std::result::Result<Infallible,
         })
         .map_err(at(Stage::Process))?;
     WAITING.store(true, std::sync::atomic::Ordering::SeqCst);
-    wait_for_start(outside.fifo).map_err(at(Stage::Exec))?;
+    wait_for_start(&outside.fifo, &outside.own_fds).map_err(at(Stage::Exec))?;
     if let Some(h) = hooks {
         // After start, in the container (paths resolve in it), before the program.
         crate::hooks::run(
@@ -597,6 +597,10 @@ fn child(init: &Init<'_>, chan: &mut Channel) -> std::result::Result<Infallible,
 /// What the init opens before it changes namespaces or user.
 struct Outside<'a> {
     fifo: OwnedFd,
+    /// This process's /proc/self/fd, from the host's /proc: the FIFO is reopened for
+    /// writing through it. Without a mount namespace the init only chroots, and the
+    /// rootfs has no /proc (or, worse, one the image made).
+    own_fds: OwnedFd,
     process: &'a oci_spec::runtime::Process,
     console: Option<std::os::unix::net::UnixStream>,
 }
@@ -607,6 +611,12 @@ struct Outside<'a> {
 fn open_outside<'a>(init: &Init<'a>) -> Result<Outside<'a>> {
     let fifo = nix::fcntl::open(init.fifo, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(sys(format!("opening {}", init.fifo.display())))?;
+    let own_fds = nix::fcntl::open(
+        "/proc/self/fd",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys("opening /proc/self/fd"))?;
     let process = init
         .spec
         .process()
@@ -619,6 +629,7 @@ fn open_outside<'a>(init: &Init<'a>) -> Result<Outside<'a>> {
     };
     Ok(Outside {
         fifo,
+        own_fds,
         process,
         console,
     })
@@ -738,7 +749,8 @@ fn pivot_into(spec: &Spec, rootfs: &Path, trees: &[Option<OwnedFd>], uts: bool) 
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         mounts::root_read_only()?;
     }
-    Ok(())
+    // Last: masking and read-only paths bind, which an unbindable `/` would refuse.
+    mounts::apply_root_propagation(spec)
 }
 
 /// The process's limits, capabilities, user and cwd, then its terminal.
@@ -759,14 +771,21 @@ fn set_up_process(
     Ok(())
 }
 
-/// Opening the FIFO for writing blocks until `start` opens it for reading.
-fn wait_for_start(fifo: OwnedFd) -> Result<()> {
-    let reopen = format!("/proc/self/fd/{}", fifo.as_raw_fd());
-    let mut fifo_w = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&reopen)
-        .map_err(io(&reopen))?;
-    let _ = fifo_w.write_all(b"0");
+/// Opening the FIFO for writing blocks until `start` opens it for reading. It is
+/// reopened from its O_PATH descriptor through `own_fds` (this process's fd directory,
+/// opened before any chroot or pivot), so nothing here resolves in the container's root.
+fn wait_for_start(fifo: &OwnedFd, own_fds: &OwnedFd) -> Result<()> {
+    let name = fifo.as_raw_fd().to_string();
+    let fifo_w = nix::fcntl::openat(
+        own_fds,
+        name.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!(
+        "reopening the exec FIFO (/proc/self/fd/{name})"
+    )))?;
+    let _ = std::fs::File::from(fifo_w).write_all(b"0");
     Ok(())
 }
 

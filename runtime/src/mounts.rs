@@ -238,7 +238,14 @@ pub fn bind_trees(spec: &Spec) -> Result<Vec<Option<OwnedFd>>> {
 /// Prepares the rootfs and everything mounted in it, ready for pivot_root. `trees`:
 /// from [`bind_trees`], or empty to mount bind sources by path.
 pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, trees: &[Option<OwnedFd>]) -> Result<()> {
-    mnt(None, Path::new("/"), None, root_propagation(spec)?, None)?;
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        before_pivot(root_propagation(spec)?),
+        None,
+    )?;
+    parent_mount_private(rootfs)?;
     mnt(
         Some(rootfs),
         rootfs,
@@ -260,6 +267,106 @@ pub fn prepare_rootfs(spec: &Spec, rootfs: &Path, trees: &[Option<OwnedFd>]) -> 
     }
     create_devices(spec, &root)?;
     dev_symlinks(&root)
+}
+
+/// The requested linux.rootfsPropagation, applied to the container's `/` once pivoted
+/// (before, it would land on the rootfs's parent mount instead). Unset, the rslave of
+/// [`prepare_rootfs`] stands, and so do the mounts' own propagation options.
+pub fn apply_root_propagation(spec: &Spec) -> Result<()> {
+    let requested = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .is_some_and(|p| !p.is_empty());
+    if !requested {
+        return Ok(());
+    }
+    mnt(None, Path::new("/"), None, root_propagation(spec)?, None)
+}
+
+/// The propagation for `/` while the rootfs is built: the requested one (a shared
+/// bind source then stays a peer of the host's, as bidirectional mounts need), except
+/// that an unbindable one is private until after pivot_root, as mount(2) refuses to
+/// bind (the rootfs, bind sources) from an unbindable mount.
+fn before_pivot(propagation: MsFlags) -> MsFlags {
+    if propagation.contains(MsFlags::MS_UNBINDABLE) {
+        (propagation - MsFlags::MS_UNBINDABLE) | MsFlags::MS_PRIVATE
+    } else {
+        propagation
+    }
+}
+
+/// Makes the mount holding `rootfs` private (in this mount namespace) when it is
+/// shared. pivot_root(2) refuses (EINVAL) a new root whose parent mount is shared, and
+/// a bind of the rootfs from a shared mount would itself be shared, its mounts seen by
+/// the mount's other peers. rootfsPropagation "shared" or "rshared", or a host whose
+/// mounts are shared (systemd makes them so), leave it shared.
+fn parent_mount_private(rootfs: &Path) -> Result<()> {
+    let info = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(info).map_err(crate::error::io(info))?;
+    let Some((mount_point, shared)) = mount_of(&text, rootfs) else {
+        return Ok(());
+    };
+    if !shared {
+        return Ok(());
+    }
+    mnt(None, &mount_point, None, MsFlags::MS_PRIVATE, None)
+}
+
+/// The mount `path` (absolute, canonical) lies on, by mountinfo's text (proc(5),
+/// /proc/pid/mountinfo): its mount point and whether it is shared. The deepest mount
+/// point above `path` wins; of mounts stacked on one point, the last listed (the top).
+fn mount_of(mountinfo: &str, path: &Path) -> Option<(PathBuf, bool)> {
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(point), Some(optional)) = (fields.get(4), fields.get(6..)) else {
+            continue;
+        };
+        let point = PathBuf::from(unescape_mountinfo(point));
+        if !path.starts_with(&point) {
+            continue;
+        }
+        if best
+            .as_ref()
+            .is_some_and(|(b, _)| b.components().count() > point.components().count())
+        {
+            continue;
+        }
+        // Optional fields ("shared:N", "master:N", ...) end at the "-" separator.
+        let shared = optional
+            .iter()
+            .take_while(|f| **f != "-")
+            .any(|f| f.starts_with("shared:"));
+        best = Some((point, shared));
+    }
+    best
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as octal escapes (\040).
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match octal {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 fn is_dir(fd: &OwnedFd) -> bool {
@@ -662,5 +769,24 @@ mod tests {
         let (flags, _, _) = parse_options(&["ro".into(), "rw".into()]).unwrap();
         assert!(flags.is_empty());
         assert!(parse_options(&["".into()]).is_err());
+    }
+
+    #[test]
+    fn the_mount_under_a_path_is_the_deepest_and_topmost() {
+        let info = concat!(
+            "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n",
+            "30 22 0:26 / /srv rw shared:5 - tmpfs tmpfs rw\n",
+            "31 30 0:27 / /srv rw - tmpfs tmpfs rw\n",
+            "32 22 0:28 / /srv/my\\040box rw shared:7 master:2 - tmpfs tmpfs rw\n",
+            "33 22 0:29 / /srvx rw shared:9 - tmpfs tmpfs rw\n",
+        );
+        let of = |p: &str| mount_of(info, Path::new(p));
+        assert_eq!(of("/srv/a/rootfs"), Some((PathBuf::from("/srv"), false)));
+        assert_eq!(
+            of("/srv/my box/rootfs"),
+            Some((PathBuf::from("/srv/my box"), true))
+        );
+        assert_eq!(of("/srvx"), Some((PathBuf::from("/srvx"), true)));
+        assert_eq!(of("/var/lib"), Some((PathBuf::from("/"), true)));
     }
 }

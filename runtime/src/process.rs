@@ -169,23 +169,47 @@ pub fn no_new_privileges(process: &Process) -> Result<()> {
 }
 
 /// The last steps before the program, shared by a container's init and `exec`:
-/// no_new_privs, capabilities and the seccomp filter, then exec. With no_new_privs the
-/// filter goes in last, so the runtime's own calls are not filtered; without it the
-/// kernel wants CAP_SYS_ADMIN, so it goes in before the capabilities are dropped.
+/// no_new_privs, capabilities and the seccomp filter, then exec. The program is
+/// resolved and its arguments built first, so that the filter sees as few of the
+/// runtime's own calls as possible (seccomp_unotify aside, a filter cannot be lifted).
+///
+/// With no_new_privs the filter goes in last, after the capabilities, so only execve
+/// (and the seccomp calls that stack the profile's further programs) follows it.
+/// Without, the kernel wants CAP_SYS_ADMIN (seccomp(2), EACCES) and the user change has
+/// cleared the effective set: CAP_SYS_ADMIN is raised again from the permitted set
+/// (kept by PR_SET_KEEPCAPS) for the install, and the capabilities set afterwards.
+/// Then capget/capset, prctl(PR_CAP_AMBIENT) and execve follow the filter: a profile
+/// that denies those cannot start a program that keeps privileges, as with runc (which
+/// installs it earlier still).
 pub fn finish_and_exec(
     process: &Process,
     seccomp: &[seccompiler::BpfProgram],
 ) -> Result<std::convert::Infallible> {
+    let program = Program::prepare(process)?;
     let caps = process.capabilities().as_ref();
     no_new_privileges(process)?;
     if process.no_new_privileges() == Some(true) {
         capabilities(caps)?;
         crate::seccomp::install(seccomp)?;
     } else {
+        if !seccomp.is_empty() {
+            hold_sys_admin()?;
+        }
         crate::seccomp::install(seccomp)?;
         capabilities(caps)?;
     }
-    exec(process)
+    program.exec()
+}
+
+/// CAP_SYS_ADMIN back into the effective set: a change from uid 0 to another user
+/// empties it even with PR_SET_KEEPCAPS (capabilities(7), "Effect of user ID changes
+/// on capabilities"), the permitted set still holds it.
+fn hold_sys_admin() -> Result<()> {
+    caps::raise(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).map_err(|e| {
+        Error::Setup(format!(
+            "raising CAP_SYS_ADMIN to install the seccomp filter: {e}"
+        ))
+    })
 }
 
 /// `args[0]` as execve needs it: a path, or looked up in the container's PATH.
@@ -209,18 +233,41 @@ pub fn resolve(program: &str, env: &[String]) -> Result<PathBuf> {
         })
 }
 
-pub fn exec(process: &Process) -> Result<std::convert::Infallible> {
-    let args = process.args().clone().unwrap_or_default();
-    let program = args
-        .first()
-        .ok_or_else(|| config("process.args", "is empty"))?;
-    let env = process.env().clone().unwrap_or_default();
-    let path = resolve(program, &env)?;
-    let cstr =
-        |s: &str| CString::new(s).map_err(|_| config("process", format!("{s:?} holds a NUL byte")));
-    let c_path = cstr(&path.to_string_lossy())?;
-    let c_args = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
-    let c_env = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;
-    crate::sys::default_sigpipe().map_err(sys("resetting SIGPIPE"))?;
-    nix::unistd::execve(&c_path, &c_args, &c_env).map_err(sys(format!("exec {}", path.display())))
+/// The program, its arguments and environment as execve takes them.
+struct Program {
+    path: PathBuf,
+    c_path: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl Program {
+    /// Resolves the program in the container's PATH and resets SIGPIPE: everything
+    /// exec needs but execve itself.
+    fn prepare(process: &Process) -> Result<Self> {
+        let args = process.args().clone().unwrap_or_default();
+        let program = args
+            .first()
+            .ok_or_else(|| config("process.args", "is empty"))?;
+        let env = process.env().clone().unwrap_or_default();
+        let path = resolve(program, &env)?;
+        let cstr = |s: &str| {
+            CString::new(s).map_err(|_| config("process", format!("{s:?} holds a NUL byte")))
+        };
+        let c_path = cstr(&path.to_string_lossy())?;
+        let args = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>>>()?;
+        let env = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>>>()?;
+        crate::sys::default_sigpipe().map_err(sys("resetting SIGPIPE"))?;
+        Ok(Program {
+            path,
+            c_path,
+            args,
+            env,
+        })
+    }
+
+    fn exec(self) -> Result<std::convert::Infallible> {
+        nix::unistd::execve(&self.c_path, &self.args, &self.env)
+            .map_err(sys(format!("exec {}", self.path.display())))
+    }
 }

@@ -704,3 +704,89 @@ fn a_bind_source_pinned_by_a_descriptor_mounts_what_was_checked() {
     assert_eq!(out, "the checked one\n", "{err}");
     drop(held);
 }
+
+/// config.md "POSIX process" (`user`, `noNewPrivileges`) with config-linux.md
+/// "Seccomp": a process that keeps privileges (noNewPrivileges false) and runs as
+/// another user still gets its filter. The user change empties the effective
+/// capabilities, and without no_new_privs the kernel wants CAP_SYS_ADMIN to install a
+/// filter: the container must neither die after `create` nor run unfiltered.
+#[test]
+fn seccomp_applies_to_a_non_root_user_that_keeps_privileges() {
+    let b = sh(concat!(
+        "echo uid=$(id -u); grep -E '^NoNewPrivs' /proc/self/status; ",
+        "mkdir /tmp/a && echo made; echo still-running"
+    ));
+    b.edit(|c| {
+        c["process"]["user"] = json!({"uid": 10, "gid": 10});
+        c["process"]["noNewPrivileges"] = json!(false);
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 95}]
+        });
+    });
+    let (code, out, err) = b.run("sec-user");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.lines().any(|l| l == "uid=10"), "{out}{err}");
+    assert!(out.contains("NoNewPrivs:\t0"), "{out}{err}");
+    assert!(
+        !out.contains("made"),
+        "the filter did not apply: {out}{err}"
+    );
+    assert!(out.contains("still-running"), "{out}{err}");
+    assert!(err.contains("not supported"), "EOPNOTSUPP expected: {err}");
+    b.assert_clean();
+}
+
+/// config-linux.md "Rootfs Mount Propagation": `shared`, `slave`, `private`,
+/// `unbindable` and their r- forms each run (pivot_root refuses a new root whose
+/// parent mount is shared; a bind from an unbindable mount is refused), and `/` in the
+/// container has the propagation asked for, as its /proc/self/mountinfo shows.
+#[test]
+fn every_rootfs_propagation_runs_and_applies() {
+    for prop in [
+        "shared",
+        "slave",
+        "private",
+        "unbindable",
+        "rshared",
+        "rslave",
+        "rprivate",
+        "runbindable",
+    ] {
+        // mountinfo's fifth field is the mount point.
+        let b = sh("grep -E '^[0-9]+ [0-9]+ [^ ]+ [^ ]+ / ' /proc/self/mountinfo");
+        b.edit(|c| c["linux"]["rootfsPropagation"] = json!(prop));
+        let (code, out, err) = b.run(&format!("prop-{prop}"));
+        assert_eq!(code, 0, "{prop}: {out}{err}");
+        let shared = out.contains(" shared:");
+        let slave = out.contains(" master:");
+        match prop {
+            "shared" | "rshared" => assert!(shared, "{prop}: {out}"),
+            "unbindable" | "runbindable" => assert!(out.contains(" unbindable"), "{prop}: {out}"),
+            // A slave `/` has a master only when the host's mount was shared.
+            "slave" | "rslave" => assert!(!shared, "{prop}: {out}"),
+            _ => assert!(!shared && !slave, "{prop}: {out}"),
+        }
+        b.assert_clean();
+    }
+}
+
+/// config-linux.md "Namespaces": without a mount namespace the container shares the
+/// runtime's mounts and is only chrooted into its rootfs (config.md "Root"). Its
+/// program runs and exits 0; the rootfs has no /proc for the runtime to lean on.
+#[test]
+fn a_container_without_a_mount_namespace_runs() {
+    let b = sh("echo hello from $(pwd); test ! -e /proc/self");
+    b.edit(|c| {
+        c["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "uts"}, {"type": "ipc"}]);
+        c["root"]["readonly"] = json!(false);
+        c["mounts"] = json!([]);
+        let linux = c["linux"].as_object_mut().unwrap();
+        linux.remove("maskedPaths");
+        linux.remove("readonlyPaths");
+    });
+    let (code, out, err) = b.run("no-mntns");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("hello from /"), "{out}{err}");
+    b.assert_clean();
+}
