@@ -359,10 +359,19 @@ fn ensure_subvolumes() -> Result<(), StorageError> {
     // Images' files (set-uid ones included) and volumes are root's alone: no host user
     // may walk into them (the CVE-2021-41091 class). Every boot, so an older /var is
     // closed too; the store checks its own top directory again when it opens it.
+    // No container runs yet at this point of the boot, but one of the last boot may have
+    // left a symlink in its place: only a real directory is changed.
     for sub in ROOT_ONLY {
         let path = Path::new(VAR).join(sub);
-        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)) {
-            crate::warn!("{}: making it root's alone: {e}", path.display());
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {
+                let mode = std::fs::Permissions::from_mode(0o700);
+                if let Err(e) = std::fs::set_permissions(&path, mode) {
+                    crate::warn!("{}: making it root's alone: {e}", path.display());
+                }
+            }
+            Ok(_) => crate::warn!("{}: not a directory; left alone", path.display()),
+            Err(e) => crate::warn!("{}: {e}", path.display()),
         }
     }
     Ok(())
