@@ -320,7 +320,9 @@ fn create_in(
                 cgroup_dir,
             };
             launched.await_ready(parent_end)?;
+            // An init whose state cannot be saved would wait on the FIFO forever.
             record_created(opts, spec, bundle, rootfs, cgroup_dir, child.as_raw())
+                .inspect_err(|_| launched.abandon())
         }
     }
 }
@@ -405,10 +407,15 @@ impl Launched<'_> {
     fn await_ready(&self, mut chan: Channel) -> Result<()> {
         let result = self.handshake(&mut chan);
         if result.is_err() {
-            let _ = kill(self.child, Signal::SIGKILL);
-            let _ = waitpid(self.child, None);
+            self.abandon();
         }
         result
+    }
+
+    /// Kills and reaps the init: `create` failed after the fork.
+    fn abandon(&self) {
+        let _ = kill(self.child, Signal::SIGKILL);
+        let _ = waitpid(self.child, None);
     }
 
     fn handshake(&self, chan: &mut Channel) -> Result<()> {
@@ -542,9 +549,14 @@ fn init_main(init: &Init<'_>, mut chan: Channel) -> ! {
         Ok(never) => match never {},
         Err(f) => f,
     };
-    // Before "ready" the runtime reads this and reports it; after, only the container's
-    // stderr can tell.
-    if !failure.report(&mut chan) || started_waiting() {
+    // Before "ready" the runtime reads this and reports it, after it `start` does;
+    // when neither could be told, only the container's stderr can.
+    let told = if started_waiting() {
+        TOLD_START.load(std::sync::atomic::Ordering::SeqCst)
+    } else {
+        failure.report(&mut chan)
+    };
+    if !told {
         eprintln!("berth-runtime: container init: {}", failure.error);
     }
     std::process::exit(1);
@@ -573,6 +585,8 @@ fn child(init: &Init<'_>, chan: &mut Channel) -> std::result::Result<Infallible,
     }
     build_root(spec, init.rootfs, init.trees).map_err(at(Stage::Rootfs))?;
     set_up_process(outside.process, outside.console).map_err(at(Stage::Process))?;
+    // A program that is not there fails `create`, while the runtime listens.
+    let program = process::Program::prepare(outside.process).map_err(at(Stage::Process))?;
     // Set up: tell the runtime, then wait for `start`.
     chan.send(&Message::Ready)
         .map_err(|source| Error::Handshake {
@@ -581,17 +595,38 @@ fn child(init: &Init<'_>, chan: &mut Channel) -> std::result::Result<Infallible,
         })
         .map_err(at(Stage::Process))?;
     WAITING.store(true, std::sync::atomic::Ordering::SeqCst);
-    wait_for_start(&outside.fifo, &outside.own_fds).map_err(at(Stage::Exec))?;
-    if let Some(h) = hooks {
+    let mut started = wait_for_start(&outside.fifo, &outside.own_fds).map_err(at(Stage::Exec))?;
+    let failure = match after_start(init, outside.process, program, &hooks_state) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    };
+    // `start` reads the FIFO until the exec closes it: what failed is its error.
+    if let Ok(line) = failure.message().encode() {
+        if started.write_all(&line).is_ok() {
+            TOLD_START.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    Err(failure)
+}
+
+/// From `start` to the program: the startContainer hooks, then the process's last
+/// settings and the exec.
+fn after_start(
+    init: &Init<'_>,
+    process: &oci_spec::runtime::Process,
+    program: process::Program,
+    hooks_state: &str,
+) -> std::result::Result<Infallible, Failure> {
+    if let Some(h) = init.spec.hooks() {
         // After start, in the container (paths resolve in it), before the program.
         crate::hooks::run(
             "startContainer",
             h.start_container().as_deref().unwrap_or_default(),
-            &hooks_state,
+            hooks_state,
         )
         .map_err(at(Stage::Exec))?;
     }
-    process::finish_and_exec(outside.process, init.seccomp).map_err(at(Stage::Exec))
+    process::finish_and_exec(program, process, init.seccomp).map_err(at(Stage::Exec))
 }
 
 /// What the init opens before it changes namespaces or user.
@@ -774,7 +809,9 @@ fn set_up_process(
 /// Opening the FIFO for writing blocks until `start` opens it for reading. It is
 /// reopened from its O_PATH descriptor through `own_fds` (this process's fd directory,
 /// opened before any chroot or pivot), so nothing here resolves in the container's root.
-fn wait_for_start(fifo: &OwnedFd, own_fds: &OwnedFd) -> Result<()> {
+/// The write end stays open, close-on-exec: `start` reads until the exec closes it, and
+/// reads the error of any step that fails before.
+fn wait_for_start(fifo: &OwnedFd, own_fds: &OwnedFd) -> Result<std::fs::File> {
     let name = fifo.as_raw_fd().to_string();
     let fifo_w = nix::fcntl::openat(
         own_fds,
@@ -785,9 +822,15 @@ fn wait_for_start(fifo: &OwnedFd, own_fds: &OwnedFd) -> Result<()> {
     .map_err(sys(format!(
         "reopening the exec FIFO (/proc/self/fd/{name})"
     )))?;
-    let _ = std::fs::File::from(fifo_w).write_all(b"0");
-    Ok(())
+    let mut started = std::fs::File::from(fifo_w);
+    started
+        .write_all(START_BYTE)
+        .map_err(|e| Error::Setup(format!("writing to the exec FIFO: {e}")))?;
+    Ok(started)
 }
+
+/// What the init writes into the exec FIFO as soon as `start` opened it.
+const START_BYTE: &[u8] = b"0";
 
 /// In a user namespace, the container's init takes its root (uid and gid 0, no
 /// supplementary groups) before it builds mounts: what it creates there must belong
@@ -820,8 +863,11 @@ fn sysctls(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Set in the container's init once it sent `Ready`: later errors go to stderr too.
+/// Set in the container's init once it sent `Ready`: later errors go to `start`.
 static WAITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set once a failure after `start` was written into the exec FIFO for `start` to report.
+static TOLD_START: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn started_waiting() -> bool {
     WAITING.load(std::sync::atomic::Ordering::SeqCst)
@@ -839,6 +885,73 @@ fn set_domainname(spec: &Spec, uts: bool) -> Result<()> {
     std::fs::write(path, name).map_err(io(path))
 }
 
+/// Opens the exec FIFO for reading (which lets the init go on) and reads what the init
+/// writes until its exec closes the FIFO. Non-blocking with a poll, so an init that dies
+/// before it opens its end is noticed instead of waited for; bounded in bytes.
+fn read_start(fifo: &Path, saved: &Saved) -> Result<Vec<u8>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let fd = nix::fcntl::open(
+        fifo,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!("opening {}", fifo.display())))?;
+    let mut f = std::fs::File::from(fd);
+    let limit = START_BYTE.len() + crate::handshake::MAX_MESSAGE;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match f.read(&mut chunk) {
+            // Linux reports no hang-up before a writer ever opened the FIFO
+            // (pipe(7)), so end of file here is the init's end closed.
+            Ok(0) if !buf.is_empty() => return Ok(buf),
+            Ok(0) => {}
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > limit {
+                    return Err(Error::Setup(format!(
+                        "the container's init wrote over {limit} bytes into the exec FIFO"
+                    )));
+                }
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(io(fifo)(e)),
+        }
+        if !saved.alive() {
+            return Ok(buf);
+        }
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&f),
+            PollFlags::POLLIN,
+        )];
+        match poll(&mut fds, PollTimeout::from(100u8)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(sys("poll on the exec FIFO")(e)),
+        }
+    }
+}
+
+/// What the init wrote: the start byte alone when its program runs, followed by its
+/// error when a step after `start` failed.
+fn started(said: &[u8]) -> Result<()> {
+    let Some(rest) = said.strip_prefix(START_BYTE) else {
+        return Err(Error::Setup(
+            "the container's init exited before it could start".into(),
+        ));
+    };
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let line = rest.strip_suffix(b"\n").unwrap_or(rest);
+    let msg = Message::decode(line).map_err(handshake_error)?;
+    crate::handshake::reported(msg).map(|_| ())?;
+    Err(handshake_error(HandshakeError::Unexpected {
+        got: "a message",
+        wanted: "nothing after the start byte",
+    }))
+}
+
 /// `start`: lets a created container exec its program.
 pub fn start(root: &Path, id: &str) -> Result<()> {
     let saved = Saved::load(root, id)?;
@@ -852,15 +965,9 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         });
     }
     let fifo = state::dir(root, id).join(EXEC_FIFO);
-    let mut f = std::fs::File::open(&fifo).map_err(io(&fifo))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).map_err(io(&fifo))?;
+    let said = read_start(&fifo, &saved);
     std::fs::remove_file(&fifo).map_err(io(&fifo))?;
-    if buf.is_empty() {
-        return Err(Error::Setup(
-            "the container's init exited before it could start".into(),
-        ));
-    }
+    started(&said?)?;
     // poststart: failures are warnings; the container runs on (runtime-spec).
     if let Ok(spec) = load_spec(&saved.bundle) {
         if let Some(h) = spec.hooks() {

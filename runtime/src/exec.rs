@@ -252,5 +252,6 @@ fn run_process(
     }
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
-    process::finish_and_exec(process, seccomp)
+    let program = process::Program::prepare(process)?;
+    process::finish_and_exec(program, process, seccomp)
 }

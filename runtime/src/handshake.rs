@@ -295,7 +295,12 @@ impl Failure {
     /// Reports the failure to the runtime. False when it could not be told (it went
     /// away, or no longer listens): then only the child's stderr can say.
     pub fn report(&self, chan: &mut Channel) -> bool {
-        let msg = Message::Error {
+        chan.send(&self.message()).is_ok()
+    }
+
+    /// The failure as the `Error` message the runtime reads.
+    pub fn message(&self) -> Message {
+        Message::Error {
             stage: self.stage,
             errno: self.error.errno().map(|e| e as i32),
             // The runtime says "setup failed" itself: not twice.
@@ -303,8 +308,7 @@ impl Failure {
                 crate::Error::Setup(m) => m.clone(),
                 e => e.to_string(),
             },
-        };
-        chan.send(&msg).is_ok()
+        }
     }
 }
 

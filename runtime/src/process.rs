@@ -182,10 +182,10 @@ pub fn no_new_privileges(process: &Process) -> Result<()> {
 /// that denies those cannot start a program that keeps privileges, as with runc (which
 /// installs it earlier still).
 pub fn finish_and_exec(
+    program: Program,
     process: &Process,
     seccomp: &[seccompiler::BpfProgram],
 ) -> Result<std::convert::Infallible> {
-    let program = Program::prepare(process)?;
     let caps = process.capabilities().as_ref();
     no_new_privileges(process)?;
     if process.no_new_privileges() == Some(true) {
@@ -212,10 +212,18 @@ fn hold_sys_admin() -> Result<()> {
     })
 }
 
-/// `args[0]` as execve needs it: a path, or looked up in the container's PATH.
+/// `args[0]` as execve needs it: a path (which must be an executable file), or looked
+/// up in the container's PATH.
 pub fn resolve(program: &str, env: &[String]) -> Result<PathBuf> {
     if program.contains('/') {
-        return Ok(PathBuf::from(program));
+        let path = PathBuf::from(program);
+        let meta = std::fs::metadata(&path).map_err(io(&path))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(Error::Setup(format!(
+                "{program}: not an executable file in the container"
+            )));
+        }
+        return Ok(path);
     }
     let path = env
         .iter()
@@ -233,8 +241,9 @@ pub fn resolve(program: &str, env: &[String]) -> Result<PathBuf> {
         })
 }
 
-/// The program, its arguments and environment as execve takes them.
-struct Program {
+/// The program, its arguments and environment as execve takes them, resolved while the
+/// runtime still listens (`create` fails on a program that is not there, as runc's does).
+pub struct Program {
     path: PathBuf,
     c_path: CString,
     args: Vec<CString>,
@@ -244,7 +253,7 @@ struct Program {
 impl Program {
     /// Resolves the program in the container's PATH and resets SIGPIPE: everything
     /// exec needs but execve itself.
-    fn prepare(process: &Process) -> Result<Self> {
+    pub fn prepare(process: &Process) -> Result<Self> {
         let args = process.args().clone().unwrap_or_default();
         let program = args
             .first()

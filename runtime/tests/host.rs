@@ -412,31 +412,11 @@ fn bad_input_is_refused_naming_the_problem_and_leaves_nothing() {
             "process.args",
             Box::new(|b: &Bundle| b.edit(|c| c["process"]["args"] = json!([]))),
         ),
-        (
-            "not found",
-            Box::new(|b: &Bundle| b.edit(|c| c["process"]["args"] = json!(["no-such-program"]))),
-        ),
     ];
     for (want, break_it) in cases {
         let b = Bundle::new(&["true"]);
         break_it(&b);
         let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "bad"]);
-        if want == "not found" {
-            // Found only when the process execs: create succeeds; the container stops
-            // with the reason on its stderr.
-            assert!(ok, "{err}");
-            assert!(b.runtime(&["start", "bad"]).status.success());
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while b.state("bad")["status"] != "stopped" {
-                assert!(std::time::Instant::now() < deadline);
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            assert!(b.runtime(&["delete", "bad"]).status.success());
-            let (_, stderr) = b.runtime_detached(&["run", "--bundle", ".", "bad2"]);
-            assert!(stderr.contains("no-such-program: not found"), "{stderr}");
-            b.assert_clean();
-            continue;
-        }
         assert!(!ok, "{want}: accepted");
         assert!(err.contains(want), "{want}: {err}");
         b.assert_clean();
@@ -788,5 +768,62 @@ fn a_container_without_a_mount_namespace_runs() {
     let (code, out, err) = b.run("no-mntns");
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("hello from /"), "{out}{err}");
+    b.assert_clean();
+}
+
+/// runtime-spec "Lifecycle" step 3/"Errors": an error before the program runs is the
+/// error of the operation. A program that is not there fails `create` (runc resolves it
+/// there too), naming it, and nothing of the container remains.
+#[test]
+fn a_missing_program_fails_create_and_leaves_nothing() {
+    for program in ["/bin/no-such-program", "no-such-program"] {
+        let b = Bundle::new(&[program]);
+        let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "missing"]);
+        assert!(!ok, "{program}: create said ok");
+        assert!(err.contains("no-such-program"), "{program}: {err}");
+        b.assert_clean();
+        // `run` reports it as its own failure too.
+        let (code, _, err) = b.run("missing");
+        assert_ne!(code, 0);
+        assert!(err.contains("no-such-program"), "{program}: {err}");
+        b.assert_clean();
+    }
+}
+
+/// A step between `start` and the program that fails (here the exec itself: a file
+/// with the execute bit that is not a program) is `start`'s error and exit status, not
+/// a line on the container's stderr after `start` said ok.
+#[test]
+fn a_failure_after_start_is_starts_error() {
+    let b = Bundle::new(&["/bin/not-a-program"]);
+    let bogus = b.path().join("rootfs/bin/not-a-program");
+    std::fs::write(&bogus, b"\x00\x01\x02\x03 not an ELF nor a script").unwrap();
+    std::fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "noexec"]);
+    assert!(ok, "{err}");
+    let out = b.runtime(&["start", "noexec"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start said ok: {err}");
+    assert!(
+        err.contains("not-a-program") && err.contains("exec"),
+        "{err}"
+    );
+    assert_eq!(b.state("noexec")["status"], "stopped");
+    assert!(b.runtime(&["delete", "noexec"]).status.success());
+    b.assert_clean();
+
+    // A startContainer hook that fails, the same way.
+    let b = Bundle::new(&["sleep", "1"]);
+    b.edit(|c| {
+        c["hooks"] = json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]})
+    });
+    let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "hook"]);
+    assert!(ok, "{err}");
+    let out = b.runtime(&["start", "hook"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "start said ok: {err}");
+    assert!(err.contains("startContainer"), "{err}");
+    assert!(b.runtime(&["delete", "hook"]).status.success());
     b.assert_clean();
 }
