@@ -284,6 +284,16 @@ fn create_in(
     }
     // Compiled here, so a bad profile fails `create` before anything runs.
     let seccomp = crate::seccomp::for_spec(spec)?;
+    let labels = crate::lsm::Labels::for_container(spec, crate::lsm::Host::probe())?;
+    if let Some(p) = spec.process() {
+        let left = process::unraisable_ambient(p)?;
+        if !left.is_empty() {
+            eprintln!(
+                "berth-runtime: warning: process.capabilities.ambient {}: not raised, not both permitted and inheritable",
+                left.join(", ")
+            );
+        }
+    }
     let (parent_end, child_end) = Channel::pair().map_err(handshake_error)?;
     let nss = namespaces(spec);
     let fork_flags = fork_flags(nss);
@@ -305,6 +315,7 @@ fn create_in(
                 trees: &trees,
                 fifo: &fifo,
                 seccomp: &seccomp,
+                labels: &labels,
                 console_socket: opts.console_socket,
             };
             init_main(&init, child_end)
@@ -540,6 +551,7 @@ struct Init<'a> {
     trees: &'a [Option<OwnedFd>],
     fifo: &'a Path,
     seccomp: &'a [seccompiler::BpfProgram],
+    labels: &'a crate::lsm::Labels,
     console_socket: Option<&'a Path>,
 }
 
@@ -584,6 +596,13 @@ fn child(init: &Init<'_>, chan: &mut Channel) -> std::result::Result<Infallible,
         .map_err(at(Stage::Hooks))?;
     }
     build_root(spec, init.rootfs, init.trees).map_err(at(Stage::Rootfs))?;
+    if let Some(proc) = &outside.proc {
+        // For the exec; set while the runtime listens, so a profile that is not loaded
+        // fails `create`.
+        init.labels
+            .apply(std::os::fd::AsFd::as_fd(proc))
+            .map_err(at(Stage::Process))?;
+    }
     set_up_process(outside.process, outside.console).map_err(at(Stage::Process))?;
     // A program that is not there fails `create`, while the runtime listens.
     let program = process::Program::prepare(outside.process).map_err(at(Stage::Process))?;
@@ -636,6 +655,8 @@ struct Outside<'a> {
     /// writing through it. Without a mount namespace the init only chroots, and the
     /// rootfs has no /proc (or, worse, one the image made).
     own_fds: OwnedFd,
+    /// The host's /proc when the process has security labels to set.
+    proc: Option<OwnedFd>,
     process: &'a oci_spec::runtime::Process,
     console: Option<std::os::unix::net::UnixStream>,
 }
@@ -652,6 +673,18 @@ fn open_outside<'a>(init: &Init<'a>) -> Result<Outside<'a>> {
         Mode::empty(),
     )
     .map_err(sys("opening /proc/self/fd"))?;
+    let proc = if init.labels.is_empty() {
+        None
+    } else {
+        Some(
+            nix::fcntl::open(
+                "/proc",
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys("opening /proc"))?,
+        )
+    };
     let process = init
         .spec
         .process()
@@ -665,6 +698,7 @@ fn open_outside<'a>(init: &Init<'a>) -> Result<Outside<'a>> {
     Ok(Outside {
         fifo,
         own_fds,
+        proc,
         process,
         console,
     })
@@ -763,7 +797,7 @@ fn build_root(spec: &Spec, rootfs: &Path, trees: &[Option<OwnedFd>]) -> Result<(
 }
 
 /// Mounts the rootfs and pivots into it, then the settings that need /proc/sys
-/// writable, then masked, read-only paths and a read-only root.
+/// writable, then read-only and masked paths (runc's order) and a read-only root.
 fn pivot_into(spec: &Spec, rootfs: &Path, trees: &[Option<OwnedFd>], uts: bool) -> Result<()> {
     mounts::prepare_rootfs(spec, rootfs, trees)?;
     mounts::pivot(rootfs)?;
@@ -771,14 +805,14 @@ fn pivot_into(spec: &Spec, rootfs: &Path, trees: &[Option<OwnedFd>], uts: bool) 
     sysctls(spec)?;
     set_domainname(spec, uts)?;
     let linux = spec.linux().as_ref();
-    mounts::mask(
-        linux
-            .and_then(|l| l.masked_paths().as_deref())
-            .unwrap_or_default(),
-    )?;
     mounts::read_only(
         linux
             .and_then(|l| l.readonly_paths().as_deref())
+            .unwrap_or_default(),
+    )?;
+    mounts::mask(
+        linux
+            .and_then(|l| l.masked_paths().as_deref())
             .unwrap_or_default(),
     )?;
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
@@ -921,10 +955,7 @@ fn read_start(fifo: &Path, saved: &Saved) -> Result<Vec<u8>> {
         if !saved.alive() {
             return Ok(buf);
         }
-        let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(&f),
-            PollFlags::POLLIN,
-        )];
+        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&f), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(100u8)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(sys("poll on the exec FIFO")(e)),
@@ -967,7 +998,15 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     let fifo = state::dir(root, id).join(EXEC_FIFO);
     let said = read_start(&fifo, &saved);
     std::fs::remove_file(&fifo).map_err(io(&fifo))?;
-    started(&said?)?;
+    if let Err(e) = started(&said?) {
+        // The init exits right after its report: once `start` has said so, the
+        // container is `stopped` to whoever asks next (delete, state).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while saved.alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        return Err(e);
+    }
     // poststart: failures are warnings; the container runs on (runtime-spec).
     if let Ok(spec) = load_spec(&saved.bundle) {
         if let Some(h) = spec.hooks() {

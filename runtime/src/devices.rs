@@ -68,15 +68,104 @@ pub fn restricts(rules: &[LinuxDeviceCgroup]) -> bool {
     rules.iter().any(|r| !r.allow())
 }
 
-/// One rule's request pattern, checked against what the spec may hold.
-struct Pattern {
-    kind: Option<i32>,
-    access: i32,
-    major: Option<i32>,
-    minor: Option<i32>,
+/// runc's built-in allow list (its `AllowedDevices` as of runc 1.2), which it appends
+/// after the spec's own rules. containerd and `runc spec` write only a deny-all rule and
+/// rely on it: without it the container's own device nodes could not even be made.
+/// Being last, these always win ("the last matching rule decides").
+/// (type, major, minor, access); None is the wildcard "*".
+const DEFAULT_ALLOWED: [(LinuxDeviceType, Option<i64>, Option<i64>, &str); 11] = [
+    // mknod of any character or block device: the node is harmless until opened, and
+    // opening it is still subject to the rules (images ship device nodes).
+    (LinuxDeviceType::C, None, None, "m"),
+    (LinuxDeviceType::B, None, None, "m"),
+    // The devices the runtime itself creates in every container's /dev.
+    (LinuxDeviceType::C, Some(1), Some(3), "rwm"), // /dev/null
+    (LinuxDeviceType::C, Some(1), Some(5), "rwm"), // /dev/zero
+    (LinuxDeviceType::C, Some(1), Some(7), "rwm"), // /dev/full
+    (LinuxDeviceType::C, Some(1), Some(8), "rwm"), // /dev/random
+    (LinuxDeviceType::C, Some(1), Some(9), "rwm"), // /dev/urandom
+    (LinuxDeviceType::C, Some(5), Some(0), "rwm"), // /dev/tty
+    (LinuxDeviceType::C, Some(5), Some(1), "rwm"), // /dev/console
+    (LinuxDeviceType::C, Some(5), Some(2), "rwm"), // /dev/ptmx
+    // /dev/pts/*, the container's own devpts instance. (runc 1.2 dropped tun/tap,
+    // 10:200, from this list; so does Berth.)
+    (LinuxDeviceType::C, Some(136), None, "rwm"),
+];
+
+/// The rules to enforce for the spec's `rules`: None when they deny nothing (no
+/// program, no v1 rules), else the spec's rules followed by `DEFAULT_ALLOWED`, in
+/// runc's order, so indexes below `rules.len()` are the spec's own.
+pub fn with_defaults(rules: &[LinuxDeviceCgroup]) -> Option<Vec<LinuxDeviceCgroup>> {
+    if !restricts(rules) {
+        return None;
+    }
+    let mut all = rules.to_vec();
+    for (typ, major, minor, access) in DEFAULT_ALLOWED {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true);
+        r.set_typ(Some(typ));
+        r.set_major(major);
+        r.set_minor(minor);
+        r.set_access(Some(access.to_string()));
+        all.push(r);
+    }
+    Some(all)
 }
 
-fn pattern(rule: &LinuxDeviceCgroup) -> Result<Pattern, String> {
+/// A request's kind, as the kernel passes it (devices cgroup v1 and the eBPF context
+/// share these values).
+pub(crate) const CHAR: i32 = DEVCG_DEV_CHAR;
+pub(crate) const BLOCK: i32 = DEVCG_DEV_BLOCK;
+pub(crate) const MKNOD: i32 = DEVCG_ACC_MKNOD;
+pub(crate) const READ: i32 = DEVCG_ACC_READ;
+pub(crate) const WRITE: i32 = DEVCG_ACC_WRITE;
+pub(crate) const ALL: i32 = ALL_ACCESS;
+
+/// One rule's request pattern, checked against what the spec may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pattern {
+    /// CHAR or BLOCK; None for both ("a").
+    pub kind: Option<i32>,
+    /// READ | WRITE | MKNOD bits.
+    pub access: i32,
+    /// None is the wildcard.
+    pub major: Option<i32>,
+    pub minor: Option<i32>,
+}
+
+impl Pattern {
+    /// Matches every request: such a rule decides alone, whatever came before it.
+    pub fn unconditional(&self) -> bool {
+        self.kind.is_none() && self.access == ALL && self.major.is_none() && self.minor.is_none()
+    }
+
+    /// Whether a request (one kind, its access bits, one device) is this rule's: the
+    /// request asks for nothing outside the rule's access, as the program checks.
+    pub fn matches(&self, kind: i32, access: i32, major: i32, minor: i32) -> bool {
+        self.kind.is_none_or(|k| k == kind)
+            && access & !self.access == 0
+            && self.major.is_none_or(|m| m == major)
+            && self.minor.is_none_or(|m| m == minor)
+    }
+}
+
+/// The ordered rules' decision on a request (what `program` computes): the last
+/// matching rule decides; a request no rule matches is allowed.
+pub(crate) fn decide(
+    rules: &[(bool, Pattern)],
+    kind: i32,
+    access: i32,
+    major: i32,
+    minor: i32,
+) -> bool {
+    rules
+        .iter()
+        .rev()
+        .find(|(_, p)| p.matches(kind, access, major, minor))
+        .is_none_or(|(allow, _)| *allow)
+}
+
+pub(crate) fn pattern(rule: &LinuxDeviceCgroup) -> Result<Pattern, String> {
     let kind = match rule.typ() {
         None | Some(LinuxDeviceType::A) => None,
         Some(LinuxDeviceType::C | LinuxDeviceType::U) => Some(DEVCG_DEV_CHAR),
@@ -253,6 +342,93 @@ mod tests {
         assert_eq!(run(&p, ch, rd, 1, 3), 1);
         assert!(restricts(&[rule(false, Some(B), None, None, "rwm")]));
         assert!(!restricts(&[rule(true, Some(A), None, None, "rwm")]));
+    }
+
+    /// `runc spec`'s and containerd's only rule, deny-all, with runc's built-in allow
+    /// list after it.
+    #[test]
+    fn deny_all_alone_keeps_the_default_devices() {
+        use LinuxDeviceType::A;
+        let spec = [rule(false, Some(A), None, None, "rwm")];
+        let rules = with_defaults(&spec).unwrap();
+        let p = program(&rules).unwrap();
+        let (rd, wr, mk) = (DEVCG_ACC_READ, DEVCG_ACC_WRITE, DEVCG_ACC_MKNOD);
+        let (ch, bl) = (DEVCG_DEV_CHAR, DEVCG_DEV_BLOCK);
+        for (major, minor) in [
+            (1, 3),
+            (1, 5),
+            (1, 7),
+            (1, 8),
+            (1, 9),
+            (5, 0),
+            (5, 1),
+            (5, 2),
+        ] {
+            assert_eq!(run(&p, ch, mk, major, minor), 1, "mknod c {major}:{minor}");
+            assert_eq!(
+                run(&p, ch, rd | wr, major, minor),
+                1,
+                "rw c {major}:{minor}"
+            );
+        }
+        // mknod of any node, char or block; opening one outside the list is denied.
+        assert_eq!(run(&p, ch, mk, 10, 200), 1);
+        assert_eq!(run(&p, bl, mk, 8, 0), 1);
+        assert_eq!(run(&p, ch, rd, 10, 200), 0);
+        assert_eq!(run(&p, ch, rd | wr, 10, 237), 0);
+        assert_eq!(run(&p, bl, rd, 8, 0), 0);
+        assert_eq!(run(&p, bl, mk | rd, 8, 0), 0);
+        // Every /dev/pts/N.
+        assert_eq!(run(&p, ch, rd | wr, 136, 4), 1);
+        // The spec's rules come first, so the defaults win over a deny of one of them
+        // (runc's order) and an allow of another device still applies.
+        let spec = [
+            rule(false, Some(A), None, None, "rwm"),
+            rule(false, Some(LinuxDeviceType::C), Some(1), Some(5), "rwm"),
+            rule(true, Some(LinuxDeviceType::C), Some(10), Some(237), "rw"),
+        ];
+        let p = program(&with_defaults(&spec).unwrap()).unwrap();
+        assert_eq!(run(&p, ch, rd, 1, 5), 1);
+        assert_eq!(run(&p, ch, rd | wr, 10, 237), 1);
+        // No deny in the spec: no program, as before.
+        assert!(with_defaults(&[rule(true, Some(A), None, None, "rwm")]).is_none());
+        assert!(with_defaults(&[]).is_none());
+    }
+
+    /// `decide` (used to check the cgroup v1 translation) agrees with the program.
+    #[test]
+    fn decide_agrees_with_the_program() {
+        use LinuxDeviceType::{A, B, C};
+        let rules = with_defaults(&[
+            rule(true, Some(A), None, None, "rwm"),
+            rule(false, Some(C), Some(1), None, "rw"),
+            rule(true, Some(C), Some(1), Some(3), "r"),
+            rule(false, Some(B), None, Some(0), "m"),
+            rule(false, None, Some(10), None, "w"),
+        ])
+        .unwrap();
+        let p = program(&rules).unwrap();
+        let patterns: Vec<(bool, Pattern)> = rules
+            .iter()
+            .map(|r| (r.allow(), pattern(r).unwrap()))
+            .collect();
+        for kind in [DEVCG_DEV_CHAR, DEVCG_DEV_BLOCK] {
+            for access in 1..=ALL_ACCESS {
+                for major in [0, 1, 5, 8, 10, 136] {
+                    for minor in [0, 3, 5, 9] {
+                        let want = run(&p, kind, access, major, minor) == 1;
+                        let got = decide(
+                            &patterns,
+                            kind,
+                            access,
+                            major.cast_signed(),
+                            minor.cast_signed(),
+                        );
+                        assert_eq!(got, want, "{kind} {access} {major}:{minor}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

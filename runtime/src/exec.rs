@@ -96,6 +96,25 @@ pub fn exec(opts: &ExecOptions<'_>) -> Result<i32> {
     }
     let spec = crate::container::load_spec(&saved.bundle)?;
     let seccomp = crate::seccomp::for_spec(&spec)?;
+    let labels = crate::lsm::Labels::for_process(&process, crate::lsm::Host::probe())?;
+    // The host's /proc, for the labels: the process sets them in its own attr files.
+    let proc = if labels.is_empty() {
+        None
+    } else {
+        Some(
+            nix::fcntl::open(
+                "/proc",
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys("opening /proc"))?,
+        )
+    };
+    let outside = Outside {
+        seccomp: &seccomp,
+        labels: &labels,
+        proc: proc.as_ref(),
+    };
     // Open the namespaces now: once the middle process has joined the mount namespace,
     // the host's /proc/PID paths are gone.
     let mut nss: Vec<(OwnedFd, CloneFlags)> = Vec::new();
@@ -116,7 +135,7 @@ pub fn exec(opts: &ExecOptions<'_>) -> Result<i32> {
     match unsafe { crate::sys::fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
             drop(parent_end);
-            let failure = match middle(opts, &saved, &process, &nss, &seccomp, &mut child_end) {
+            let failure = match middle(opts, &saved, &process, &nss, &outside, &mut child_end) {
                 Ok(never) => match never {},
                 Err(f) => f,
             };
@@ -187,13 +206,21 @@ fn collect_reports(chan: &mut Channel) -> (Option<Pid>, Option<Error>) {
     }
 }
 
+/// What the process takes from the runtime, prepared on the host's side.
+struct Outside<'a> {
+    seccomp: &'a [seccompiler::BpfProgram],
+    labels: &'a crate::lsm::Labels,
+    /// The host's /proc when there are labels to set.
+    proc: Option<&'a OwnedFd>,
+}
+
 /// The middle process: joins, forks the process, reports its pid, exits.
 fn middle(
     opts: &ExecOptions<'_>,
     saved: &Saved,
     process: &Process,
     nss: &[(OwnedFd, CloneFlags)],
-    seccomp: &[seccompiler::BpfProgram],
+    outside: &Outside<'_>,
     chan: &mut Channel,
 ) -> std::result::Result<std::convert::Infallible, Failure> {
     let console = join(opts, saved, process, nss).map_err(at(Stage::Joining))?;
@@ -211,7 +238,7 @@ fn middle(
             .map_err(at(Stage::Joining))?;
             std::process::exit(0);
         }
-        ForkResult::Child => run_process(process, console, seccomp).map_err(at(Stage::Process)),
+        ForkResult::Child => run_process(process, console, outside).map_err(at(Stage::Process)),
     }
 }
 
@@ -239,9 +266,12 @@ fn join(
 fn run_process(
     process: &Process,
     console: Option<std::os::unix::net::UnixStream>,
-    seccomp: &[seccompiler::BpfProgram],
+    outside: &Outside<'_>,
 ) -> Result<std::convert::Infallible> {
     nix::unistd::setsid().map_err(sys("setsid"))?;
+    if let Some(proc) = outside.proc {
+        outside.labels.apply(std::os::fd::AsFd::as_fd(proc))?;
+    }
     process::rlimits(process)?;
     process::oom_score_adj(process)?;
     let caps = process.capabilities().as_ref();
@@ -253,5 +283,5 @@ fn run_process(
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).map_err(sys(format!("chdir {}", cwd.display())))?;
     let program = process::Program::prepare(process)?;
-    process::finish_and_exec(program, process, seccomp)
+    process::finish_and_exec(program, process, outside.seccomp)
 }

@@ -3,6 +3,7 @@
 //! the daemon (issue 7) will call.
 
 pub mod cgroup;
+pub mod cgroup_v1;
 pub mod console;
 pub mod container;
 pub mod devices;
@@ -11,6 +12,7 @@ pub mod exec;
 pub mod handshake;
 pub mod hooks;
 pub mod inroot;
+pub mod lsm;
 pub mod mounts;
 pub mod process;
 pub mod seccomp;

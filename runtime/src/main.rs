@@ -346,7 +346,9 @@ fn features() -> String {
                     "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"],
                 "archs": ["SCMP_ARCH_X86_64"]
             },
-            "apparmor": {"enabled": false},
+            // process.apparmorProfile is applied; SELinux only as a process label
+            // (linux.mountLabel is refused), so it is not claimed.
+            "apparmor": {"enabled": true},
             "selinux": {"enabled": false}
         }
     })

@@ -710,13 +710,25 @@ pub fn read_only(paths: &[String]) -> Result<()> {
             Err(nix::errno::Errno::ENOENT) => continue,
             Err(e) => return Err(in_root(path, "resolving")(e)),
         };
-        bind_read_only(&root, &fd_path(&fd), path)?;
+        // Read-only and otherwise as the mount was (runc keeps its flags too).
+        mnt_at(
+            &root,
+            path,
+            Some(&fd_path(&fd)),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        let kept = locked_flags(nix::sys::statvfs::fstatvfs(&fd));
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept;
+        mnt_at(&root, path, None, None, ro, None)?;
     }
     Ok(())
 }
 
 /// `src` bound (recursively) on `dest` in `root`, then remounted read-only, nosuid,
-/// nodev, noexec.
+/// nodev, noexec: the host's /sys or cgroup tree standing in for a mount the container
+/// may not make.
 fn bind_read_only(root: &Root, src: &Path, dest: &Path) -> Result<()> {
     mnt_at(
         root,

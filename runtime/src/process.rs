@@ -133,18 +133,13 @@ pub fn capabilities(caps: Option<&LinuxCapabilities>) -> Result<()> {
         }
         return Ok(());
     };
-    let ambient = cap_set(c.ambient(), "process.capabilities.ambient")?;
     let permitted = cap_set(c.permitted(), "process.capabilities.permitted")?;
-    if let Some(cap) = ambient.iter().find(|a| !permitted.contains(a)) {
-        return Err(config(
-            "process.capabilities.ambient",
-            format!("{cap} is not in the permitted set"),
-        ));
-    }
-    // The kernel raises an ambient capability only when it is also inheritable; configs
-    // (`runc spec`'s among them) list ambient without inheritable, so ambient implies it.
-    let mut inheritable = cap_set(c.inheritable(), "process.capabilities.inheritable")?;
-    inheritable.extend(ambient.iter().copied());
+    let inheritable = cap_set(c.inheritable(), "process.capabilities.inheritable")?;
+    let ambient = raisable_ambient(
+        &cap_set(c.ambient(), "process.capabilities.ambient")?,
+        &permitted,
+        &inheritable,
+    );
     let steps = [
         (
             CapSet::Effective,
@@ -159,6 +154,41 @@ pub fn capabilities(caps: Option<&LinuxCapabilities>) -> Result<()> {
             .map_err(|e| Error::Setup(format!("setting the {set:?} capabilities: {e}")))?;
     }
     Ok(())
+}
+
+/// The ambient capabilities the kernel can raise: those also permitted and inheritable
+/// (capabilities(7), PR_CAP_AMBIENT_RAISE). The others are left out, as runc leaves
+/// them: `runc spec` lists ambient capabilities and no inheritable ones, and making them
+/// inheritable would hand them to any program whose file grants them (why runc stopped
+/// setting inheritable, CVE-2022-29162). `create` warns about them (`unraisable_ambient`).
+fn raisable_ambient(
+    ambient: &HashSet<Capability>,
+    permitted: &HashSet<Capability>,
+    inheritable: &HashSet<Capability>,
+) -> HashSet<Capability> {
+    ambient
+        .iter()
+        .filter(|a| permitted.contains(a) && inheritable.contains(a))
+        .copied()
+        .collect()
+}
+
+/// The ambient capabilities listed that will not be raised, sorted by name, for
+/// `create`'s warning (on the runtime's stderr, not the container's).
+pub fn unraisable_ambient(process: &Process) -> Result<Vec<String>> {
+    let Some(c) = process.capabilities() else {
+        return Ok(Vec::new());
+    };
+    let ambient = cap_set(c.ambient(), "process.capabilities.ambient")?;
+    let permitted = cap_set(c.permitted(), "process.capabilities.permitted")?;
+    let inheritable = cap_set(c.inheritable(), "process.capabilities.inheritable")?;
+    let raised = raisable_ambient(&ambient, &permitted, &inheritable);
+    let mut left: Vec<String> = ambient
+        .difference(&raised)
+        .map(ToString::to_string)
+        .collect();
+    left.sort();
+    Ok(left)
 }
 
 pub fn no_new_privileges(process: &Process) -> Result<()> {

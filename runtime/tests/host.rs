@@ -477,6 +477,26 @@ fn seccomp_denies_with_the_configured_errno() {
     });
     let (_, out, _) = b.run("nosec");
     assert!(out.contains("made"), "{out}");
+
+    // A profile with two errnos that also denies seccomp(2) itself: one program holds
+    // it all (installed as a stack, the second filter could not go in under the first).
+    let b = sh("mkdir /tmp/a || echo mkdir-refused; echo still-running");
+    b.edit(|c| {
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [
+                {"names": ["seccomp"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+            ]
+        })
+    });
+    let (code, out, err) = b.run("sec2");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("mkdir-refused") && out.contains("still-running"),
+        "{out}{err}"
+    );
+    assert!(err.contains("not implemented"), "ENOSYS expected: {err}");
 }
 
 #[test]
@@ -798,8 +818,7 @@ fn a_failure_after_start_is_starts_error() {
     let b = Bundle::new(&["/bin/not-a-program"]);
     let bogus = b.path().join("rootfs/bin/not-a-program");
     std::fs::write(&bogus, b"\x00\x01\x02\x03 not an ELF nor a script").unwrap();
-    std::fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "noexec"]);
     assert!(ok, "{err}");
     let out = b.runtime(&["start", "noexec"]);
@@ -816,7 +835,8 @@ fn a_failure_after_start_is_starts_error() {
     // A startContainer hook that fails, the same way.
     let b = Bundle::new(&["sleep", "1"]);
     b.edit(|c| {
-        c["hooks"] = json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]})
+        c["hooks"] =
+            json!({"startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]})
     });
     let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "hook"]);
     assert!(ok, "{err}");
@@ -825,5 +845,74 @@ fn a_failure_after_start_is_starts_error() {
     assert!(!out.status.success(), "start said ok: {err}");
     assert!(err.contains("startContainer"), "{err}");
     assert!(b.runtime(&["delete", "hook"]).status.success());
+    b.assert_clean();
+}
+
+/// config.md "Process" (apparmorProfile, selinuxLabel), config-linux.md "Mount Label":
+/// on a host whose kernel has neither LSM on (this build machine), each is refused by
+/// `create`, naming the key, and nothing is left (the guest tests apply AppArmor's).
+#[test]
+fn security_labels_the_host_cannot_honour_are_refused() {
+    let apparmor_on =
+        std::fs::read("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.starts_with(b"Y"));
+    let selinux_on = Path::new("/sys/fs/selinux/enforce").exists();
+    type Setter = fn(&mut Value);
+    let mut cases: Vec<(&str, Setter)> = vec![("linux.mountLabel", |c| {
+        c["linux"]["mountLabel"] = json!("system_u:object_r:container_file_t:s0")
+    })];
+    if !apparmor_on {
+        cases.push(("process.apparmorProfile", |c| {
+            c["process"]["apparmorProfile"] = json!("berth-test")
+        }));
+    }
+    if !selinux_on {
+        cases.push(("process.selinuxLabel", |c| {
+            c["process"]["selinuxLabel"] = json!("system_u:system_r:container_t:s0")
+        }));
+    }
+    for (key, set) in cases {
+        let b = Bundle::new(&["true"]);
+        b.edit(set);
+        let (ok, err) = b.runtime_detached(&["create", "--bundle", ".", "label"]);
+        assert!(!ok, "{key}: accepted");
+        assert!(err.contains(key), "{key}: {err}");
+        b.assert_clean();
+    }
+}
+
+/// config.md "Process" capabilities, as runc applies them: an ambient capability is
+/// raised only when it is also permitted and inheritable (capabilities(7)); `runc spec`
+/// lists ambient ones and no inheritable ones, so its containers get neither (and
+/// nothing becomes inheritable behind the spec's back, CVE-2022-29162). `create` says
+/// which were left out.
+#[test]
+fn ambient_capabilities_need_inheritable_ones() {
+    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    let b = sh("grep -E '^Cap(Inh|Amb)' /proc/self/status");
+    b.edit(|c| c["process"]["capabilities"]["ambient"] = caps.clone());
+    let (code, out, err) = b.run("ambient");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["CapInh:", "0000000000000000", "CapAmb:", "0000000000000000"],
+        "{out}"
+    );
+    assert!(
+        err.contains("process.capabilities.ambient") && err.contains("CAP_KILL"),
+        "{err}"
+    );
+    // Inheritable too: raised (CAP_KILL is bit 5).
+    b.edit(|c| {
+        c["process"]["capabilities"]["inheritable"] = json!(["CAP_KILL"]);
+        c["process"]["capabilities"]["ambient"] = json!(["CAP_KILL"]);
+    });
+    let (code, out, err) = b.run("ambient");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["CapInh:", "0000000000000020", "CapAmb:", "0000000000000020"],
+        "{out}"
+    );
+    assert!(!err.contains("warning"), "{err}");
     b.assert_clean();
 }

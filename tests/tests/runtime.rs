@@ -8,7 +8,8 @@ use berth_tests::testd::TestdClient;
 use common::{boot, config};
 use serde_json::{json, Value};
 
-const APPLETS: &str = "sh cat echo head tr seq sleep wc grep insmod";
+const APPLETS: &str =
+    "sh cat echo head tr seq sleep wc grep insmod id mkdir mknod sed sort stat hostname ls";
 
 /// A busybox bundle at /tmp/NAME in the guest, its config `cfg`.
 fn bundle(testd: &mut TestdClient, name: &str, cfg: &Value) {
@@ -161,22 +162,28 @@ fn resource_limits_are_enforced_in_a_cgroup_v2_guest() {
         "{out}{err}"
     );
 
-    // Device rules (an eBPF program on the cgroup), shaped as docker's: deny everything,
-    // allow mknod of any node (the runtime makes /dev's), /dev/null, and reading
-    // /dev/zero; /dev/full stays a node that cannot be opened.
-    let dev = config_for(
-        concat!(
-            "echo x > /dev/null && echo null=ok; head -c 3 /dev/zero | wc -c; ",
-            "echo x > /dev/zero 2>/dev/null || echo zero-write=denied; ",
-            "cat /dev/full 2>/dev/null || echo full=denied"
+    // Device rules (an eBPF program on the cgroup): deny everything, then allow reading
+    // the scratch disk; runc's built-in list follows the spec's rules (config-linux.md
+    // "Allowed Device list"; runc appends its defaults), so /dev/null and /dev/zero
+    // work and mknod of any node is allowed, while another device stays shut.
+    let dev = with_caps(
+        config_for(
+            &format!(
+                concat!(
+                    "echo x > /dev/null && echo null=ok; head -c 3 /dev/zero | wc -c; ",
+                    "mknod /tmp/vda b {major} {minor} && head -c 512 /tmp/vda | wc -c; ",
+                    "(echo x > /tmp/vda) 2>&1 | grep -q 'not permitted' && echo vda-write=denied; ",
+                    "mknod /tmp/lc c 10 237 && (: < /tmp/lc) 2>&1 | grep -q 'not permitted' && echo loop-control=denied"
+                ),
+                major = major,
+                minor = minor
+            ),
+            json!({"devices": [
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "b", "major": major, "minor": minor, "access": "r"}
+            ]}),
         ),
-        json!({"devices": [
-            {"allow": false, "access": "rwm"},
-            {"allow": true, "type": "c", "access": "m"},
-            {"allow": true, "type": "b", "access": "m"},
-            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"},
-            {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "r"}
-        ]}),
+        &["CAP_KILL", "CAP_MKNOD"],
     );
     bundle(&mut testd, "dev", &dev);
     let (code, out, err) = run(&mut testd, "dev");
@@ -184,9 +191,36 @@ fn resource_limits_are_enforced_in_a_cgroup_v2_guest() {
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
     assert_eq!(
         lines,
-        ["null=ok", "3", "zero-write=denied", "full=denied"],
+        [
+            "null=ok",
+            "3",
+            "512",
+            "vda-write=denied",
+            "loop-control=denied"
+        ],
         "{out}{err}"
     );
+
+    // cpuset and a burst (every controller the parent offers is enabled, as runc
+    // does); a v1-only key is refused naming it, before anything is made.
+    let cpuset = config_for(
+        "cd /sys/fs/cgroup; cat cpuset.cpus.effective cpu.max.burst cgroup.controllers",
+        json!({"cpu": {"cpus": "0", "quota": 50000, "period": 100000, "burst": 10000}}),
+    );
+    bundle(&mut testd, "cpuset", &cpuset);
+    let (code, out, err) = run(&mut testd, "cpuset");
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["0", "10000"], "{out}{err}");
+    assert!(
+        lines[2].contains("cpuset") && lines[2].contains("pids"),
+        "{out}"
+    );
+    let swappy = config_for("true", json!({"memory": {"swappiness": 0}}));
+    bundle(&mut testd, "swappy", &swappy);
+    let (code, out, err) = run(&mut testd, "swappy");
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("linux.resources.memory.swappiness"), "{err}");
 
     // What the build machine's kernel lacks: /proc/kcore and sysrq-trigger (masked),
     // module loading (init_module(2) says EPERM without CAP_SYS_MODULE).
@@ -208,9 +242,244 @@ fn resource_limits_are_enforced_in_a_cgroup_v2_guest() {
         "{code} {out}{err}"
     );
 
+    conformance::runs_what_runc_runs(&mut testd);
+    conformance::apparmor_profiles_apply(&mut testd);
+
     // Nothing left behind: no state, no cgroups.
     let left = testd
         .sh("ls /run/rt; find /sys/fs/cgroup/berth-runtime -mindepth 1 -type d; true")
         .unwrap();
     assert_eq!(left.stdout.trim(), "", "left behind: {}", left.stdout);
+}
+
+/// `cfg` with these capabilities in every set but ambient.
+fn with_caps(mut cfg: Value, caps: &[&str]) -> Value {
+    for set in ["bounding", "effective", "permitted"] {
+        cfg["process"]["capabilities"][set] = json!(caps);
+    }
+    cfg
+}
+
+/// Bundles runc runs, run by berth-runtime the same way (issue 17), in the guest where
+/// cgroup v2 is whole.
+mod conformance {
+    use super::*;
+
+    /// What the probe prints, in both runtimes: capabilities, limits, mounts (ids and
+    /// peer group numbers dropped), the device nodes, which of the standard ones open,
+    /// the cgroup, the user and the host name.
+    const PROBE: &str = concat!(
+        "echo == status; grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status; ",
+        "echo == limits; cat /proc/self/limits; ",
+        "echo == mounts; sed -E 's/^[0-9]+ [0-9]+ [0-9]+:[0-9]+ //; s/(shared|master|propagate_from):[0-9]+/\\1/g' /proc/self/mountinfo; ",
+        "echo == devices; cd /dev; for f in * pts/* mqueue/* shm/*; do [ -e $f ] && stat -c '%n %F %t:%T %a %u:%g' $f; done; ",
+        "echo == open; for f in null zero full random urandom tty ptmx pts/ptmx; do (: < /dev/$f) 2>/dev/null && echo $f=open || echo $f=refused; done; ",
+        "echo == cgroup; cat /proc/self/cgroup; cat /sys/fs/cgroup/cgroup.controllers; ",
+        "echo == who; id; hostname; cd /; pwd"
+    );
+
+    /// `runc spec`'s config in this guest's runc, with only what a bundle must change:
+    /// the program, and no terminal (nothing here holds a console socket).
+    fn runc_spec(testd: &mut TestdClient) -> Value {
+        let out = testd
+            .sh("rm -rf /tmp/spec && mkdir /tmp/spec && cd /tmp/spec && runc spec && cat config.json")
+            .unwrap();
+        assert_eq!(out.exit_code, Some(0), "{out:?}");
+        let mut spec: Value = serde_json::from_str(&out.stdout).unwrap();
+        spec["process"]["terminal"] = json!(false);
+        spec
+    }
+
+    /// `runc run` of the bundle /tmp/NAME, as container `id`.
+    fn runc_run(testd: &mut TestdClient, name: &str, id: &str) -> (i32, String, String) {
+        // The guest's root is an initramfs: runc needs telling that it cannot pivot.
+        // testd's NOTIFY_SOCKET (from init) would make runc relay sd_notify and wait
+        // for a READY=1 the probe never sends.
+        let bundle = format!("/tmp/{name}");
+        let out = testd
+            .run_with(
+                &[
+                    "env",
+                    "-u",
+                    "NOTIFY_SOCKET",
+                    "runc",
+                    "--root",
+                    "/run/runc",
+                    "run",
+                    "--no-pivot",
+                    "--bundle",
+                    &bundle,
+                    id,
+                ],
+                None,
+                std::time::Duration::from_secs(120),
+            )
+            .unwrap();
+        (out.exit_code.unwrap_or(-1), out.stdout, out.stderr)
+    }
+
+    fn with_program(mut spec: Value, script: &str) -> Value {
+        spec["process"]["args"] = json!(["sh", "-c", script]);
+        spec
+    }
+
+    pub fn runs_what_runc_runs(testd: &mut TestdClient) {
+        let spec = runc_spec(testd);
+        // Its only device rule is deny-all: the built-in list makes /dev's nodes
+        // (config-linux.md "Default Devices") and lets them open.
+        assert_eq!(
+            spec["linux"]["resources"]["devices"],
+            json!([{"allow": false, "access": "rwm"}])
+        );
+        let probe = with_program(spec.clone(), PROBE);
+        // One bundle for both: the mounts name its path.
+        bundle(testd, "probe", &probe);
+        let (code, berth, err) = run(testd, "probe");
+        assert_eq!(code, 0, "berth-runtime: {berth}{err}");
+        let (code, runc, rerr) = runc_run(testd, "probe", "probe-runc");
+        assert_eq!(code, 0, "runc: {runc}{rerr}");
+        let berth_lines: Vec<&str> = berth.lines().collect();
+        let runc_lines: Vec<&str> = runc.lines().collect();
+        assert_eq!(
+            berth_lines, runc_lines,
+            "the probe differs\n--- berth-runtime\n{berth}\n--- runc\n{runc}"
+        );
+        assert!(
+            berth.contains("null=open") && berth.contains("urandom=open"),
+            "{berth}"
+        );
+
+        // A user without privileges, seccomp, and no noNewPrivileges (seccomp(2) needs
+        // CAP_SYS_ADMIN then: the filter goes in while it is held).
+        let mut cfg = with_program(spec.clone(), "id -u; mkdir /tmp/d 2>&1; echo done");
+        cfg["process"]["user"] = json!({"uid": 10, "gid": 10});
+        cfg["process"]["noNewPrivileges"] = json!(false);
+        cfg["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        });
+        cfg["mounts"].as_array_mut().unwrap().push(json!(
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["mode=1777"]}));
+        bundle(testd, "uid10", &cfg);
+        let (code, out, err) = run(testd, "uid10");
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(
+            out.starts_with("10\n") && out.contains("not permitted") && out.contains("done"),
+            "{out}{err}"
+        );
+
+        // Every rootfs propagation runs; `/` carries the one asked for.
+        for prop in ["shared", "slave", "private"] {
+            let mut cfg = with_program(
+                spec.clone(),
+                "grep -E '^[0-9]+ [0-9]+ [^ ]+ [^ ]+ / ' /proc/self/mountinfo",
+            );
+            cfg["linux"]["rootfsPropagation"] = json!(prop);
+            let name = format!("prop-{prop}");
+            bundle(testd, &name, &cfg);
+            let (code, out, err) = run(testd, &name);
+            assert_eq!(code, 0, "{prop}: {out}{err}");
+            match prop {
+                "shared" => assert!(out.contains(" shared:"), "{prop}: {out}"),
+                _ => assert!(!out.contains(" shared:"), "{prop}: {out}"),
+            }
+        }
+
+        // No mount namespace: chrooted into the rootfs, the host's mounts shared.
+        let mut cfg = with_program(spec.clone(), "echo hello from $(pwd)");
+        cfg["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "uts"}, {"type": "ipc"}]);
+        cfg["root"]["readonly"] = json!(false);
+        cfg["mounts"] = json!([]);
+        cfg["linux"].as_object_mut().unwrap().remove("maskedPaths");
+        cfg["linux"]
+            .as_object_mut()
+            .unwrap()
+            .remove("readonlyPaths");
+        bundle(testd, "no-mntns", &cfg);
+        let (code, out, err) = run(testd, "no-mntns");
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("hello from /"), "{out}{err}");
+
+        // A program that is not there: `create` fails saying so; nothing remains.
+        let mut cfg = spec.clone();
+        cfg["process"]["args"] = json!(["/bin/no-such-program"]);
+        bundle(testd, "missing", &cfg);
+        let out = testd
+            .sh("berth-runtime --root /run/rt create --bundle /tmp/missing missing </dev/null >/dev/null; echo rc=$?; ls /run/rt")
+            .unwrap();
+        assert!(out.stdout.starts_with("rc=1\n"), "{out:?}");
+        assert_eq!(out.stdout.trim(), "rc=1", "left behind: {out:?}");
+        assert!(out.stderr.contains("/bin/no-such-program"), "{out:?}");
+    }
+
+    /// config.md "Process": apparmorProfile, on a kernel with AppArmor on (the image's):
+    /// a loaded profile confines the program; one that is not loaded fails `create`.
+    pub fn apparmor_profiles_apply(testd: &mut TestdClient) {
+        let enabled = testd
+            .sh("cat /sys/module/apparmor/parameters/enabled")
+            .unwrap();
+        assert_eq!(
+            enabled.stdout.trim(),
+            "Y",
+            "the image's kernel has AppArmor on: {enabled:?}"
+        );
+        // A profile that denies writes under /tmp/denied, compiled here by Debian's
+        // apparmor_parser and loaded through securityfs.
+        let profile = "profile berth-test flags=(attach_disconnected,mediate_deleted) {\n  file,\n  deny /tmp/denied/** w,\n  capability,\n  signal,\n  unix,\n  network,\n  mount,\n  umount,\n  pivot_root,\n  ptrace,\n}\n";
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("berth-test");
+        std::fs::write(&src, profile).unwrap();
+        let compiled = std::process::Command::new("apparmor_parser")
+            .args(["--skip-kernel-load", "--stdout"])
+            .arg(&src)
+            .output()
+            .expect("apparmor_parser (make deps installs apparmor)");
+        assert!(
+            compiled.status.success(),
+            "{}",
+            String::from_utf8_lossy(&compiled.stderr)
+        );
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&compiled.stdout);
+        let out = testd
+            .run_with(
+                &["sh", "-c", "grep -q ' /sys/kernel/security ' /proc/mounts || mount -t securityfs securityfs /sys/kernel/security; base64 -d > /sys/kernel/security/apparmor/.load && echo loaded"],
+                Some(&encoded),
+                std::time::Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(out.stdout.trim(), "loaded", "{out:?}");
+
+        let spec = runc_spec(testd);
+        let mut cfg = with_program(
+            spec.clone(),
+            "cat /proc/self/attr/current; echo; mkdir -p /tmp/denied /tmp/open; echo x > /tmp/open/f && echo open=ok; (echo x > /tmp/denied/f) 2>&1 | grep -q 'denied' && echo denied=ok",
+        );
+        cfg["mounts"].as_array_mut().unwrap().push(json!(
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
+        cfg["process"]["apparmorProfile"] = json!("berth-test");
+        bundle(testd, "aa", &cfg);
+        let (code, out, err) = run(testd, "aa");
+        assert_eq!(code, 0, "{out}{err}");
+        let lines: Vec<&str> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            lines,
+            ["berth-test (enforce)", "open=ok", "denied=ok"],
+            "{out}{err}"
+        );
+
+        // Not loaded: refused at create, naming the key and the profile.
+        cfg["process"]["apparmorProfile"] = json!("berth-not-loaded");
+        bundle(testd, "aa-missing", &cfg);
+        let (code, out, err) = run(testd, "aa-missing");
+        assert_ne!(code, 0, "{out}{err}");
+        assert!(
+            err.contains("process.apparmorProfile") && err.contains("berth-not-loaded"),
+            "{err}"
+        );
+    }
 }
