@@ -8,7 +8,6 @@ set -euo pipefail
 #   qemu-system-x86 qemu-utils ovmf   the test bed (QEMU, qemu-img, UEFI firmware)
 #   erofs-utils btrfs-progs           root filesystem image, /var filesystem (issue 3)
 #   mtools dosfstools gdisk           ESP and GPT written without root or loop devices
-#   syslinux syslinux-common          BIOS boot; systemd-boot-efi: UEFI boot
 #   cpio zstd                         inspecting initramfs images by hand
 #   busybox-static                    test image shell; kernel-only boot floor
 #   kmod                              depmod indexes the unpacked kernel's modules
@@ -22,7 +21,7 @@ set -euo pipefail
 #   apparmor                          apparmor_parser compiles the AppArmor profile the
 #                                     runtime's guest test loads (never shipped)
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
-          syslinux syslinux-common systemd-boot-efi cpio zstd busybox-static kmod socat
+          cpio zstd busybox-static kmod socat
           cryptsetup-bin podman bsdutils docker-registry skopeo nftables genisoimage apparmor)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }

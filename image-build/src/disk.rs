@@ -1,7 +1,8 @@
 //! The shipped disk: a GPT image with EFI-SYSTEM, ROOT-A and ROOT-B (DATA is made on
 //! first boot), partition table written by `sgdisk` on the image file, partition contents
-//! copied in at their offsets, syslinux's gptmbr.bin as the protective MBR's boot code.
-//! Then the same disk as qcow2 and as GCE's import tarball.
+//! copied in at their offsets; GRUB's boot sector in the protective MBR and its core
+//! image in a small BIOS boot partition in the gap before the first 1 MiB-aligned one
+//! (see `grub`). Then the same disk as qcow2 and as GCE's import tarball.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -21,16 +22,24 @@ pub const ROOT_SLOT_MIB: u64 = 256;
 /// the x86-64 root).
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-pub const GPTMBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
-/// GPT attribute bit 2: "legacy BIOS bootable", which gptmbr.bin looks for.
-const LEGACY_BIOS_BOOTABLE_BIT: u32 = 2;
+/// The BIOS boot partition (GRUB's core image): its GPT type ("Hah!IdontNeedEFI"), and
+/// where it sits, in the sectors between the GPT's entries (LBA 2-33) and the first
+/// 1 MiB-aligned partition.
+const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
+pub const BIOS_BOOT_FIRST_LBA: u64 = 40;
+const BIOS_BOOT_LAST_LBA: u64 = MIB / 512 - 1;
+
+/// GRUB for BIOS: its boot sector and core image (`grub::Grub`).
+pub struct BiosBoot {
+    pub boot_img: Vec<u8>,
+    pub core: Vec<u8>,
+}
 
 pub struct Partition<'a> {
     pub label: &'a str,
     pub type_guid: &'a str,
     pub size_mib: u64,
     pub content: Option<&'a Path>,
-    pub bios_bootable: bool,
 }
 
 /// Where a partition landed, for the manifest (and tests that corrupt one on purpose).
@@ -43,7 +52,12 @@ pub struct Placed {
 
 /// Writes `out`: 1 MiB for the protective MBR and primary GPT, the partitions 1 MiB
 /// aligned, 1 MiB at the end for the backup GPT.
-pub fn assemble(out: &Path, seed: &[u8; 32], parts: &[Partition<'_>]) -> Result<Vec<Placed>> {
+pub fn assemble(
+    out: &Path,
+    seed: &[u8; 32],
+    parts: &[Partition<'_>],
+    bios: &BiosBoot,
+) -> Result<Vec<Placed>> {
     let total_mib = 2 + parts.iter().map(|p| p.size_mib).sum::<u64>();
     let _ = std::fs::remove_file(out);
     let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
@@ -66,13 +80,22 @@ pub fn assemble(out: &Path, seed: &[u8; 32], parts: &[Partition<'_>]) -> Result<
                 "--partition-guid={n}:{}",
                 uuid_from(seed, p.label.as_bytes())
             ));
-        if p.bios_bootable {
-            sgdisk.arg(format!("--attributes={n}:set:{LEGACY_BIOS_BOOTABLE_BIT}"));
-        }
         start += p.size_mib * MIB;
     }
+    let bios_n = parts.len() + 1;
+    sgdisk
+        .arg("--set-alignment=1")
+        .arg(format!(
+            "--new={bios_n}:{BIOS_BOOT_FIRST_LBA}:{BIOS_BOOT_LAST_LBA}"
+        ))
+        .arg(format!("--typecode={bios_n}:{BIOS_BOOT_TYPE}"))
+        .arg(format!("--change-name={bios_n}:BIOS-BOOT"))
+        .arg(format!(
+            "--partition-guid={bios_n}:{}",
+            uuid_from(seed, b"BIOS-BOOT")
+        ));
     run(sgdisk.arg(out)).context("writing the partition table (make deps installs gdisk)")?;
-    let mut disk = File::options().write(true).open(out)?;
+    let mut disk = File::options().read(true).write(true).open(out)?;
     let mut start = MIB;
     let mut placed = Vec::new();
     for p in parts {
@@ -87,16 +110,16 @@ pub fn assemble(out: &Path, seed: &[u8; 32], parts: &[Partition<'_>]) -> Result<
         });
         start += p.size_mib * MIB;
     }
-    let mbr =
-        std::fs::read(GPTMBR).context("reading gptmbr.bin (make deps installs syslinux-common)")?;
-    if mbr.len() > 440 {
-        bail!(
-            "{GPTMBR} is {} bytes, more than the MBR's 440 bytes of boot code",
-            mbr.len()
-        );
-    }
+    let mut mbr = [0u8; 512];
     disk.seek(SeekFrom::Start(0))?;
-    disk.write_all(&mbr)?;
+    disk.read_exact(&mut mbr)?;
+    let room = BIOS_BOOT_LAST_LBA - BIOS_BOOT_FIRST_LBA + 1;
+    let (first, core) =
+        crate::grub::install_bios(&bios.boot_img, &mbr, &bios.core, BIOS_BOOT_FIRST_LBA, room)?;
+    disk.seek(SeekFrom::Start(0))?;
+    disk.write_all(&first)?;
+    disk.seek(SeekFrom::Start(BIOS_BOOT_FIRST_LBA * 512))?;
+    disk.write_all(&core)?;
     disk.sync_all()?;
     Ok(placed)
 }
@@ -107,7 +130,6 @@ pub fn esp_partition(content: &Path) -> Partition<'_> {
         type_guid: ESP_TYPE,
         size_mib: ESP_MIB,
         content: Some(content),
-        bios_bootable: true,
     }
 }
 
@@ -117,7 +139,6 @@ pub fn root_partition<'a>(label: &'a str, content: Option<&'a Path>) -> Partitio
         type_guid: ROOT_X86_64_TYPE,
         size_mib: ROOT_SLOT_MIB,
         content,
-        bios_bootable: false,
     }
 }
 

@@ -1,17 +1,20 @@
 //! The EFI system partition: a FAT32 file made with `mkfs.vfat` and filled with mtools
-//! (no mount, no root), booting under UEFI through systemd-boot (Boot Loader Spec entry)
-//! and under BIOS through syslinux (installed into the same FAT by its mtools-based
-//! installer; the disk's MBR code is syslinux's gptmbr.bin, see disk.rs).
+//! (no mount, no root). Both firmware paths boot GRUB (see `grub`): under UEFI through
+//! Debian's signed shim and GRUB in `EFI/BOOT/`, under BIOS from the core image in the
+//! BIOS boot partition. Both run `EFI/debian/grub.cfg`, which picks the slot from the
+//! environment block `berth/grubenv` and boots `berth/<slot>/` (its kernel, initramfs
+//! and `boot.cfg`, the command line with that slot's root hash).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
+use berth_bootslot::{envblock, grub as script, BootState, EnvBlock};
 
 use crate::debs::run;
+use crate::grub::{Grub, CONFIG_DIR};
 
-pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 /// FAT has no 1970: a fixed 2020-01-01 stands in for "no time" on every file we copy.
 const FIXED_MTIME: u64 = 1_577_836_800;
 
@@ -29,6 +32,7 @@ pub fn build(
     size_mib: u64,
     seed: &[u8; 32],
     entry: &BootEntry<'_>,
+    grub: &Grub,
     staging: &Path,
 ) -> Result<()> {
     let tree = staging.join("esp");
@@ -46,33 +50,28 @@ pub fn build(
         Ok(())
     };
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    put("EFI/BOOT/BOOTX64.EFI", &read(&grub.shim)?)?;
+    put("EFI/BOOT/grubx64.efi", &read(&grub.efi_grub)?)?;
     put(
-        "EFI/BOOT/BOOTX64.EFI",
-        &read(Path::new(SYSTEMD_BOOT))
-            .context("systemd-boot (make deps installs systemd-boot-efi)")?,
+        &format!("{CONFIG_DIR}/grub.cfg"),
+        script::config().as_bytes(),
     )?;
+    // A new disk: slot A by default, nothing on trial.
+    let mut env = EnvBlock::default();
+    BootState::default().store(&mut env)?;
     put(
-        "loader/loader.conf",
-        b"default berth-a.conf\ntimeout 0\nconsole-mode keep\n",
+        &format!("{}/{}", script::DIR, script::ENV_FILE),
+        &env.to_bytes(envblock::SIZE)?,
     )?;
+    let slot = format!("{}/a", script::DIR);
+    let boot_cfg = script::slot_config(entry.cmdline)
+        .with_context(|| format!("a command line GRUB cannot quote: {:?}", entry.cmdline))?;
     put(
-        "loader/entries/berth-a.conf",
-        format!(
-            "title Berth (slot A)\nlinux /berth/a/vmlinuz\ninitrd /berth/a/initrd.img\noptions {}\n",
-            entry.cmdline
-        )
-        .as_bytes(),
+        &format!("{slot}/{}", script::SLOT_CONFIG),
+        boot_cfg.as_bytes(),
     )?;
-    put(
-        "syslinux/syslinux.cfg",
-        format!(
-            "DEFAULT berth-a\nPROMPT 0\nTIMEOUT 0\nLABEL berth-a\n  LINUX /berth/a/vmlinuz\n  INITRD /berth/a/initrd.img\n  APPEND {}\n",
-            entry.cmdline
-        )
-        .as_bytes(),
-    )?;
-    put("berth/a/vmlinuz", &read(entry.vmlinuz)?)?;
-    put("berth/a/initrd.img", &read(entry.initrd)?)?;
+    put(&format!("{slot}/vmlinuz"), &read(entry.vmlinuz)?)?;
+    put(&format!("{slot}/initrd.img"), &read(entry.initrd)?)?;
 
     let id = crate::digest(&[seed, b"esp-volume-id"]);
     let volume_id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
@@ -102,11 +101,6 @@ pub fn build(
     }
     copy.arg("::/");
     run(&mut copy).context("copying the ESP's files with mcopy (make deps installs mtools)")?;
-    run(Command::new("syslinux")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .args(["--install", "--directory", "/syslinux"])
-        .arg(out))
-    .context("installing syslinux into the ESP (make deps installs syslinux)")?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ mod debs;
 mod disk;
 mod elf;
 mod esp;
+mod grub;
 mod initramfs;
 mod kernel;
 mod rootfs;
@@ -143,7 +144,14 @@ fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> 
         },
     });
     let root_tree = root_tree(&archive, &inputs.bin_dir, &busybox_bin)?;
-    let disk = build_disk(&root_tree, &kernel.vmlinuz(), &out.join("initrd.img"), out)?;
+    let grub = grub::Grub::fetch(cache)?;
+    let disk = build_disk(
+        &root_tree,
+        &kernel.vmlinuz(),
+        &out.join("initrd.img"),
+        &grub,
+        out,
+    )?;
     let mut manifest = manifest;
     manifest["disk"] = serde_json::to_value(&disk)?;
     let text = serde_json::to_string_pretty(&manifest).context("rendering manifest.json")?;
@@ -255,6 +263,7 @@ fn build_disk(
     tree: &archive::Archive,
     vmlinuz: &Path,
     initrd: &Path,
+    grub: &grub::Grub,
     out: &Path,
 ) -> Result<DiskReport> {
     let staging = out.join(".build");
@@ -262,7 +271,8 @@ fn build_disk(
     let seed = tree.digest();
     rootfs::write_tree(tree, &staging.join("root"))?;
     let root = rootfs::build(&staging.join("root"), &staging.join("root.img"), &seed)?;
-    let cmdline = format!("console=ttyS0 {}", root.cmdline("ROOT-A"));
+    // panic=10: a trial kernel that panics reboots, and spends another of its tries.
+    let cmdline = format!("console=ttyS0 panic=10 {}", root.cmdline("ROOT-A"));
     let entry = esp::BootEntry {
         vmlinuz,
         initrd,
@@ -273,8 +283,13 @@ fn build_disk(
         disk::ESP_MIB,
         &seed,
         &entry,
+        grub,
         &staging,
     )?;
+    let bios = disk::BiosBoot {
+        boot_img: grub.boot_img()?,
+        core: grub.bios_core(&staging)?,
+    };
     let raw = out.join("berth.raw");
     let partitions = disk::assemble(
         &raw,
@@ -284,6 +299,7 @@ fn build_disk(
             disk::root_partition("ROOT-A", Some(&root.path)),
             disk::root_partition("ROOT-B", None),
         ],
+        &bios,
     )?;
     disk::to_qcow2(&raw, &out.join("berth.qcow2"))?;
     disk::to_gce_tarball(&raw, &staging, &out.join("berth-gce.tar.gz"))?;
@@ -326,17 +342,24 @@ fn build_floor(cache: &Path, out: &Path) -> Result<()> {
         initrd: &out.join("initrd.img"),
         cmdline: "console=ttyS0",
     };
+    let grub = grub::Grub::fetch(cache)?;
     esp::build(
         &staging.join("esp.img"),
         disk::ESP_MIB,
         &seed,
         &entry,
+        &grub,
         &staging,
     )?;
+    let bios = disk::BiosBoot {
+        boot_img: grub.boot_img()?,
+        core: grub.bios_core(&staging)?,
+    };
     disk::assemble(
         &out.join("floor.raw"),
         &seed,
         &[disk::esp_partition(&staging.join("esp.img"))],
+        &bios,
     )?;
     eprintln!(
         "image-build: floor initramfs and floor.raw in {}",

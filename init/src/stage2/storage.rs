@@ -250,7 +250,7 @@ fn create_data_entry(gpt: &mut GPT) -> Result<u32, StorageError> {
 }
 
 /// The protective MBR's single 0xEE entry must span the (grown) disk, capped at 2^32-1
-/// sectors; the boot code before it (gptmbr.bin) is left alone.
+/// sectors; the boot code before it (GRUB's boot sector) is left alone.
 fn fix_protective_mbr(disk: &mut File, sectors: u64) -> std::io::Result<()> {
     let mut mbr = [0u8; 512];
     disk.seek(SeekFrom::Start(0))?;

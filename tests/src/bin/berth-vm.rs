@@ -338,8 +338,8 @@ fn bench(b: &Bench, runs: usize, json: Option<&Path>) -> Result<()> {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let how = match (&b.disks, b.firmware) {
         (None, _) | (_, Firmware::Direct) => "-kernel",
-        (Some(_), Firmware::Uefi) => "disk through OVMF + systemd-boot",
-        (Some(_), Firmware::Bios) => "disk through SeaBIOS + syslinux",
+        (Some(_), Firmware::Uefi) => "disk through OVMF + shim + GRUB",
+        (Some(_), Firmware::Bios) => "disk through SeaBIOS + GRUB",
     };
     println!(
         "boot to ready under {}, {how} ({runs} runs each, QEMU start to console line)",
