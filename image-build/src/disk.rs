@@ -27,6 +27,7 @@ const ROOT_X86_64_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 /// 1 MiB-aligned partition.
 const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
 pub const BIOS_BOOT_FIRST_LBA: u64 = 40;
+const BIOS_BOOT_NUMBER: usize = 5;
 const BIOS_BOOT_LAST_LBA: u64 = MIB / 512 - 1;
 
 /// GRUB for BIOS: its boot sector and core image (`grub::Grub`).
@@ -82,7 +83,9 @@ pub fn assemble(
             ));
         start += p.size_mib * MIB;
     }
-    let bios_n = parts.len() + 1;
+    // Number 5, after DATA's 4 (made on first boot, in the first free entry): the
+    // partitions operators know keep their numbers.
+    let bios_n = BIOS_BOOT_NUMBER;
     sgdisk
         .arg("--set-alignment=1")
         .arg(format!(
