@@ -673,18 +673,7 @@ fn open_outside<'a>(init: &Init<'a>) -> Result<Outside<'a>> {
         Mode::empty(),
     )
     .map_err(sys("opening /proc/self/fd"))?;
-    let proc = if init.labels.is_empty() {
-        None
-    } else {
-        Some(
-            nix::fcntl::open(
-                "/proc",
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(sys("opening /proc"))?,
-        )
-    };
+    let proc = init.labels.open_host_proc()?;
     let process = init
         .spec
         .process()

@@ -98,18 +98,7 @@ pub fn exec(opts: &ExecOptions<'_>) -> Result<i32> {
     let seccomp = crate::seccomp::for_spec(&spec)?;
     let labels = crate::lsm::Labels::for_process(&process, crate::lsm::Host::probe())?;
     // The host's /proc, for the labels: the process sets them in its own attr files.
-    let proc = if labels.is_empty() {
-        None
-    } else {
-        Some(
-            nix::fcntl::open(
-                "/proc",
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(sys("opening /proc"))?,
-        )
-    };
+    let proc = labels.open_host_proc()?;
     let outside = Outside {
         seccomp: &seccomp,
         labels: &labels,

@@ -13,14 +13,14 @@
 //! implemented: `linux.mountLabel` is refused everywhere, saying so.
 
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use oci_spec::runtime::{Process, Spec};
 
-use crate::error::{config, Error, Result};
+use crate::error::{config, sys, Error, Result};
 
 /// AppArmor says whether it is on here (its module parameter, also when built in).
 const APPARMOR_ENABLED: &str = "/sys/module/apparmor/parameters/enabled";
@@ -97,6 +97,21 @@ impl Labels {
 
     pub fn is_empty(&self) -> bool {
         self.apparmor.is_none() && self.selinux.is_none()
+    }
+
+    /// The host's /proc, which `apply` needs, opened now (before any namespace change
+    /// or pivot); `None` when there are no labels to set.
+    pub fn open_host_proc(&self) -> Result<Option<OwnedFd>> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        nix::fcntl::open(
+            "/proc",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(Some)
+        .map_err(sys("opening /proc"))
     }
 
     /// Sets the labels for this process's next exec. `proc` is the host's /proc,

@@ -3,8 +3,6 @@
 //! layers and whiteouts; a multi-platform index), then a tampered blob and a connection
 //! dropped mid-layer (through a proxy that cuts it once).
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{gzip, gzipped, layer, oci_layout, zstd, E};
 use berth_store::Digest;
-use common::{gzip, gzipped, layer, oci_layout, zstd, E};
 
 struct Registry {
     child: Child,
@@ -224,7 +222,7 @@ fn an_index_resolves_to_linux_amd64() {
         ]
     })
     .to_string();
-    let inner_d = common::blob(&layout, inner.as_bytes());
+    let inner_d = crate::common::blob(&layout, inner.as_bytes());
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": inner_d.to_string(),

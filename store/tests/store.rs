@@ -3,14 +3,12 @@
 //! archives imported, gzip, zstd and plain layers, whiteouts across layers, a tampered
 //! blob leaving nothing, references, gc, a container rootfs.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::{gzip, layer, oci_layout, zstd, E};
 use berth_store::store::{Backend, Options, Store, StoreError};
 use berth_store::Digest;
-use common::{gzip, layer, oci_layout, zstd, E};
 
 const GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZST: &str = "application/vnd.oci.image.layer.v1.tar+zstd";

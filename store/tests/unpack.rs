@@ -6,8 +6,7 @@ use std::path::Path;
 
 use berth_store::unpack::{unpack, Limits, Report, Target, UnpackError};
 
-mod common;
-use common::{layer, E};
+use crate::common::{layer, E};
 
 fn apply(root: &Path, entries: &[E<'_>]) -> Result<Report, UnpackError> {
     unpack(

@@ -5,16 +5,14 @@
 //! every way we could think of, each time reaching `berth: ready` and saying what it
 //! skipped.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::{boot, disk_config, new_disk};
 use berth_tests::http::{free_port, get_patiently};
 use berth_tests::testd::TestdClient;
 use berth_tests::vm::Vm;
-use common::{boot, disk_config, new_disk};
 
 fn sh(testd: &mut TestdClient, script: &str) -> String {
     let out = testd.sh(script).unwrap();
@@ -109,7 +107,7 @@ command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      ne
         .as_str()
         .unwrap()
         .starts_with("NoCloud (/dev/vd"));
-    common::assert_running(&mut testd, "ticker");
+    crate::common::assert_running(&mut testd, "ticker");
     // berthctl config, over the agent's API.
     let config = sh(&mut testd, "berthctl config");
     assert!(config.starts_with("source: NoCloud (/dev/vd"), "{config}");
@@ -120,7 +118,7 @@ command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      ne
     let kept = sh(&mut testd, "cat /var/lib/berth/agent/datasource.json");
     assert!(kept.contains("iid-nocloud-1"), "{kept}");
     drop(testd);
-    common::power_off(vm);
+    crate::common::power_off(vm);
 
     // The next boot, without the volume, applies the kept copy.
     let cfg = disk_config("agent-nocloud-again", t.path());
@@ -199,6 +197,6 @@ fn broken_user_data_never_stops_the_boot() {
                 "{config}"
             );
         }
-        common::power_off(vm);
+        crate::common::power_off(vm);
     }
 }

@@ -13,15 +13,13 @@
 //! only, hence 169.254.169.0/24). The guest's own address comes from that network's DHCP
 //! server, through berth-net.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use crate::common::{boot, disk_config, new_disk};
 use berth_tests::http::{free_port, get};
 use berth_tests::testd::TestdClient;
-use common::{boot, disk_config, new_disk};
 
 fn sh(testd: &mut TestdClient, script: &str) -> (i32, String) {
     let out = testd.sh(script).unwrap();

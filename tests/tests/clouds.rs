@@ -6,12 +6,11 @@
 //! user-data's hostname and container running, and the metadata's instance id. And one
 //! that never answers, which delays the boot by the agent's bounded budget only.
 
-mod common;
 #[path = "support/metadata.rs"]
 mod metadata;
 
+use crate::common::{boot, disk_config, new_disk};
 use berth_tests::testd::TestdClient;
-use common::{boot, disk_config, new_disk};
 use metadata::Cloud;
 
 const USER_DATA: &[u8] = b"#cloud-config\nhostname: from-user-data\nberth:\n  containers:\n    ticker:\n      \
@@ -77,7 +76,7 @@ fn boot_with(
         "{ready}\n{console}"
     );
     let mut testd = vm.testd().expect("testd");
-    common::assert_running(&mut testd, "ticker");
+    crate::common::assert_running(&mut testd, "ticker");
     let report = sh(&mut testd, "cat /run/berth/agent/report.json");
     assert!(report.contains("\"errors\": []"), "{report}");
     let requests = server.requests.lock().unwrap().clone();

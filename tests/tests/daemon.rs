@@ -6,12 +6,10 @@
 //! removing its container; containers stopped with the daemon; a named volume and an
 //! API-declared container across a reboot; a bad declaration skipped with its reason.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{boot_disk, boot_disk_again, power_off};
 use berth_tests::testd::TestdClient;
-use common::{boot_disk, boot_disk_again, power_off};
 
 fn sh(testd: &mut TestdClient, script: &str) -> (i32, String) {
     let out = testd.sh(script).unwrap();

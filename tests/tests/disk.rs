@@ -1,15 +1,15 @@
 //! The disk image: BIOS and UEFI boot of one image, the dm-verity root, the disk on
 //! NVMe and virtio-scsi, corruption detection, and reproducible builds.
 
-mod common;
-
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::{
+    boot, config, disk_cmdline, image_dir, manifest, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT,
+};
 use berth_tests::testd::TestdClient;
 use berth_tests::vm::{DiskBus, Firmware, Vm, VmConfig};
-use common::{boot, config, disk_cmdline, image_dir, manifest, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 fn raw_disk() -> PathBuf {
     image_dir().join("berth.raw")

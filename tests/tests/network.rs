@@ -5,15 +5,14 @@
 //! boot no longer than berth-net's bound. And an OpenStack config drive whose
 //! `network_data.json` makes the second NIC static.
 
-mod common;
 #[path = "support/dhcpd.rs"]
 mod dhcpd;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::common::{boot, disk_config, new_disk};
 use berth_tests::testd::TestdClient;
-use common::{boot, disk_config, new_disk};
 
 fn sh(testd: &mut TestdClient, script: &str) -> String {
     let out = testd.sh(script).unwrap();
@@ -279,7 +278,7 @@ fn a_config_drive_makes_the_second_link_static() {
     assert!(ready.contains(&format!("{second}=10.9.0.77")), "{ready}");
     // The drive's user-data: its hostname, its container.
     assert!(ready.contains("hostname from-config-drive,"), "{ready}");
-    common::assert_running(&mut testd, "ticker");
+    crate::common::assert_running(&mut testd, "ticker");
 
     // A NIC plugged in now is heard of (RTNLGRP_LINK), brought up and leased.
     vm.qmp()

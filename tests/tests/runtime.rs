@@ -2,10 +2,8 @@
 //! hybrid cgroups have no v2 controllers): resource limits enforced on busybox
 //! containers, driven through testd.
 
-mod common;
-
+use crate::common::{boot, config};
 use berth_tests::testd::TestdClient;
-use common::{boot, config};
 use serde_json::{json, Value};
 
 const APPLETS: &str =

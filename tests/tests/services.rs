@@ -2,12 +2,10 @@
 //! misbehaving services (`berth-testsvc`, started with `berth.start=`), driven through
 //! the control API from the host (`berthctl --vm`) and testd.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::{boot, config, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use berth_tests::vm::Vm;
-use common::{boot, config, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use serde_json::Value;
 
 /// One service's row from `berthctl services --json`.

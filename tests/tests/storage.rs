@@ -2,14 +2,12 @@
 //! btrfs with its subvolumes on /var, kept across reboots, grown with the disk, and
 //! intact after power cuts.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::common::{boot, config, disk_cmdline, image_dir, SHUTDOWN_TIMEOUT};
 use berth_tests::testd::TestdClient;
 use berth_tests::vm::{create_overlay, Vm, VmConfig};
-use common::{boot, config, disk_cmdline, image_dir, SHUTDOWN_TIMEOUT};
 
 /// A 2 GiB disk (the image is 578 MiB) the test keeps across boots.
 fn fresh_disk(dir: &Path) -> PathBuf {

@@ -2,15 +2,14 @@
 //! layers as read-only subvolumes, each a snapshot of its parent; a container's rootfs
 //! a writable snapshot; removal and gc deleting subvolumes.
 
-mod common;
 #[path = "../../store/tests/common/mod.rs"]
 mod layers;
 
 use std::path::Path;
 
+use crate::common::boot_disk;
 use berth_store::Digest;
 use berth_tests::testd::TestdClient;
-use common::boot_disk;
 use layers::{gzipped, layer, oci_layout, zstd, E};
 
 /// Its own store: the daemon (a service of the image) keeps the default one.

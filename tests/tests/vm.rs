@@ -4,12 +4,10 @@
 //! without it, these tests fail with a message saying so: a VM test that passes without
 //! booting anything would prove nothing.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{boot, config, image_dir, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use crate::common::{boot, config, image_dir, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 
 #[test]
 fn boots_to_ready_and_powers_off_cleanly_on_acpi_powerdown() {
