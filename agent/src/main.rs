@@ -101,12 +101,16 @@ fn run() -> String {
         let platform = berth_net::platform::detect(Path::new(berth_net::platform::DMI));
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         let config_url = datasource::url::from_cmdline(&cmdline);
+        let (budget, refused) = datasource::budget_from_cmdline(&cmdline);
+        if let Some(why) = refused {
+            say(&why);
+        }
         match (&config_url, platform) {
             (Some(u), _) => say(&format!("fetching {u} (berth.config_url)")),
             (None, berth_net::platform::Platform::Other) => {}
             (None, p) => say(&format!("{p:?}: asking its metadata service")),
         }
-        datasource::find_network(platform, config_url.as_deref(), &announce)
+        datasource::find_network(platform, config_url.as_deref(), budget, &announce)
     });
     let (kept, user_data) = match found {
         Some(f) => {

@@ -30,7 +30,22 @@ pub struct Settings {
     pub modules: Vec<String>,
     /// The image store's registries.toml (mirrors, credentials, insecure hosts, CAs).
     pub registries: Option<String>,
+    /// `berth.update`: how init judges a trial boot of a new version.
+    pub update: Option<UpdateSettings>,
 }
+
+/// `berth.update`, checked; written for init as /etc/berth/update.toml.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettings {
+    /// How long a trial boot must stay healthy before it is blessed.
+    pub health_seconds: Option<u64>,
+    /// How long after `berth: ready` it has to become so before the trial fails.
+    pub health_timeout_seconds: Option<u64>,
+}
+
+/// A day: longer settle times or timeouts are mistakes, not policies.
+const MAX_UPDATE_SECONDS: u64 = 86_400;
 
 /// A file to write, its content decoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -596,6 +611,8 @@ struct RawBerth {
     modules: Vec<String>,
     #[serde(default)]
     registries: Option<Value>,
+    #[serde(default)]
+    update: Option<Value>,
 }
 
 fn berth(value: Value, s: &mut Settings, report: &mut Report) {
@@ -660,6 +677,28 @@ fn berth(value: Value, s: &mut Settings, report: &mut Report) {
                 format!("{m:?} is not a module name"),
             );
         }
+    }
+    if let Some(v) = b.update {
+        s.update = typed::<UpdateSettings>("berth.update", v, report).filter(|u| {
+            let fields = [
+                ("health_seconds", u.health_seconds),
+                ("health_timeout_seconds", u.health_timeout_seconds),
+            ];
+            for (name, value) in fields {
+                if value.is_some_and(|v| v > MAX_UPDATE_SECONDS) {
+                    report.error(
+                        format!("berth.update.{name}"),
+                        format!("at most {MAX_UPDATE_SECONDS} (a day)"),
+                    );
+                    return false;
+                }
+            }
+            if u.health_timeout_seconds == Some(0) {
+                report.error("berth.update.health_timeout_seconds", "must be at least 1");
+                return false;
+            }
+            true
+        });
     }
     if let Some(v) = b.registries {
         let checked = toml::to_string(&v)

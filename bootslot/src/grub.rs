@@ -5,7 +5,8 @@
 //! slot's root hash, written with the slot's kernel and initramfs) and boots.
 //!
 //! The environment block is saved before the kernel is loaded, so a kernel that never
-//! reaches init has spent its try.
+//! reaches init has spent its try; one GRUB cannot load or start (Secure Boot refuses
+//! its signature) reboots, spending the next.
 
 use std::fmt::Write as _;
 
@@ -17,11 +18,15 @@ pub const DIR: &str = "berth";
 pub const ENV_FILE: &str = "grubenv";
 /// Each slot's command line, under `DIR/<slot>/`: `set berth_cmdline="..."`.
 pub const SLOT_CONFIG: &str = "boot.cfg";
+/// Added to the command line of a trial boot (after `berth.slot=`), so that stage 1,
+/// before any disk is read, knows a failure should reboot (spending the next try)
+/// rather than halt with the error on the console.
+pub const TRIAL_ARG: &str = "berth.trial";
 
 /// The whole grub.cfg. `$root` is the ESP when it runs (GRUB's prefix device).
 pub fn config() -> String {
     let env = format!("($root)/{DIR}/{ENV_FILE}");
-    let vars = "berth_trial berth_tries berth_failed berth_failed_why";
+    let vars = "berth_trial berth_tries berth_failed berth_failed_why berth_failed_told";
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -30,6 +35,7 @@ pub fn config() -> String {
     let _ = writeln!(s, "set timeout=0");
     let _ = writeln!(s, "load_env --file {env} berth_default {vars}");
     let _ = writeln!(s, "set slot={}", Slot::A.name());
+    let _ = writeln!(s, "set berth_trial_arg=");
     let _ = writeln!(
         s,
         "if [ \"$berth_default\" = {b} ]; then set slot={b}; fi",
@@ -40,13 +46,14 @@ pub fn config() -> String {
         let kw = if n == MAX_TRIES { "if" } else { "elif" };
         let _ = writeln!(
             s,
-            "  {kw} [ \"$berth_tries\" = {n} ]; then set berth_tries={}; set slot=\"$berth_trial\"",
+            "  {kw} [ \"$berth_tries\" = {n} ]; then set berth_tries={}; set slot=\"$berth_trial\"; set berth_trial_arg={TRIAL_ARG}",
             n - 1
         );
     }
     let _ = writeln!(s, "  else");
     let _ = writeln!(s, "    set berth_failed=\"$berth_trial\"");
     let _ = writeln!(s, "    set berth_failed_why={OUT_OF_TRIES}");
+    let _ = writeln!(s, "    set berth_failed_told=");
     let _ = writeln!(s, "    set berth_trial=");
     let _ = writeln!(s, "    set berth_tries=");
     let _ = writeln!(s, "  fi");
@@ -55,10 +62,16 @@ pub fn config() -> String {
     let _ = writeln!(s, "source ($root)/{DIR}/$slot/{SLOT_CONFIG}");
     let _ = writeln!(
         s,
-        "linux ($root)/{DIR}/$slot/vmlinuz $berth_cmdline berth.slot=$slot"
+        "linux ($root)/{DIR}/$slot/vmlinuz $berth_cmdline berth.slot=$slot $berth_trial_arg"
     );
     let _ = writeln!(s, "initrd ($root)/{DIR}/$slot/initrd.img");
     let _ = writeln!(s, "boot");
+    // Only reached when the kernel could not be loaded or started (a file missing, or a
+    // signature Secure Boot refuses): the try is spent, so a reboot tries again or falls
+    // back, where a GRUB prompt would wait forever.
+    let _ = writeln!(s, "echo \"berth: slot $slot did not boot; rebooting\"");
+    let _ = writeln!(s, "sleep 5");
+    let _ = writeln!(s, "reboot");
     s
 }
 
@@ -88,9 +101,17 @@ mod tests {
             );
             assert!(cfg.contains(&line), "no step for {n}:\n{cfg}");
         }
+        assert_eq!(cfg.matches("set berth_trial_arg=berth.trial").count(), 9);
+        assert!(cfg.contains("berth.slot=$slot $berth_trial_arg\n"));
         let save = cfg.find("save_env").unwrap();
         assert!(save < cfg.find("\nlinux ").unwrap());
         assert!(cfg.find("load_env").unwrap() < save);
+        assert!(
+            cfg.trim_end().ends_with(
+                "boot\necho \"berth: slot $slot did not boot; rebooting\"\nsleep 5\nreboot"
+            ),
+            "{cfg}"
+        );
         assert!(cfg.contains("set berth_failed_why=tries"));
         // Every variable the state keeps is loaded.
         for var in [
@@ -99,6 +120,7 @@ mod tests {
             "berth_tries",
             "berth_failed",
             "berth_failed_why",
+            "berth_failed_told",
         ] {
             assert!(cfg.contains(var), "{var}");
         }

@@ -13,10 +13,13 @@
 //! - [`state`]: the slot state, its transitions, and [`state::BootState::pick`], the
 //!   model of what the GRUB script does on each boot.
 //! - [`grub`]: that GRUB script.
+//! - [`slotinfo`]: what each slot holds (`slot.json`: version, build, root hash).
 
 pub mod envblock;
 pub mod grub;
+pub mod slotinfo;
 pub mod state;
 
 pub use envblock::{EnvBlock, EnvError};
+pub use slotinfo::{SlotInfo, SlotInfoError};
 pub use state::{BootState, Slot, StateError};

@@ -7,6 +7,7 @@
 //! | `berth_tries` | the trial's tries left, `0`..`9` |
 //! | `berth_failed` | the slot that lost its last trial, or empty |
 //! | `berth_failed_why` | why: `tries` (GRUB: out of tries) or `health: ITEM` (init) |
+//! | `berth_failed_told` | `1` once init has said so on the console (GRUB clears it) |
 //!
 //! A slot that failed stays failed (never tried again) until a new version is written
 //! into it and offered ([`BootState::offer`]).
@@ -24,6 +25,7 @@ const TRIAL: &str = "berth_trial";
 const TRIES: &str = "berth_tries";
 const FAILED: &str = "berth_failed";
 const FAILED_WHY: &str = "berth_failed_why";
+const FAILED_TOLD: &str = "berth_failed_told";
 /// What GRUB writes when a trial runs out of tries.
 pub const OUT_OF_TRIES: &str = "tries";
 
@@ -99,6 +101,8 @@ pub struct Trial {
 pub struct Failure {
     pub slot: Slot,
     pub why: String,
+    /// The rollback was reported (once, on the boot that followed it).
+    pub told: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +148,7 @@ impl BootState {
         let failed = slot(FAILED)?.map(|s| Failure {
             slot: s,
             why: env.get(FAILED_WHY).unwrap_or("").to_string(),
+            told: env.get(FAILED_TOLD) == Some("1"),
         });
         Ok(BootState {
             default,
@@ -165,6 +170,8 @@ impl BootState {
             FAILED_WHY,
             self.failed.as_ref().map_or("", |f| f.why.as_str()),
         )?;
+        let told = self.failed.as_ref().is_some_and(|f| f.told);
+        env.set(FAILED_TOLD, if told { "1" } else { "" })?;
         Ok(())
     }
 
@@ -210,6 +217,7 @@ impl BootState {
                 self.failed = Some(Failure {
                     slot,
                     why: OUT_OF_TRIES.into(),
+                    told: false,
                 });
                 self.default
             }
@@ -242,6 +250,7 @@ impl BootState {
         self.failed = Some(Failure {
             slot: booted,
             why: why.to_string(),
+            told: false,
         });
         Ok(())
     }
@@ -300,11 +309,18 @@ mod tests {
             s.failed,
             Some(Failure {
                 slot: Slot::B,
-                why: OUT_OF_TRIES.into()
+                why: OUT_OF_TRIES.into(),
+                told: false,
             })
         );
         let s = through_env(&s);
         assert_eq!(s.failed.as_ref().unwrap().slot, Slot::B);
+        // Init reports it once: the flag survives the block.
+        let mut told = s.clone();
+        if let Some(f) = told.failed.as_mut() {
+            f.told = true;
+        }
+        assert!(through_env(&told).failed.unwrap().told);
         // And never again until B is offered anew.
         let mut again = s.clone();
         assert_eq!(again.pick(), Slot::A);

@@ -90,6 +90,33 @@ pub trait Init {
     /// For a service: the exit statuses init kept for it (each handed out once). Only a
     /// process of that service may ask.
     fn take_exit_statuses(&self) -> zbus::Result<Vec<ExitRecord>>;
+    /// The boot slots (A, then B). Fails with `org.freedesktop.DBus.Error.NotSupported`
+    /// on a machine that was not booted through the slots' bootloader.
+    fn slots(&self) -> zbus::Result<Vec<SlotStatus>>;
+    /// Makes the slot that did not boot the next boot and reboots: on a trial boot,
+    /// the trial ends as failed; else the other slot must hold a good version.
+    fn rollback(&self) -> zbus::Result<()>;
+}
+
+/// One boot slot (a root partition and its kernel, initramfs and command line on the
+/// ESP) as init reads it from the bootloader's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct SlotStatus {
+    /// `a` or `b`.
+    pub slot: String,
+    /// active (boots when nothing is on trial), trial, good (can be rolled back to),
+    /// bad (lost its last trial), empty.
+    pub state: String,
+    /// Empty for an empty slot.
+    pub version: String,
+    pub build_id: String,
+    pub root_hash: String,
+    /// Boot attempts left while on trial, else 0.
+    pub tries_left: u32,
+    /// Why it went bad (`tries`, or `health: ...`), else empty.
+    pub why: String,
+    /// This boot came from it.
+    pub booted: bool,
 }
 
 /// A client connection over an already connected stream (the unix socket, or a bridge

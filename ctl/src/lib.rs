@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use berth_control::{BootPhase, InitProxy, RuntimeProxy, ServiceStatus};
+use berth_control::{BootPhase, InitProxy, RuntimeProxy, ServiceStatus, SlotStatus};
 use clap::{Parser, Subcommand};
 
 mod config;
@@ -58,6 +58,12 @@ enum Cmd {
     Poweroff,
     /// How long each boot phase took.
     BootTime,
+    /// The boot slots: each one's version, root hash, state and tries left, and which
+    /// one booted.
+    Slots,
+    /// Boot the other slot from now on (on a trial boot: end the trial as failed), and
+    /// reboot into it.
+    Rollback,
     /// What the config agent applied at this boot, from where, and what it skipped.
     Config,
     #[command(flatten)]
@@ -211,6 +217,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Cmd::BootTime => {
             let phases = init.boot_timeline().await.map_err(err)?;
             print_timeline(&phases, cli.json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Slots => {
+            let slots = init.slots().await.map_err(err)?;
+            print_slots(&slots, cli.json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Rollback => {
+            init.rollback().await.map_err(err)?;
+            println!("rolling back: rebooting");
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Container(_) | Cmd::Config => return Err("unreachable: handled above".into()),
@@ -375,6 +391,42 @@ fn print_services(list: &[ServiceStatus], json: bool) {
         &["NAME", "STATE", "PID", "RESTARTS", "LAST EXIT", "STATUS"],
         &rows,
     );
+}
+
+fn print_slots(slots: &[SlotStatus], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(slots).unwrap_or_default()
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = slots
+        .iter()
+        .map(|s| {
+            let dash = |v: &str| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            let state = match s.state.as_str() {
+                "trial" => format!("trial ({} tries left)", s.tries_left),
+                "bad" => format!("bad ({})", s.why),
+                other => other.to_string(),
+            };
+            vec![
+                format!("{}{}", s.slot, if s.booted { " *" } else { "" }),
+                dash(&s.version),
+                dash(&s.build_id),
+                dash(&s.root_hash),
+                state,
+            ]
+        })
+        .collect();
+    print_table(&["SLOT", "VERSION", "BUILD", "ROOT HASH", "STATE"], &rows);
+    println!("* booted this time");
 }
 
 fn print_timeline(phases: &[BootPhase], json: bool) {

@@ -23,6 +23,8 @@ pub struct BootEntry<'a> {
     pub vmlinuz: &'a Path,
     pub initrd: &'a Path,
     pub cmdline: &'a str,
+    /// Its `slot.json`: version, build and root hash (none for the boot floor).
+    pub info: Option<&'a berth_bootslot::SlotInfo>,
 }
 
 /// Builds the ESP image at `out` (`size_mib` MiB; the FAT volume id derived from `seed`,
@@ -70,6 +72,12 @@ pub fn build(
         &format!("{slot}/{}", script::SLOT_CONFIG),
         boot_cfg.as_bytes(),
     )?;
+    if let Some(info) = entry.info {
+        put(
+            &format!("{slot}/{}", berth_bootslot::slotinfo::FILE),
+            &info.to_bytes()?,
+        )?;
+    }
     put(&format!("{slot}/vmlinuz"), &read(entry.vmlinuz)?)?;
     put(&format!("{slot}/initrd.img"), &read(entry.initrd)?)?;
 

@@ -16,6 +16,7 @@ mod grub;
 mod initramfs;
 mod kernel;
 mod rootfs;
+mod slot;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,11 +51,41 @@ enum Command {
         #[arg(long, default_value = "out")]
         out: PathBuf,
     },
+    /// Writes a built image into a slot of a disk image (the machine off) and offers
+    /// it for a trial boot: a second version for testing slots and rollback.
+    WriteSlot {
+        /// The raw disk image to change.
+        #[arg(long)]
+        disk: PathBuf,
+        /// A build's output directory (what `image` wrote).
+        #[arg(long, default_value = "out")]
+        from: PathBuf,
+        /// The slot to write: a or b (never the default slot).
+        #[arg(long, default_value = "b", value_parser = parse_slot)]
+        slot: berth_bootslot::Slot,
+        /// The version its slot.json records (default: the build's).
+        #[arg(long)]
+        version: Option<String>,
+        /// Appended to the slot's kernel command line.
+        #[arg(long, default_value = "")]
+        append: String,
+        /// Boot attempts the trial gets.
+        #[arg(long, default_value_t = berth_bootslot::state::DEFAULT_TRIES)]
+        tries: u8,
+    },
     /// The kernel-only floor for the boot benchmark.
     Floor {
         #[arg(long, default_value = "out/floor")]
         out: PathBuf,
     },
+}
+
+fn parse_slot(text: &str) -> Result<berth_bootslot::Slot, String> {
+    match text {
+        "a" => Ok(berth_bootslot::Slot::A),
+        "b" => Ok(berth_bootslot::Slot::B),
+        _ => Err(format!("{text:?}: a slot is a or b")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -79,6 +110,21 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => build_image(&cache, variant, bin_dir, &out),
         Command::Floor { out } => build_floor(&cache, &out),
+        Command::WriteSlot {
+            disk,
+            from,
+            slot,
+            version,
+            append,
+            tries,
+        } => slot::write(&slot::Request {
+            disk: &disk,
+            from: &from,
+            slot,
+            version: version.as_deref(),
+            append: &append,
+            tries,
+        }),
     }
 }
 
@@ -248,6 +294,8 @@ ready = \"notify\"\nready_timeout_ms = 120000\nrestart = \"on-failure\"\n";
 /// What the disk build made, for the manifest.
 #[derive(Debug, serde::Serialize)]
 struct DiskReport {
+    /// Slot A's build (its slot.json's build_id).
+    build_id: String,
     root: rootfs::RootImage,
     cmdline: String,
     partitions: Vec<disk::Placed>,
@@ -273,10 +321,16 @@ fn build_disk(
     let root = rootfs::build(&staging.join("root"), &staging.join("root.img"), &seed)?;
     // panic=10: a trial kernel that panics reboots, and spends another of its tries.
     let cmdline = format!("console=ttyS0 panic=10 {}", root.cmdline("ROOT-A"));
+    let info = berth_bootslot::SlotInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        build_id: rootfs::hex(&seed[..8]),
+        root_hash: root.root_hash.clone(),
+    };
     let entry = esp::BootEntry {
         vmlinuz,
         initrd,
         cmdline: &cmdline,
+        info: Some(&info),
     };
     esp::build(
         &staging.join("esp.img"),
@@ -305,6 +359,7 @@ fn build_disk(
     disk::to_gce_tarball(&raw, &staging, &out.join("berth-gce.tar.gz"))?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     Ok(DiskReport {
+        build_id: info.build_id.clone(),
         raw_bytes: size(&raw),
         qcow2_bytes: size(&out.join("berth.qcow2")),
         gce_tarball_bytes: size(&out.join("berth-gce.tar.gz")),
@@ -341,6 +396,7 @@ fn build_floor(cache: &Path, out: &Path) -> Result<()> {
         vmlinuz: &kernel.vmlinuz(),
         initrd: &out.join("initrd.img"),
         cmdline: "console=ttyS0",
+        info: None,
     };
     let grub = grub::Grub::fetch(cache)?;
     esp::build(

@@ -18,6 +18,11 @@ pub struct Cmdline {
     /// `berth.start=NAME[,NAME...]` (repeatable): also start these services at boot
     /// though their definitions say `autostart = false` (like systemd.wants=).
     pub start: Vec<String>,
+    /// `berth.slot=a|b`: GRUB booted this slot (absent when the kernel was booted
+    /// directly: no slots then).
+    pub slot: Option<String>,
+    /// `berth.trial`: GRUB booted the slot on trial, having spent one of its tries.
+    pub trial: bool,
 }
 
 impl Cmdline {
@@ -31,12 +36,17 @@ impl Cmdline {
         let mut cmdline = Self::default();
         let value = |v: &str| (!v.is_empty()).then(|| v.to_string());
         for word in text.split_whitespace() {
+            if word == berth_bootslot::grub::TRIAL_ARG {
+                cmdline.trial = true;
+                continue;
+            }
             let Some((key, v)) = word.split_once('=') else {
                 continue;
             };
             match key {
                 "berth.hostname" => cmdline.hostname = value(v),
                 "berth.root" => cmdline.root = value(v),
+                "berth.slot" => cmdline.slot = value(v),
                 "berth.verity.roothash" => cmdline.verity_roothash = value(v),
                 "berth.verity.salt" => cmdline.verity_salt = value(v),
                 // A malformed number is kept as None; stage 1 then says what is missing.
@@ -71,6 +81,16 @@ mod tests {
         assert_eq!(c.verity_salt.as_deref(), Some("00ff"));
         assert_eq!(c.verity_blocks, Some(4365));
         assert_eq!(Cmdline::parse("berth.verity.blocks=x").verity_blocks, None);
+    }
+
+    #[test]
+    fn reads_the_slot_and_the_trial_flag() {
+        let c = Cmdline::parse("panic=10 berth.root=ROOT-B berth.slot=b berth.trial\n");
+        assert_eq!(c.slot.as_deref(), Some("b"));
+        assert!(c.trial);
+        let c = Cmdline::parse("berth.slot=a berth.trials");
+        assert_eq!(c.slot.as_deref(), Some("a"));
+        assert!(!c.trial);
     }
 
     #[test]

@@ -94,10 +94,30 @@ fn signal_fd() -> nix::Result<SignalFd> {
     )
 }
 
+/// On a trial boot a fatal error must not wait for an operator: the reboot spends the
+/// slot's next try, and once they are spent GRUB boots the other slot. (Read from
+/// /proc/cmdline directly: a failure may come before anything else was read.)
+fn trial_reboot() {
+    let trial = cmdline::Cmdline::read(Path::new("/proc/cmdline")).is_ok_and(|c| c.trial);
+    if !trial {
+        return;
+    }
+    log::bare(format_args!(
+        "berth: this was a trial boot: rebooting in {} s to try again or fall back",
+        TRIAL_REBOOT_DELAY.as_secs()
+    ));
+    std::thread::sleep(TRIAL_REBOOT_DELAY);
+    shutdown::finish(shutdown::Action::Reboot)
+}
+
+/// As the kernel's `panic=10`: long enough to read the error on a console.
+const TRIAL_REBOOT_DELAY: Duration = Duration::from_secs(10);
+
 /// Prints the fatal line and returns a supervisor with nothing to supervise, so the
 /// machine keeps answering the power button and signals.
 fn emergency(reason: &str) -> Supervisor {
     log::bare(format_args!("berth: fatal: {reason}"));
+    trial_reboot();
     info!("emergency mode: no services; power button and ctrl-alt-del still work");
     loop {
         match signal_fd() {
@@ -112,6 +132,7 @@ fn emergency(reason: &str) -> Supervisor {
                     services: Manager::new(Vec::new(), &[], None),
                     control: None,
                     pending_ready: None,
+                    watchdog: None,
                 };
             }
             Err(e) => {

@@ -42,7 +42,7 @@ pub struct VmConfig {
     /// itself is never written).
     pub disk: Option<PathBuf>,
     pub disk_bus: DiskBus,
-    /// Attach `disk` itself (a qcow2 the test owns and boots again) instead of a
+    /// Attach `disk` itself (a qcow2 or raw image the test owns and boots again) instead of a
     /// throwaway overlay.
     pub disk_persistent: bool,
 }
@@ -56,6 +56,9 @@ pub enum Firmware {
     Bios,
     /// OVMF boots the disk.
     Uefi,
+    /// OVMF with Secure Boot enforcing: Microsoft's keys enrolled (as on a cloud's
+    /// shielded VMs), SMM, and a flash only SMM may write.
+    UefiSecureBoot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,9 @@ pub enum DiskBus {
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// Variables with Microsoft's UEFI CA enrolled and Secure Boot on (Debian's ovmf).
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 
 impl VmConfig {
     pub fn new(kernel: PathBuf, initrd: PathBuf) -> Self {
@@ -413,13 +419,23 @@ fn boot_args(cmd: &mut Command, cfg: &VmConfig, dir: &Path) -> Result<()> {
                 .arg(format!("console=ttyS0 {}", cfg.append).trim());
         }
         Firmware::Bios => {}
-        Firmware::Uefi => {
+        Firmware::Uefi | Firmware::UefiSecureBoot => {
+            let secure = cfg.firmware == Firmware::UefiSecureBoot;
+            let (code, vars_image) = if secure {
+                (OVMF_CODE_SECBOOT, OVMF_VARS_MS)
+            } else {
+                (OVMF_CODE, OVMF_VARS)
+            };
             // OVMF keeps its variables in a writable flash: a copy per VM.
             let vars = dir.join("OVMF_VARS.fd");
-            std::fs::copy(OVMF_VARS, &vars)
-                .with_context(|| format!("copying {OVMF_VARS} (make deps installs ovmf)"))?;
+            std::fs::copy(vars_image, &vars)
+                .with_context(|| format!("copying {vars_image} (make deps installs ovmf)"))?;
+            if secure {
+                cmd.args(["-machine", "smm=on"])
+                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            }
             cmd.arg("-drive")
-                .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+                .arg(format!("if=pflash,format=raw,readonly=on,file={code}"))
                 .arg("-drive")
                 .arg(format!("if=pflash,format=raw,file={}", vars.display()));
         }
@@ -453,11 +469,18 @@ pub fn create_overlay(image: &Path, overlay: &Path, size: Option<&str>) -> Resul
     Ok(())
 }
 
-/// Attaches a qcow2 file on the chosen bus.
-fn disk_args(cmd: &mut Command, qcow2: &Path, bus: DiskBus) {
+/// Attaches a disk image on the chosen bus.
+fn disk_args(cmd: &mut Command, image: &Path, bus: DiskBus) {
+    // A persistent disk may be raw (a test that changes it between boots with host
+    // tools); overlays are always qcow2.
+    let format = if image.extension().is_some_and(|e| e == "raw") {
+        "raw"
+    } else {
+        "qcow2"
+    };
     cmd.arg("-drive").arg(format!(
-        "file={},if=none,id=disk0,format=qcow2",
-        qcow2.display()
+        "file={},if=none,id=disk0,format={format}",
+        image.display()
     ));
     match bus {
         DiskBus::Virtio => cmd.args(["-device", "virtio-blk-pci,drive=disk0"]),

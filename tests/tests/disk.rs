@@ -32,7 +32,7 @@ fn direct_disk_config(name: &str, bus: DiskBus) -> VmConfig {
 
 /// The root is the dm-verity device, erofs, read-only, and a write to it fails; /etc is
 /// the tmpfs seeded from the image.
-fn assert_verified_read_only_root(testd: &mut TestdClient) {
+pub(crate) fn assert_verified_read_only_root(testd: &mut TestdClient) {
     let mounts = testd.run(&["cat", "/proc/self/mounts"]).unwrap().stdout;
     let root = mounts
         .lines()
@@ -68,7 +68,7 @@ fn assert_verified_read_only_root(testd: &mut TestdClient) {
 
 /// GRUB's script (berth-bootslot) booted slot A: GRUB names the kernel it loaded in
 /// BOOT_IMAGE, the script adds the slot, and the slot's boot.cfg carries panic=10.
-fn assert_booted_by_grub(cmdline: &str) {
+pub(crate) fn assert_booted_by_grub(cmdline: &str) {
     assert!(
         cmdline.contains("/berth/a/vmlinuz") && cmdline.contains("BOOT_IMAGE="),
         "not booted by GRUB: {cmdline}"
@@ -87,24 +87,8 @@ fn power_off(vm: &mut Vm) {
     );
 }
 
-#[test]
-fn uefi_boots_the_disk_to_a_verified_read_only_root() {
-    let mut vm = boot(firmware_config("uefi", Firmware::Uefi));
-    let console = vm.console();
-    assert!(
-        console.contains("root ROOT-A verified by dm-verity"),
-        "{console}"
-    );
-    assert!(
-        console.contains("stage 2 on the verified root"),
-        "{console}"
-    );
-    let mut testd = vm.testd().unwrap();
-    assert_verified_read_only_root(&mut testd);
-    let cmdline = testd.run(&["cat", "/proc/cmdline"]).unwrap().stdout;
-    assert_booted_by_grub(&cmdline);
-    power_off(&mut vm);
-}
+// UEFI's boot of the disk to a verified root is checked under Secure Boot, by
+// slots::secure_boot_runs_the_signed_chain_and_refuses_a_changed_kernel.
 
 #[test]
 fn bios_boots_the_same_disk() {
@@ -139,14 +123,7 @@ fn boots_from_virtio_scsi_as_on_gce() {
 
 #[test]
 fn a_flipped_byte_in_root_a_stops_the_boot_naming_dm_verity() {
-    let m = manifest();
-    let root = m["disk"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["label"] == "ROOT-A")
-        .expect("ROOT-A in the manifest");
-    let offset = root["offset"].as_u64().unwrap();
+    let offset = crate::common::partition_offset("ROOT-A");
     let scratch = tempfile::tempdir().unwrap();
     let copy = scratch.path().join("corrupt.raw");
     let status = std::process::Command::new("cp")
@@ -185,7 +162,7 @@ fn a_flipped_byte_in_root_a_stops_the_boot_naming_dm_verity() {
     );
 }
 
-fn flip_byte(path: &Path, at: u64) {
+pub(crate) fn flip_byte(path: &Path, at: u64) {
     let mut f = std::fs::File::options()
         .read(true)
         .write(true)

@@ -18,6 +18,7 @@ mod harness;
 mod network;
 mod runtime;
 mod services;
+mod slots;
 mod storage;
 mod store;
 mod vm;

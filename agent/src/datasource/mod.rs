@@ -93,15 +93,44 @@ pub fn read_volume(
     Ok(Some(fetched))
 }
 
-/// How long the metadata service may take to answer, the network's start included.
+/// How long the metadata service may take to answer, the network's start included,
+/// unless the command line says otherwise ([`budget_from_cmdline`]).
 pub const NETWORK_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+/// `berth.datasource.timeout=SECONDS`: a shorter wait where a machine may have no
+/// metadata service at all, a longer one on a slow network.
+pub const TIMEOUT_PARAM: &str = "berth.datasource.timeout=";
+/// An hour: past that a boot is better off going on without its user-data.
+const MAX_BUDGET_SECONDS: u64 = 3600;
+
+/// The network budget the command line asks for, or the default with a word on why
+/// the value was not taken (the last occurrence wins, as in the kernel).
+pub fn budget_from_cmdline(cmdline: &str) -> (std::time::Duration, Option<String>) {
+    let Some(v) = cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(TIMEOUT_PARAM))
+        .next_back()
+    else {
+        return (NETWORK_BUDGET, None);
+    };
+    match v.parse::<u64>() {
+        Ok(n) if (1..=MAX_BUDGET_SECONDS).contains(&n) => (std::time::Duration::from_secs(n), None),
+        _ => (
+            NETWORK_BUDGET,
+            Some(format!(
+                "{TIMEOUT_PARAM}{v:?} is not 1 to {MAX_BUDGET_SECONDS} seconds; waiting {} s",
+                NETWORK_BUDGET.as_secs()
+            )),
+        ),
+    }
+}
 
 /// The URL on the kernel command line (`berth.config_url=`), else the cloud's metadata
-/// service, asked with retries within [`NETWORK_BUDGET`]; None (said) when it never
-/// answers or there is nothing to ask.
+/// service, asked with retries within `budget`; None (said) when it never answers or
+/// there is nothing to ask.
 pub fn find_network(
     platform: Platform,
     config_url: Option<&str>,
+    budget: std::time::Duration,
     say: &dyn Fn(&str),
 ) -> Option<Fetched> {
     let http = Http::new();
@@ -111,7 +140,7 @@ pub fn find_network(
                 say(&e);
                 return None;
             }
-            let result = crate::http::with_retries(NETWORK_BUDGET, || url::fetch(&http, u));
+            let result = crate::http::with_retries(budget, || url::fetch(&http, u));
             ("berth.config_url".to_string(), result)
         }
         None => {
@@ -121,8 +150,7 @@ pub fn find_network(
                 Platform::OpenStack => openstack::fetch,
                 Platform::Other => return None,
             };
-            let result =
-                crate::http::with_retries(NETWORK_BUDGET, || fetch(&http, crate::http::METADATA));
+            let result = crate::http::with_retries(budget, || fetch(&http, crate::http::METADATA));
             (format!("{platform:?} metadata service"), result)
         }
     };
@@ -164,4 +192,24 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, DatasourceError> {
         return Ok(None);
     }
     read_bounded(path).map(Some)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_command_line_sets_the_network_budget_within_bounds() {
+        assert_eq!(budget_from_cmdline("console=ttyS0"), (NETWORK_BUDGET, None));
+        assert_eq!(
+            budget_from_cmdline("berth.datasource.timeout=9 berth.datasource.timeout=5"),
+            (Duration::from_secs(5), None)
+        );
+        for bad in ["0", "x", "3601", ""] {
+            let (d, why) = budget_from_cmdline(&format!("berth.datasource.timeout={bad}"));
+            assert_eq!(d, NETWORK_BUDGET, "{bad}");
+            assert!(why.is_some_and(|w| w.contains("not 1 to 3600")), "{bad}");
+        }
+    }
 }

@@ -220,3 +220,35 @@ fn write_files_together_decode_to_at_most_the_total_cap() {
         "{report:?}"
     );
 }
+
+#[test]
+fn update_health_settings_are_checked() {
+    let (s, report) = from_cloud_config(
+        "#cloud-config\nberth:\n  update:\n    health_seconds: 5\n    health_timeout_seconds: 40\n",
+    );
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(
+        s.update,
+        Some(UpdateSettings {
+            health_seconds: Some(5),
+            health_timeout_seconds: Some(40),
+        })
+    );
+    for (doc, at) in [
+        ("health_secs: 5", "berth.update"),
+        ("health_seconds: -1", "berth.update.health_seconds"),
+        ("health_seconds: 90000", "berth.update.health_seconds"),
+        (
+            "health_timeout_seconds: 0",
+            "berth.update.health_timeout_seconds",
+        ),
+    ] {
+        let (s, report) =
+            from_cloud_config(&format!("#cloud-config\nberth:\n  update:\n    {doc}\n"));
+        assert_eq!(s.update, None, "{doc}");
+        assert!(
+            report.errors.iter().any(|e| e.to_string().starts_with(at)),
+            "{doc}: {report:?}"
+        );
+    }
+}

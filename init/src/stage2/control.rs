@@ -15,14 +15,17 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use berth_control::{BootPhase, ExitRecord, LogChunk, ServiceStatus, CONTROL_PORT, INIT_PATH};
+use berth_control::{
+    BootPhase, ExitRecord, LogChunk, ServiceStatus, SlotStatus, CONTROL_PORT, INIT_PATH,
+};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use zbus::fdo;
 
+use super::slots::Slots;
 use crate::shutdown::Action;
 use crate::{info, warn};
 
@@ -40,13 +43,32 @@ pub struct Snapshot {
     pub services: Vec<ServiceStatus>,
     pub timeline: Vec<BootPhase>,
     pub log_dir: PathBuf,
+    /// `berth: ready` was printed.
+    pub ready: bool,
 }
 
 /// The loop's end: requests to handle, and the eventfd that says some are waiting.
 pub struct Control {
     pub requests: Receiver<Request>,
+    tx: Sender<Request>,
     wake: Arc<EventFd>,
     pub snapshot: Arc<Mutex<Snapshot>>,
+}
+
+/// How another of init's threads asks the loop for something, as the API does.
+#[derive(Clone)]
+pub struct Requester {
+    tx: Sender<Request>,
+    wake: Arc<EventFd>,
+}
+
+impl Requester {
+    /// False when the loop no longer takes requests.
+    pub fn send(&self, request: Request) -> bool {
+        let sent = self.tx.send(request).is_ok();
+        let _ = self.wake.write(1);
+        sent
+    }
 }
 
 impl Control {
@@ -59,17 +81,27 @@ impl Control {
         let _ = self.wake.read();
     }
 
-    pub fn publish(&self, services: Vec<ServiceStatus>, timeline: Vec<BootPhase>) {
+    pub fn requester(&self) -> Requester {
+        Requester {
+            tx: self.tx.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+
+    pub fn publish(&self, services: Vec<ServiceStatus>, timeline: Vec<BootPhase>, ready: bool) {
         if let Ok(mut s) = self.snapshot.lock() {
             s.services = services;
             s.timeline = timeline;
+            s.ready = ready;
         }
     }
 }
 
 /// Starts serving on `socket` (and the control port when it appears); `None` if even
 /// the eventfd cannot be made (the machine then runs without its API, said loudly).
-pub fn start(socket: &Path, log_dir: &Path) -> Option<Control> {
+/// `slots` is filled once the boot slots are read (on a thread of their own, off the
+/// boot's path); until then, and on a machine without them, the slot methods say so.
+pub fn start(socket: &Path, log_dir: &Path, slots: Arc<OnceLock<Arc<Slots>>>) -> Option<Control> {
     let wake = match EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK) {
         Ok(fd) => Arc::new(fd),
         Err(e) => {
@@ -83,10 +115,11 @@ pub fn start(socket: &Path, log_dir: &Path) -> Option<Control> {
         ..Snapshot::default()
     }));
     let api = Api {
-        tx,
+        tx: tx.clone(),
         wake: wake.clone(),
         snapshot: snapshot.clone(),
         caller_service: None,
+        slots,
     };
     match berth_control::listen(socket) {
         Ok(listener) => {
@@ -99,6 +132,7 @@ pub fn start(socket: &Path, log_dir: &Path) -> Option<Control> {
     spawn_thread("control-port", move || port_loop(api));
     Some(Control {
         requests: rx,
+        tx,
         wake,
         snapshot,
     })
@@ -257,6 +291,7 @@ struct Api {
     snapshot: Arc<Mutex<Snapshot>>,
     /// The service the peer runs in (its main cgroup), for TakeExitStatuses.
     caller_service: Option<String>,
+    slots: Arc<OnceLock<Arc<Slots>>>,
 }
 
 impl Api {
@@ -277,6 +312,16 @@ impl Api {
             Ok(Err(e)) => Err(fdo::Error::Failed(e)),
             Err(_) => Err(fdo::Error::Failed("init did not answer".into())),
         }
+    }
+
+    fn booted_slots(&self) -> fdo::Result<&Slots> {
+        self.slots.get().map(|s| s.as_ref()).ok_or_else(|| {
+            fdo::Error::NotSupported(
+                "no boot slots: this boot did not come through Berth's bootloader (no \
+                 berth.slot=), or its ESP could not be read (see the console)"
+                    .into(),
+            )
+        })
     }
 
     fn known(&self, name: &str) -> fdo::Result<PathBuf> {
@@ -347,6 +392,27 @@ impl Api {
         rx.recv_timeout(Duration::from_secs(10))
             .map_err(|_| fdo::Error::Failed("init did not answer".into()))
     }
+
+    async fn slots(&self) -> fdo::Result<Vec<SlotStatus>> {
+        self.booted_slots()?
+            .status()
+            .map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+
+    async fn rollback(&self) -> fdo::Result<()> {
+        let slots = self.booted_slots()?;
+        let next = slots.roll_back().map_err(|e| match e {
+            super::slots::SlotError::Empty(_) | super::slots::SlotError::State(_) => {
+                fdo::Error::InvalidArgs(e.to_string())
+            }
+            e => fdo::Error::Failed(e.to_string()),
+        })?;
+        info!(
+            "control: rollback: slot {} boots next; rebooting",
+            next.name()
+        );
+        self.send(Request::Shutdown(Action::Reboot))
+    }
 }
 
 #[cfg(test)]
@@ -365,7 +431,7 @@ mod tests {
     fn serves_a_client_over_a_socket() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("run/init.sock");
-        let control = start(&sock, dir.path()).unwrap();
+        let control = start(&sock, dir.path(), Arc::default()).unwrap();
         control.publish(
             vec![ServiceStatus {
                 name: "svc".into(),
@@ -381,6 +447,7 @@ mod tests {
                 pending_exits: 0,
             }],
             vec![],
+            true,
         );
         std::fs::write(dir.path().join("svc.log"), "hello\n").unwrap();
         // The test runs as root in CI and here; a non-root run is refused by design.

@@ -5,10 +5,14 @@ pub mod control;
 pub mod etc;
 pub mod power_button;
 pub mod services;
+pub mod slots;
 pub mod storage;
 pub mod supervise;
+pub mod trial;
+pub mod watchdog;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use nix::sys::signalfd::SignalFd;
 
@@ -18,6 +22,7 @@ use crate::{info, sys, warn};
 use power_button::PowerButtons;
 use services::Manager;
 use supervise::Supervisor;
+use watchdog::Watchdog;
 
 pub const DEFAULT_HOSTNAME: &str = "berth";
 /// The image's defaults for /etc, copied into the tmpfs /etc at every boot.
@@ -63,13 +68,14 @@ fn loaded_modules() -> usize {
 }
 
 /// Brings the system up and prints `berth: ready`; returns the supervisor to run.
-pub fn run(stage1: Stage1, signals: SignalFd) -> Supervisor {
+pub fn run(mut stage1: Stage1, signals: SignalFd) -> Supervisor {
     let cmdline = Cmdline::read(Path::new("/proc/cmdline")).unwrap_or_else(|e| {
         warn!("reading /proc/cmdline: {e}");
         Cmdline::default()
     });
     writable_dirs(cmdline.root.as_deref());
     crate::timeline::mark("storage");
+    let watchdog = Watchdog::arm(stage1.loader.as_mut());
     let hostname = cmdline.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
     match nix::unistd::sethostname(hostname) {
         Ok(()) => info!("hostname {hostname}"),
@@ -83,10 +89,13 @@ pub fn run(stage1: Stage1, signals: SignalFd) -> Supervisor {
     for name in buttons.refresh(Path::new("/sys/class/input"), Path::new("/dev/input")) {
         info!("power button on /dev/input/{name}");
     }
+    let slots = Arc::new(std::sync::OnceLock::new());
     let control = control::start(
         Path::new(berth_control::INIT_SOCKET),
         Path::new(services::LOG_DIR),
+        slots.clone(),
     );
+    slots::start(&cmdline, slots, control.as_ref());
     let cgroot = services::cgroup::setup(Path::new(services::cgroup::MOUNT));
     let defs = services::load(Path::new(services::SERVICES_DIR));
     info!(
@@ -103,5 +112,6 @@ pub fn run(stage1: Stage1, signals: SignalFd) -> Supervisor {
         services,
         control,
         pending_ready: Some(hostname.to_string()),
+        watchdog,
     }
 }

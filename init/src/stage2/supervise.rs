@@ -34,6 +34,7 @@ pub struct Supervisor {
     pub control: Option<Control>,
     /// The hostname for the ready line; `None` once the line is printed.
     pub pending_ready: Option<String>,
+    pub watchdog: Option<super::watchdog::Watchdog>,
 }
 
 /// What PID 1 does on each signal, after systemd (systemd(1), "Signals"), so `kill`,
@@ -66,6 +67,10 @@ impl Supervisor {
         loop {
             let now = Instant::now();
             let next = self.services.tick(now);
+            let next = match self.watchdog.as_mut().map(|w| w.feed(now)) {
+                Some(due) => Some(next.map_or(due, |n| n.min(due))),
+                None => next,
+            };
             self.announce_when_ready();
             self.publish();
             let ready = match self.wait(next) {
@@ -98,6 +103,9 @@ impl Supervisor {
                 break;
             }
             self.publish();
+            if let Some(w) = self.watchdog.as_mut() {
+                w.feed(now);
+            }
             let next = Some(now + Duration::from_millis(100));
             if let Ok(ready) = self.wait(next) {
                 // Further shutdown requests change nothing now; exits and logs matter.
@@ -110,6 +118,9 @@ impl Supervisor {
         info!("shutdown: services stopped");
         // Their log files live on /var: open, they would keep it from being unmounted.
         self.services.close_logs();
+        if let Some(w) = self.watchdog.take() {
+            w.disarm();
+        }
         crate::shutdown::finish(action)
     }
 
@@ -217,7 +228,11 @@ impl Supervisor {
 
     fn publish(&self) {
         if let Some(c) = &self.control {
-            c.publish(self.services.statuses(), crate::timeline::read());
+            c.publish(
+                self.services.statuses(),
+                crate::timeline::read(),
+                self.pending_ready.is_none(),
+            );
         }
     }
 

@@ -108,6 +108,8 @@ enum Cmd {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum FirmwareArg {
     Uefi,
+    /// OVMF with Secure Boot enforcing (Microsoft's keys enrolled).
+    Secureboot,
     Bios,
     /// QEMU loads the kernel and initramfs itself.
     Direct,
@@ -162,6 +164,7 @@ fn main() -> ExitCode {
             cfg.firmware = match (&disk, firmware) {
                 (None, _) | (_, FirmwareArg::Direct) => Firmware::Direct,
                 (Some(_), FirmwareArg::Uefi) => Firmware::Uefi,
+                (Some(_), FirmwareArg::Secureboot) => Firmware::UefiSecureBoot,
                 (Some(_), FirmwareArg::Bios) => Firmware::Bios,
             };
             cfg.disk = disk;
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
                 disks: disk.zip(floor_disk),
                 firmware: match firmware {
                     FirmwareArg::Uefi => Firmware::Uefi,
+                    FirmwareArg::Secureboot => Firmware::UefiSecureBoot,
                     FirmwareArg::Bios => Firmware::Bios,
                     FirmwareArg::Direct => Firmware::Direct,
                 },
@@ -339,6 +343,9 @@ fn bench(b: &Bench, runs: usize, json: Option<&Path>) -> Result<()> {
     let how = match (&b.disks, b.firmware) {
         (None, _) | (_, Firmware::Direct) => "-kernel",
         (Some(_), Firmware::Uefi) => "disk through OVMF + shim + GRUB",
+        (Some(_), Firmware::UefiSecureBoot) => {
+            "disk through OVMF (Secure Boot) + signed shim + signed GRUB"
+        }
         (Some(_), Firmware::Bios) => "disk through SeaBIOS + GRUB",
     };
     println!(

@@ -28,6 +28,19 @@ pub fn manifest() -> serde_json::Value {
     serde_json::from_slice(&text).expect("manifest.json is JSON")
 }
 
+/// Where the partition `label` starts in the test image's disk, from the manifest.
+pub fn partition_offset(label: &str) -> u64 {
+    let m = manifest();
+    m["disk"]["partitions"]
+        .as_array()
+        .expect("disk.partitions in the manifest")
+        .iter()
+        .find(|p| p["label"] == label)
+        .unwrap_or_else(|| panic!("{label} in the manifest"))["offset"]
+        .as_u64()
+        .expect("a partition offset")
+}
+
 /// A direct-kernel VM of the test image, with testd.
 pub fn config(name: &str) -> VmConfig {
     let dir = image_dir();
