@@ -2,6 +2,7 @@
 //! in a file, QMP for power buttons and keys, and testd when asked. Holds the VM lock
 //! for its whole life.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -365,8 +366,16 @@ pub fn berthctl_path() -> Result<PathBuf> {
 }
 
 impl Drop for Vm {
+    /// Ends QEMU and says how long this VM ran, on stderr past libtest's capture, so
+    /// `make test`'s log shows where the suite's minutes go.
     fn drop(&mut self) {
         self.kill();
+        let name = self.dir.file_name().unwrap_or_default().to_string_lossy();
+        let _ = writeln!(
+            std::io::stderr(),
+            "berth-tests: VM {name} ran {:.1} s",
+            self.started.elapsed().as_secs_f64()
+        );
     }
 }
 

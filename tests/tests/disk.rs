@@ -87,12 +87,15 @@ fn power_off(vm: &mut Vm) {
     );
 }
 
-// UEFI's boot of the disk to a verified root is checked under Secure Boot, by
+// UEFI's boot of the raw disk to a verified root is checked under Secure Boot, by
 // slots::secure_boot_runs_the_signed_chain_and_refuses_a_changed_kernel.
 
+/// The qcow2 image, as `qemu-img` users and OpenStack's Glance take it.
 #[test]
-fn bios_boots_the_same_disk() {
-    let mut vm = boot(firmware_config("bios", Firmware::Bios));
+fn bios_boots_the_same_disk_as_qcow2() {
+    let mut cfg = firmware_config("bios", Firmware::Bios);
+    cfg.disk = Some(image_dir().join("berth.qcow2"));
+    let mut vm = boot(cfg);
     let mut testd = vm.testd().unwrap();
     assert_verified_read_only_root(&mut testd);
     let cmdline = testd.run(&["cat", "/proc/cmdline"]).unwrap().stdout;
@@ -112,12 +115,28 @@ fn boots_from_nvme_as_on_ec2_nitro() {
     power_off(&mut vm);
 }
 
+/// GCE's way: the disk.raw inside the import tarball, on virtio-scsi, through UEFI.
 #[test]
-fn boots_from_virtio_scsi_as_on_gce() {
-    let mut vm = boot(direct_disk_config("scsi", DiskBus::Scsi));
+fn the_gce_tarballs_disk_boots_from_virtio_scsi_through_uefi() {
+    let scratch = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xzSf")
+        .arg(image_dir().join("berth-gce.tar.gz"))
+        .arg("-C")
+        .arg(scratch.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "unpacking the GCE tarball");
+    let mut cfg = firmware_config("gce", Firmware::Uefi);
+    cfg.disk = Some(scratch.path().join("disk.raw"));
+    cfg.disk_bus = DiskBus::Scsi;
+    let mut vm = boot(cfg);
     let console = vm.console();
     assert!(console.contains("root ROOT-A is /dev/sda2"), "{console}");
-    assert_verified_read_only_root(&mut vm.testd().unwrap());
+    let mut testd = vm.testd().unwrap();
+    assert_verified_read_only_root(&mut testd);
+    let cmdline = testd.run(&["cat", "/proc/cmdline"]).unwrap().stdout;
+    assert_booted_by_grub(&cmdline);
     power_off(&mut vm);
 }
 

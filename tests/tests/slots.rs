@@ -249,9 +249,18 @@ fn uefi_trial_bless_rollback_and_every_failed_trial_returns_to_a() {
 }
 
 #[test]
-fn bios_a_panicking_trial_returns_to_a() {
+fn bios_a_panicking_trial_returns_to_a_and_a_good_one_is_blessed() {
     let disk = SlotDisk::new("slots-bios", Firmware::Bios);
     assert_trial_panic_rolls_back(&disk);
+    // The failed slot gets a new version: tried, blessed, active.
+    disk.write_b("0.1.7-good", "", 1);
+    let vm = disk.boot("bios-good", HEALTHY);
+    vm.wait_for_line("berth: slot b blessed", BOOT_TIMEOUT)
+        .expect("slot b blessed under SeaBIOS");
+    let s = slots(&vm);
+    assert_eq!(s[1], ("active".into(), "0.1.7-good".into(), true), "{s:?}");
+    assert_eq!(s[0].0, "good", "{s:?}");
+    off(vm);
 }
 
 /// Changes one byte in the middle of slot B's kernel on the ESP (with mtools).
