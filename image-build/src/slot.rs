@@ -160,7 +160,9 @@ fn partitions(disk: &Path) -> Result<Vec<(String, u64, u64)>> {
     Ok(parts)
 }
 
-/// Writes `src` at `offset`, within `room` bytes, and syncs.
+/// Writes `src` at `offset`, within `room` bytes, and syncs. Every byte, zeros too:
+/// unlike `disk::copy_at`, which fills a new sparse image and skips runs of zeros, this
+/// overwrites a slot that held another version, whose bytes must not show through.
 fn copy_into(disk: &Path, src: &Path, offset: u64, room: u64) -> Result<()> {
     let len = std::fs::metadata(src)
         .with_context(|| format!("reading {}", src.display()))?

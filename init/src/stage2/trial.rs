@@ -1,5 +1,5 @@
-//! The health watch of a trial boot, on its own thread (it talks to the container
-//! daemon, which must never stall PID 1's loop). The boot is healthy when `berth: ready`
+//! The health watch of a trial boot, on the boot slots' thread (`slots::start`; it talks
+//! to the container daemon, which must never stall PID 1's loop). The boot is healthy when `berth: ready`
 //! was printed, every autostart service is ready, and every declared container is
 //! running (or exited 0: a one-shot job that finished). Healthy for the settle time
 //! without a break: the slot is blessed. Not so by the timeout: the trial fails, naming
