@@ -144,31 +144,21 @@ fn broken_user_data_never_stops_the_boot() {
     let mut big = b"#cloud-config\nhostname: big\n# ".to_vec();
     big.resize(1 << 20, b'x');
     big.extend_from_slice(b"\n");
-    let random: Vec<u8> = (0u32..4096)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
-        .collect();
+    // Booted: the bounds that meet the real machine (the fw_cfg read, the inflate) and a
+    // partly valid document (the rest applied, the error over the API). The parser's
+    // other refusals (broken YAML, a wrong first line, bytes neither text nor gzip) are
+    // the agent's unit tests: a boot each would test the same path again.
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        (
-            "invalid-yaml",
-            b"#cloud-config\nhostname: a\nwrite_files: [\n  - {\n".to_vec(),
-            "error: user-data (YAML)",
-        ),
         (
             "wrong-types",
             b"#cloud-config\nhostname: [1, 2]\nfqdn: typed.example\n".to_vec(),
             "error: hostname: invalid type",
         ),
-        ("random-bytes", random, "neither text (UTF-8) nor gzip"),
         ("one-mebibyte", big, "is larger than 1048576 bytes"),
         (
             "gzip-bomb",
             gzip(&vec![b'a'; 64 << 20]),
             "inflates to more than",
-        ),
-        (
-            "wrong-header",
-            b"#cloud-confg\nhostname: typo\n".to_vec(),
-            "first line must be `#cloud-config`",
         ),
     ];
     for (name, data, said) in cases {

@@ -1,10 +1,11 @@
-//! A/B boot slots end to end, through the real firmware and GRUB: a second version put
-//! into slot B by `image-build write-slot` (the machine off, as the update issue's
-//! in-guest path will do it online), tried, blessed after its settle time, rolled back
-//! from by `berthctl rollback`; a slot B whose kernel panics, whose root fails
-//! dm-verity, or whose health check fails goes back to A with the rollback line; a power
-//! cut during a trial leaves both slots bootable. One disk per firmware, changed between
-//! boots; one QEMU per step.
+//! A/B boot slots end to end, through the real firmware and GRUB, under OVMF and under
+//! SeaBIOS alike: a second version put into slot B by `image-build write-slot` (the
+//! machine off, as the update issue's in-guest path will do it online) survives a power
+//! cut during its trial, is blessed after its settle time, and is left by `berthctl
+//! rollback`; a slot B whose kernel panics, whose root fails dm-verity, whose health
+//! check fails, or (SeaBIOS) whose init hangs until the watchdog resets the machine goes
+//! back to A with the rollback line. One disk per firmware, changed between boots; one
+//! QEMU per step.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -150,8 +151,39 @@ fn rolled_back(vm: &Vm, version: &str) -> (String, Duration) {
     (seen.line, ready.at)
 }
 
-fn assert_trial_panic_rolls_back(disk: &SlotDisk) {
-    // No init: the kernel finds nothing to run and panics; panic=10 reboots it.
+/// A good version, through a power cut: the cut in the middle of its first trial boot
+/// spends one try and the next boot goes on with the trial; it is blessed after its
+/// settle time and kept; then `berthctl rollback` makes A the next boot, B still good.
+fn good_version_survives_a_power_cut_then_berthctl_rollback(disk: &SlotDisk) {
+    disk.write_b("0.1.1-good", "", 2);
+    let mut vm = disk.boot("cut", HEALTHY);
+    vm.wait_for_line("on trial", BOOT_TIMEOUT).unwrap();
+    vm.kill();
+    drop(vm); // the VM lock
+    let vm = disk.boot("good", HEALTHY);
+    vm.wait_for_line("berth: slot b blessed", BOOT_TIMEOUT)
+        .expect("the trial goes on after the power cut, and b is blessed");
+    let console = vm.console();
+    assert!(
+        console.contains("berth.slot=b berth.trial"),
+        "not a trial boot of b"
+    );
+    assert!(console.contains("boot attempts left after this one: 0"));
+    let s = slots(&vm);
+    assert_eq!(s[1], ("active".into(), "0.1.1-good".into(), true), "{s:?}");
+    assert_eq!(s[0].0, "good", "{s:?}");
+
+    vm.berthctl(&["rollback"]).expect("berthctl rollback");
+    vm.wait_for_line_count("berth: ready", 2, TWO_BOOTS)
+        .expect("booting again after the rollback");
+    let s = slots(&vm);
+    assert_eq!((s[0].0.as_str(), s[0].2), ("active", true), "{s:?}");
+    assert_eq!(s[1].0, "good", "{s:?}");
+    off(vm);
+}
+
+/// No init: the kernel finds nothing to run and panics; panic=10 reboots it.
+fn a_panicking_kernel_returns_to_a(disk: &SlotDisk) {
     disk.write_b("0.1.2-panics", "rdinit=/nonexistent", 1);
     let vm = disk.boot("panic", HEALTHY);
     let panic = vm
@@ -159,7 +191,8 @@ fn assert_trial_panic_rolls_back(disk: &SlotDisk) {
         .expect("slot b's kernel panics");
     let (line, ready) = rolled_back(&vm, "0.1.2-panics");
     say(&format!(
-        "back on A, ready, {:.1} s after slot b's kernel panicked",
+        "{:?}: back on A, ready, {:.1} s after slot b's kernel panicked",
+        disk.firmware,
         (ready - panic.at).as_secs_f64()
     ));
     assert!(line.contains("ran out of boot attempts"), "{line}");
@@ -169,37 +202,8 @@ fn assert_trial_panic_rolls_back(disk: &SlotDisk) {
     off(vm);
 }
 
-#[test]
-fn uefi_trial_bless_rollback_and_every_failed_trial_returns_to_a() {
-    let disk = SlotDisk::new("slots-uefi", Firmware::Uefi);
-
-    // A good version: tried, blessed after 3 s healthy, and kept.
-    disk.write_b("0.1.1-good", "", 2);
-    let vm = disk.boot("good", HEALTHY);
-    vm.wait_for_line("berth: slot b blessed", BOOT_TIMEOUT)
-        .expect("slot b blessed");
-    let console = vm.console();
-    assert!(
-        console.contains("berth.slot=b berth.trial"),
-        "not a trial boot of b"
-    );
-    let s = slots(&vm);
-    assert_eq!(s[1], ("active".into(), "0.1.1-good".into(), true), "{s:?}");
-    assert_eq!(s[0].0, "good", "{s:?}");
-
-    // berthctl rollback: A from the next boot on, B still good.
-    vm.berthctl(&["rollback"]).expect("berthctl rollback");
-    vm.wait_for_line_count("berth: ready", 2, TWO_BOOTS)
-        .expect("booting again after the rollback");
-    let s = slots(&vm);
-    assert_eq!((s[0].0.as_str(), s[0].2), ("active", true), "{s:?}");
-    assert_eq!(s[1].0, "good", "{s:?}");
-    off(vm);
-
-    // (A kernel panic: under BIOS below; here the same way out through a root that
-    // fails dm-verity.)
-
-    // A root that fails dm-verity: stage 1 stops, and on a trial reboots.
+/// A root that fails dm-verity: stage 1 stops, and on a trial reboots.
+fn a_root_failing_dm_verity_returns_to_a(disk: &SlotDisk) {
     disk.write_b("0.1.3-corrupt", "", 1);
     disk.corrupt_root_b();
     let vm = disk.boot("verity", HEALTHY);
@@ -209,12 +213,15 @@ fn uefi_trial_bless_rollback_and_every_failed_trial_returns_to_a() {
     assert!(fatal.line.contains("dm-verity"), "{}", fatal.line);
     let (_, ready) = rolled_back(&vm, "0.1.3-corrupt");
     say(&format!(
-        "back on A, ready, {:.1} s after slot b's root failed dm-verity",
+        "{:?}: back on A, ready, {:.1} s after slot b's root failed dm-verity",
+        disk.firmware,
         (ready - fatal.at).as_secs_f64()
     ));
     off(vm);
+}
 
-    // A declared container that never runs: the health check fails it, naming it.
+/// A declared container that never runs: the health check fails it, naming it.
+fn a_failed_health_check_returns_to_a(disk: &SlotDisk) {
     disk.write_b("0.1.4-unhealthy", "", 1);
     let ud =
         format!("{HEALTHY}  containers:\n    never:\n      image: berth.local/does-not-exist:1\n");
@@ -223,44 +230,65 @@ fn uefi_trial_bless_rollback_and_every_failed_trial_returns_to_a() {
         .wait_for_line("berth: slot b failed its trial", TWO_BOOTS)
         .expect("the health check fails the trial");
     assert!(failed.line.contains("container never"), "{}", failed.line);
-    let (line, _) = rolled_back(&vm, "0.1.4-unhealthy");
+    let (line, ready) = rolled_back(&vm, "0.1.4-unhealthy");
     assert!(
         line.contains("health check failed: container never"),
         "{line}"
     );
+    say(&format!(
+        "{:?}: back on A, ready, {:.1} s after slot b failed its health check",
+        disk.firmware,
+        (ready - failed.at).as_secs_f64()
+    ));
     off(vm);
+}
 
-    // A power cut in the middle of a trial boot: the next boot goes on with the trial
-    // (one try spent), and it is blessed.
-    disk.write_b("0.1.5-cut", "", 2);
-    let mut vm = disk.boot("cut", HEALTHY);
-    vm.wait_for_line("on trial", BOOT_TIMEOUT).unwrap();
-    vm.kill();
-    drop(vm); // the VM lock
-    let vm = disk.boot("after-cut", HEALTHY);
-    vm.wait_for_line("berth: slot b blessed", BOOT_TIMEOUT)
-        .expect("the trial goes on after the power cut");
+/// init's main loop stops (held under ptrace by berth-testd, as a hang would hold it):
+/// nobody feeds the watchdog, it resets the machine, and the trial's only try is spent.
+fn a_hung_init_is_reset_by_the_watchdog_and_returns_to_a(disk: &SlotDisk) {
+    disk.write_b("0.1.8-hangs", "", 1);
+    // A settle time longer than the watchdog's: the hang comes before the blessing.
+    let ud = HEALTHY.replace("health_seconds: 3", "health_seconds: 120");
+    let mut cfg = disk.config("hang", &ud);
+    cfg.testd = true;
+    let vm = crate::common::boot(cfg);
     assert!(vm
         .console()
-        .contains("boot attempts left after this one: 0"));
-    let s = slots(&vm);
-    assert_eq!(s[1], ("active".into(), "0.1.5-cut".into(), true), "{s:?}");
+        .contains("watchdog: /dev/watchdog armed (i6300ESB"));
+    let mut testd = vm.testd().unwrap();
+    let out = testd.run(&["/usr/bin/berth-testd", "stop-init"]).unwrap();
+    assert!(out.success(), "{out:?}");
+    drop(testd);
+    let stopped = vm.elapsed_since_start();
+    let (line, ready) = rolled_back(&vm, "0.1.8-hangs");
+    assert!(line.contains("ran out of boot attempts"), "{line}");
+    say(&format!(
+        "{:?}: back on A, ready, {:.1} s after init stopped (the watchdog's 30 s included)",
+        disk.firmware,
+        (ready - stopped).as_secs_f64()
+    ));
     off(vm);
 }
 
 #[test]
-fn bios_a_panicking_trial_returns_to_a_and_a_good_one_is_blessed() {
+fn uefi_trial_bless_rollback_and_every_failed_trial_returns_to_a() {
+    let disk = SlotDisk::new("slots-uefi", Firmware::Uefi);
+    good_version_survives_a_power_cut_then_berthctl_rollback(&disk);
+    a_panicking_kernel_returns_to_a(&disk);
+    a_root_failing_dm_verity_returns_to_a(&disk);
+    a_failed_health_check_returns_to_a(&disk);
+}
+
+/// The same under SeaBIOS (GRUB's i386-pc build reads and writes the same block), and
+/// a hang: the watchdog does not depend on the firmware, so it is tested once, here.
+#[test]
+fn bios_trial_bless_rollback_and_every_failed_trial_returns_to_a() {
     let disk = SlotDisk::new("slots-bios", Firmware::Bios);
-    assert_trial_panic_rolls_back(&disk);
-    // The failed slot gets a new version: tried, blessed, active.
-    disk.write_b("0.1.7-good", "", 1);
-    let vm = disk.boot("bios-good", HEALTHY);
-    vm.wait_for_line("berth: slot b blessed", BOOT_TIMEOUT)
-        .expect("slot b blessed under SeaBIOS");
-    let s = slots(&vm);
-    assert_eq!(s[1], ("active".into(), "0.1.7-good".into(), true), "{s:?}");
-    assert_eq!(s[0].0, "good", "{s:?}");
-    off(vm);
+    good_version_survives_a_power_cut_then_berthctl_rollback(&disk);
+    a_panicking_kernel_returns_to_a(&disk);
+    a_root_failing_dm_verity_returns_to_a(&disk);
+    a_failed_health_check_returns_to_a(&disk);
+    a_hung_init_is_reset_by_the_watchdog_and_returns_to_a(&disk);
 }
 
 /// Changes one byte in the middle of slot B's kernel on the ESP (with mtools).

@@ -8,9 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::common::{boot, config, image_dir, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
+use berth_tests::testd::TestdClient;
 
+/// One machine for the checks that leave it as it was: boot, the mounts, loopback,
+/// orphans reaped, drivers loaded; then the ACPI powerdown.
 #[test]
-fn boots_to_ready_and_powers_off_cleanly_on_acpi_powerdown() {
+fn boots_to_ready_reaps_orphans_loads_drivers_and_powers_off_on_acpi_powerdown() {
     let mut cfg = config("powerdown");
     cfg.append = "berth.hostname=vmtest".to_string();
     let mut vm = boot(cfg);
@@ -51,6 +54,9 @@ fn boots_to_ready_and_powers_off_cleanly_on_acpi_powerdown() {
         1,
         "lo is not IFF_UP: {lo}"
     );
+    orphaned_zombies_are_reaped_by_init(&mut testd);
+    drivers_load_by_modalias_and_on_demand_through_the_modprobe_helper(&mut testd);
+    drop(testd);
 
     vm.powerdown().expect("system_powerdown");
     let exit = vm
@@ -97,10 +103,7 @@ fn ctrl_alt_del_reboots() {
     );
 }
 
-#[test]
-fn orphaned_zombies_are_reaped_by_init() {
-    let vm = boot(config("orphans"));
-    let mut testd = vm.testd().expect("connecting to berth-testd");
+fn orphaned_zombies_are_reaped_by_init(testd: &mut TestdClient) {
     // The shell exits at once; its background child is re-parented to PID 1 and exits
     // two seconds later. Unreaped, it would stay in /proc as a zombie (state Z). Its
     // output goes to /dev/null so testd's pipes close when the shell exits.
@@ -139,10 +142,7 @@ fn orphaned_zombies_are_reaped_by_init() {
     assert!(zombies.trim().is_empty(), "zombies left: {zombies}");
 }
 
-#[test]
-fn drivers_load_by_modalias_and_on_demand_through_the_modprobe_helper() {
-    let vm = boot(config("modules"));
-    let mut testd = vm.testd().expect("connecting to berth-testd");
+fn drivers_load_by_modalias_and_on_demand_through_the_modprobe_helper(testd: &mut TestdClient) {
     let helper = testd
         .run(&["cat", "/proc/sys/kernel/modprobe"])
         .unwrap()

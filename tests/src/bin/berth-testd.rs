@@ -20,6 +20,11 @@ const PORT_POLL: Duration = Duration::from_millis(100);
 const HOST_POLL: Duration = Duration::from_millis(50);
 
 fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("stop-init") => std::process::exit(stop_init()),
+        Some("hold-init") => hold_init(),
+        _ => {}
+    }
     say(&format!(
         "berth-testd: started, looking for virtio port {PORT_NAME}"
     ));
@@ -78,6 +83,55 @@ fn serve(dev: &Path) -> std::io::Result<()> {
         // The host may have gone away; the harness's next connection skips stale
         // answers by id.
         let _ = writer.write_all(&out);
+    }
+}
+
+/// `berth-testd stop-init`: stops PID 1's main thread where it stands and keeps it
+/// stopped, as a hang in init would (the watchdog test). A helper process holds it under
+/// ptrace (PTRACE_SEIZE, then PTRACE_INTERRUPT: a stop that init's signal handling cannot
+/// refuse, unlike SIGSTOP, which the kernel never delivers to init), because the stop
+/// ends when the tracer exits; this returns once /proc/1/status shows the stop.
+fn stop_init() -> i32 {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let spawned = std::env::current_exe().and_then(|exe| {
+        Command::new(exe)
+            .arg("hold-init")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+    });
+    if let Err(e) = spawned {
+        say(&format!("berth-testd: starting the holder: {e}"));
+        return 1;
+    }
+    for _ in 0..100 {
+        let status = std::fs::read_to_string("/proc/1/status").unwrap_or_default();
+        if status.lines().any(|l| l.starts_with("State:\tt")) {
+            say("berth-testd: init's main thread is stopped");
+            return 0;
+        }
+        std::thread::sleep(PORT_POLL);
+    }
+    say("berth-testd: init did not stop");
+    1
+}
+
+/// The holder: traces init's main thread, stops it, and never lets go.
+fn hold_init() -> ! {
+    use nix::sys::{ptrace, wait};
+    use nix::unistd::Pid;
+    let init = Pid::from_raw(1);
+    let stopped = ptrace::seize(init, ptrace::Options::empty())
+        .and_then(|()| ptrace::interrupt(init))
+        .and_then(|()| wait::waitpid(init, Some(wait::WaitPidFlag::__WALL)).map(drop));
+    if stopped.is_err() {
+        std::process::exit(1);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
