@@ -10,6 +10,10 @@ VARIANT ?= prod
 # make run boots the disk image through this firmware: uefi, bios, or direct (-kernel).
 FIRMWARE ?= uefi
 IMAGE_DIR := $(if $(filter test,$(VARIANT)),$(OUT)/test,$(OUT))
+# The minisign secret key that signs the update payload (default: a development key
+# image-build makes once under cache/keys/).
+SIGNING_KEY ?=
+SIGN := $(if $(SIGNING_KEY),--signing-key $(SIGNING_KEY))
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all deps build image image-test floor run test lint unit vm-test bench clean
@@ -24,10 +28,10 @@ build: deps
 
 # Kernel + initramfs (+ manifest.json) in out/ (VARIANT=test: out/test/).
 image: build
-	$(BIN)/image-build image --variant $(VARIANT) --out $(IMAGE_DIR)
+	$(BIN)/image-build image --variant $(VARIANT) --out $(IMAGE_DIR) $(SIGN)
 
 image-test: build
-	$(BIN)/image-build image --variant test --out $(OUT)/test
+	$(BIN)/image-build image --variant test --out $(OUT)/test $(SIGN)
 
 floor: build
 	$(BIN)/image-build floor --out $(OUT)/floor

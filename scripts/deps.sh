@@ -18,11 +18,12 @@ set -euo pipefail
 #                                     what loads it (the tests start it on 127.0.0.1)
 #   nftables                          nft, shipped in the image for the daemon's NAT table
 #   genisoimage                       ISO 9660 datasource volumes (NoCloud) in agent tests
+#   minisign                          signs the update payload (run by image-build)
 #   apparmor                          apparmor_parser compiles the AppArmor profile the
 #                                     runtime's guest test loads (never shipped)
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
           cpio zstd busybox-static kmod socat
-          cryptsetup-bin podman bsdutils docker-registry skopeo nftables genisoimage apparmor)
+          cryptsetup-bin podman bsdutils docker-registry skopeo nftables genisoimage apparmor minisign)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 

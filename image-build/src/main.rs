@@ -17,6 +17,7 @@ mod initramfs;
 mod kernel;
 mod rootfs;
 mod slot;
+mod update;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,6 +51,10 @@ enum Command {
         bin_dir: PathBuf,
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        /// minisign secret key that signs the update payload (default: a development
+        /// key under CACHE/keys, made once).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
     },
     /// Writes a built image into a slot of a disk image (the machine off) and offers
     /// it for a trial boot: a second version for testing slots and rollback.
@@ -108,7 +113,11 @@ fn run(cli: Cli) -> Result<()> {
             variant,
             bin_dir,
             out,
-        } => build_image(&cache, variant, bin_dir, &out),
+            signing_key,
+        } => {
+            let signer = update::Signer::new(&cache, signing_key.as_deref())?;
+            build_image(&cache, variant, bin_dir, &out, &signer)
+        }
         Command::Floor { out } => build_floor(&cache, &out),
         Command::WriteSlot {
             disk,
@@ -128,7 +137,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> Result<()> {
+fn build_image(
+    cache: &Path,
+    variant: Variant,
+    bin_dir: PathBuf,
+    out: &Path,
+    signer: &update::Signer,
+) -> Result<()> {
     let kernel = kernel::prepare(cache)?;
     // busybox-static: the built-in container image in every variant, and the test
     // variant's shell.
@@ -189,7 +204,16 @@ fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> 
             "libraries": contents.libraries,
         },
     });
-    let root_tree = root_tree(&archive, &inputs.bin_dir, &busybox_bin)?;
+    let mut root_tree = root_tree(&archive, &inputs.bin_dir, &busybox_bin)?;
+    root_tree.add_file(
+        &format!(
+            "{}/{}.pub",
+            berth_update::KEYS_DIR.trim_start_matches('/'),
+            signer.key_id
+        ),
+        0o644,
+        signer.public.clone(),
+    )?;
     let grub = grub::Grub::fetch(cache)?;
     let disk = build_disk(
         &root_tree,
@@ -198,8 +222,22 @@ fn build_image(cache: &Path, variant: Variant, bin_dir: PathBuf, out: &Path) -> 
         &grub,
         out,
     )?;
+    let payload = update::write(
+        out,
+        &out.join(".build"),
+        &update::Parts {
+            root: &disk.root,
+            vmlinuz: &out.join("vmlinuz"),
+            initrd: &out.join("initrd.img"),
+            cmdline: BASE_CMDLINE,
+            version: env!("CARGO_PKG_VERSION"),
+            build_id: &disk.build_id,
+        },
+        signer,
+    )?;
     let mut manifest = manifest;
     manifest["disk"] = serde_json::to_value(&disk)?;
+    manifest["update"] = serde_json::to_value(&payload)?;
     let text = serde_json::to_string_pretty(&manifest).context("rendering manifest.json")?;
     write(&out.join("manifest.json"), text.as_bytes())?;
     eprintln!(
@@ -267,6 +305,10 @@ fn root_tree(
     Ok(root)
 }
 
+/// Every slot's command line before its own words (root label, verity).
+/// panic=10: a trial kernel that panics reboots, and spends another of its tries.
+pub const BASE_CMDLINE: &str = "console=ttyS0 panic=10";
+
 /// The build machine's nft, with its libraries resolved like ours.
 const NFT: &str = "/usr/sbin/nft";
 
@@ -319,8 +361,7 @@ fn build_disk(
     let seed = tree.digest();
     rootfs::write_tree(tree, &staging.join("root"))?;
     let root = rootfs::build(&staging.join("root"), &staging.join("root.img"), &seed)?;
-    // panic=10: a trial kernel that panics reboots, and spends another of its tries.
-    let cmdline = format!("console=ttyS0 panic=10 {}", root.cmdline("ROOT-A"));
+    let cmdline = format!("{BASE_CMDLINE} {}", root.cmdline("ROOT-A"));
     let info = berth_bootslot::SlotInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         build_id: rootfs::hex(&seed[..8]),

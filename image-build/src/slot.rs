@@ -57,8 +57,9 @@ pub fn write(req: &Request<'_>) -> Result<()> {
     };
     let label = req.slot.partlabel();
     let cmdline = format!(
-        "console=ttyS0 panic=10 berth.root={label} berth.verity.roothash={root_hash} \
+        "{} berth.root={label} berth.verity.roothash={root_hash} \
          berth.verity.salt={} berth.verity.blocks={}{}{}",
+        crate::BASE_CMDLINE,
         field("salt")?,
         field("data_blocks")?,
         if req.append.is_empty() { "" } else { " " },

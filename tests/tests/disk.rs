@@ -52,6 +52,15 @@ pub(crate) fn assert_verified_read_only_root(testd: &mut TestdClient) {
         .unwrap()
         .stdout;
     assert_eq!(table_target.trim(), "BERTH-VERITY-ROOT-A");
+    // The key its update payloads must be signed with, and only that one.
+    let keys = testd.run(&["ls", berth_update::KEYS_DIR]).unwrap().stdout;
+    let key_id = crate::common::manifest()["update"]["key_id"]
+        .as_str()
+        .map(str::to_string);
+    assert_eq!(
+        Some(keys.trim().to_string()),
+        key_id.map(|id| format!("{id}.pub"))
+    );
     let write = testd.sh("echo x > /usr/lib/berth-write-probe").unwrap();
     assert!(!write.success(), "writing under /usr succeeded");
     assert!(write.stderr.contains("Read-only"), "{}", write.stderr);

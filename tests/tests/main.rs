@@ -21,6 +21,7 @@ mod services;
 mod slots;
 mod storage;
 mod store;
+mod update;
 mod vm;
 
 /// With `autotests = false`, a file added to this directory is compiled and run only once
