@@ -8,6 +8,7 @@
 //! Anything here is read from the network or a file an operator was handed: hostile
 //! until the signature says otherwise, and bounded before that.
 
+pub mod apply;
 pub mod keys;
 pub mod manifest;
 pub mod verity;

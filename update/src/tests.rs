@@ -2,9 +2,56 @@
 //! (testdata/: `release.pub` signed `manifest.json.minisig`, `other.pub` signed
 //! `manifest.json.other-minisig`; the secret keys were not kept).
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::*;
+use crate::verity::BLOCK;
+
+/// A file of `blocks` pseudo-random blocks with veritysetup's tree after it, as
+/// image-build makes the root; returns (data, tree, root hash).
+pub(crate) fn veritysetup(blocks: u64, salt: &str) -> (Vec<u8>, Vec<u8>, [u8; 32]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    let mut data = vec![0u8; usize::try_from(blocks).unwrap() * BLOCK];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ blocks;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&path, &data).unwrap();
+    let out = Command::new("veritysetup")
+        .arg("format")
+        .arg(&path)
+        .arg(&path)
+        .arg("--no-superblock")
+        .arg(format!("--hash-offset={}", data.len()))
+        .arg(format!("--data-blocks={blocks}"))
+        .arg(format!("--salt={salt}"))
+        .output()
+        .expect("veritysetup (make deps installs cryptsetup-bin)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let hex = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .unwrap()
+        .trim();
+    let mut root = [0u8; 32];
+    for (i, b) in root.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap();
+    }
+    let all = std::fs::read(&path).unwrap();
+    let tree = all[data.len()..].to_vec();
+    (data, tree, root)
+}
 
 fn testdata(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -199,4 +246,146 @@ fn keys_that_are_not_keys_are_errors_not_skipped() {
         Keyring::load(dir.path()),
         Err(keys::KeyError::NotAKeyFile { .. })
     ));
+}
+
+/// Blobs by digest, in memory.
+struct Blobs(std::collections::HashMap<String, Vec<u8>>);
+
+impl apply::Source for Blobs {
+    fn open(&mut self, digest: &str, _size: u64) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        match self.0.get(digest) {
+            Some(b) => Ok(Box::new(&b[..])),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                digest.to_string(),
+            )),
+        }
+    }
+}
+
+/// A root of `blocks` data blocks: its manifest part and its blobs.
+fn root_payload(blocks: u64) -> (RootPart, Blobs, Vec<u8>) {
+    let salt = "5a17";
+    let (data, tree, root_hash) = veritysetup(blocks, salt);
+    let part = RootPart {
+        data: Part {
+            bytes: data.len() as u64,
+            digest: apply::sha256(&data),
+        },
+        tree: Part {
+            bytes: tree.len() as u64,
+            digest: apply::sha256(&tree),
+        },
+        root_hash: root_hash.iter().map(|b| format!("{b:02x}")).collect(),
+        salt: salt.into(),
+        data_blocks: blocks,
+    };
+    let image = [data.clone(), tree.clone()].concat();
+    let blobs = Blobs(
+        [
+            (part.data.digest.clone(), data),
+            (part.tree.digest.clone(), tree),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    (part, blobs, image)
+}
+
+/// A stand-in for the slot's partition: `bytes` of zeros.
+fn partition(bytes: u64) -> (tempfile::NamedTempFile, std::fs::File) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(bytes).unwrap();
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(f.path())
+        .unwrap();
+    (f, file)
+}
+
+fn untouched(f: &tempfile::NamedTempFile) -> bool {
+    std::fs::read(f.path()).unwrap().iter().all(|&b| b == 0)
+}
+
+#[test]
+fn a_root_is_written_block_by_block_checked_and_read_back() {
+    let (root, mut blobs, image) = root_payload(300);
+    let (f, slot) = partition(image.len() as u64 + 8 * BLOCK as u64);
+    let written = apply::write_root(&mut blobs, &root, &slot, 1 << 30).unwrap();
+    assert_eq!(written.data_bytes + written.tree_bytes, image.len() as u64);
+    apply::read_back(&root, &slot).unwrap();
+    assert!(std::fs::read(f.path()).unwrap()[..image.len()] == image[..]);
+    // A byte changed on the "disk" afterwards: the read-back finds the block.
+    let at = 200 * BLOCK as u64 + 9;
+    let mut b = [0u8];
+    slot.read_exact_at(&mut b, at).unwrap();
+    slot.write_all_at(&[b[0] ^ 1], at).unwrap();
+    let e = apply::read_back(&root, &slot).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            apply::ApplyError::Verity(verity::VerityError::DataBlock { index: 200 })
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_tree_or_a_root_too_large_writes_nothing() {
+    let (root, blobs, image) = root_payload(200);
+    let (f, slot) = partition(image.len() as u64);
+    // The tree blob changed (and its digest with it, as a registry serving a forged
+    // blob under the right name cannot do, but a forged manifest entry could).
+    let mut forged = Blobs(blobs.0.clone());
+    let mut tree = forged.0.remove(&root.tree.digest).unwrap();
+    tree[5] ^= 1;
+    let mut forged_root = root.clone();
+    forged_root.tree.digest = apply::sha256(&tree);
+    forged.0.insert(forged_root.tree.digest.clone(), tree);
+    let e = apply::write_root(&mut forged, &forged_root, &slot, 1 << 30).unwrap_err();
+    assert!(
+        matches!(e, apply::ApplyError::Verity(verity::VerityError::RootHash)),
+        "{e}"
+    );
+    assert!(untouched(&f), "written before the tree was checked");
+    // The tree under the manifest's digest, but not its bytes.
+    let mut swapped = Blobs(blobs.0.clone());
+    swapped.0.get_mut(&root.tree.digest).unwrap()[0] ^= 1;
+    let e = apply::write_root(&mut swapped, &root, &slot, 1 << 30).unwrap_err();
+    assert!(matches!(e, apply::ApplyError::Digest { .. }), "{e}");
+    assert!(untouched(&f));
+    let mut blobs = blobs;
+    let e = apply::write_root(&mut blobs, &root, &slot, image.len() as u64 - 1).unwrap_err();
+    assert!(matches!(e, apply::ApplyError::TooLarge { .. }), "{e}");
+    assert!(untouched(&f));
+}
+
+#[test]
+fn a_changed_data_block_stops_the_write_at_its_chunk() {
+    let (root, mut blobs, image) = root_payload(200);
+    let (f, slot) = partition(image.len() as u64);
+    blobs.0.get_mut(&root.data.digest).unwrap()[150 * BLOCK + 1] ^= 1;
+    let e = apply::write_root(&mut blobs, &root, &slot, 1 << 30).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            apply::ApplyError::Verity(verity::VerityError::DataBlock { index: 150 })
+        ),
+        "{e}"
+    );
+    // Chunks of 64 blocks: the first two went to the partition, nothing from block 128
+    // on (the changed block's chunk is checked whole before it is written).
+    let on_disk = std::fs::read(f.path()).unwrap();
+    assert!(on_disk[128 * BLOCK..].iter().all(|&b| b == 0));
+    // A data blob cut short.
+    let (root, mut blobs, image) = root_payload(130);
+    blobs
+        .0
+        .get_mut(&root.data.digest)
+        .unwrap()
+        .truncate(100 * BLOCK);
+    let (_f, slot) = partition(image.len() as u64);
+    let e = apply::write_root(&mut blobs, &root, &slot, 1 << 30).unwrap_err();
+    assert!(matches!(e, apply::ApplyError::Short { .. }), "{e}");
 }

@@ -168,51 +168,7 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
-
-    /// A file of `blocks` pseudo-random blocks with veritysetup's tree after it, as
-    /// image-build makes the root; returns (data, tree, root hash).
-    fn veritysetup(blocks: u64, salt: &str) -> (Vec<u8>, Vec<u8>, [u8; 32]) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img");
-        let mut data = vec![0u8; usize::try_from(blocks).unwrap() * BLOCK];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ blocks;
-        for chunk in data.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        std::fs::write(&path, &data).unwrap();
-        let out = Command::new("veritysetup")
-            .arg("format")
-            .arg(&path)
-            .arg(&path)
-            .arg("--no-superblock")
-            .arg(format!("--hash-offset={}", data.len()))
-            .arg(format!("--data-blocks={blocks}"))
-            .arg(format!("--salt={salt}"))
-            .output()
-            .expect("veritysetup (make deps installs cryptsetup-bin)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let hex = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Root hash:"))
-            .unwrap()
-            .trim();
-        let mut root = [0u8; 32];
-        for (i, b) in root.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap();
-        }
-        let all = std::fs::read(&path).unwrap();
-        let tree = all[data.len()..].to_vec();
-        (data, tree, root)
-    }
+    use crate::tests::veritysetup;
 
     fn unhex(s: &str) -> Vec<u8> {
         (0..s.len())
