@@ -26,13 +26,9 @@ use crate::rootfs::RootImage;
 
 const BLOCK: usize = berth_update::verity::BLOCK;
 
-/// The artifact's type (OCI image-spec 1.1 `artifactType`) and its layers' media types.
-pub const ARTIFACT_TYPE: &str = "application/vnd.berth.os.v1";
-const ROOT_TYPE: &str = "application/vnd.berth.os.root.v1.erofs";
-const TREE_TYPE: &str = "application/vnd.berth.os.root.v1.verity-tree";
-const KERNEL_TYPE: &str = "application/vnd.berth.os.kernel.v1";
-const INITRAMFS_TYPE: &str = "application/vnd.berth.os.initramfs.v1+zstd";
-pub const SIGNATURE_TYPE: &str = "application/vnd.berth.os.signature.v1.minisign";
+use berth_update::media::{
+    ARTIFACT_TYPE, INITRAMFS_TYPE, KERNEL_TYPE, ROOT_TYPE, SIGNATURE_TYPE, TREE_TYPE,
+};
 /// The oldest version this payload format can be applied over: the first with slots.
 const MIN_VERSION: &str = "0.1.0";
 
@@ -277,7 +273,7 @@ fn layout_files(config: &[u8], layers: &[(&str, &[u8])], version: &str) -> Vec<(
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "artifactType": ARTIFACT_TYPE,
-        "config": descriptor(berth_update::manifest::MEDIA_TYPE, config),
+        "config": descriptor(berth_update::media::MANIFEST_TYPE, config),
         "layers": layers.iter().map(|(t, d)| descriptor(t, d)).collect::<Vec<_>>(),
         "annotations": {"org.opencontainers.image.version": version},
     })
@@ -372,7 +368,7 @@ mod tests {
         let index: serde_json::Value = serde_json::from_slice(&files[1].1).unwrap();
         assert_eq!(index["manifests"][0]["digest"], digest(&files[2].1));
         let m: serde_json::Value = serde_json::from_slice(&files[2].1).unwrap();
-        assert_eq!(m["config"]["mediaType"], berth_update::manifest::MEDIA_TYPE);
+        assert_eq!(m["config"]["mediaType"], berth_update::media::MANIFEST_TYPE);
         assert_eq!(m["layers"][1]["mediaType"], SIGNATURE_TYPE);
         assert_eq!(m["layers"][0]["size"], 4);
     }

@@ -107,7 +107,7 @@ fn reference_for(name: Option<&str>, desc: &Descriptor) -> Result<String> {
 
 // ---- OCI image layout directory ----
 
-struct LayoutDir {
+pub struct LayoutDir {
     dir: PathBuf,
     fd: OwnedFd,
 }
@@ -222,7 +222,7 @@ struct ArchiveEntry {
     layers: Vec<String>,
 }
 
-struct Archive {
+pub struct Archive {
     file: std::sync::Mutex<File>,
     /// Member path -> (offset of its data, size).
     members: BTreeMap<String, (u64, u64)>,
@@ -439,5 +439,59 @@ impl BlobSource for ArchiveImageWithConfig<'_> {
 
     fn blob_digest_known(&self, d: &Descriptor) -> bool {
         self.verified.contains(&d.digest)
+    }
+}
+
+// ---- An image layout's files, from a directory or an `oci-archive` ----
+
+/// The files of an OCI image layout, wherever it is: a directory, or a tar of one
+/// (skopeo's `oci-archive`). For readers of layouts that are not container images (the
+/// OS update payload), with the same refusals as the imports above: no symlinks inside
+/// a directory, regular files only, small files capped, archives bounded in members.
+pub enum LayoutFiles {
+    Dir(LayoutDir),
+    Archive(Archive),
+}
+
+impl LayoutFiles {
+    /// A directory is read as a layout, anything else as an archive of one.
+    pub fn open(path: &Path) -> Result<LayoutFiles> {
+        if path.is_dir() {
+            LayoutDir::open(path).map(LayoutFiles::Dir)
+        } else {
+            Archive::open(path).map(LayoutFiles::Archive)
+        }
+    }
+
+    /// `rel` (`index.json`, `blobs/sha256/HEX`) whole, refused past [`MAX_SMALL`].
+    pub fn read_small(&self, rel: &str) -> Result<Vec<u8>> {
+        match self {
+            LayoutFiles::Dir(d) => read_small_file(&d.fd, &d.dir, rel),
+            LayoutFiles::Archive(a) => a.read_member(rel),
+        }
+    }
+
+    /// The blob `digest`, read no further than `size` (one that is larger is refused
+    /// at once: its digest could not match).
+    pub fn blob(&self, digest: &Digest, size: u64) -> Result<Box<dyn Read + '_>> {
+        let rel = LayoutDir::rel(digest);
+        match self {
+            LayoutFiles::Dir(d) => d.open(&Descriptor {
+                media_type: String::new(),
+                digest: digest.clone(),
+                size,
+                platform: None,
+                annotations: Default::default(),
+            }),
+            LayoutFiles::Archive(a) => {
+                if a.members.get(&rel).is_some_and(|(_, s)| *s > size) {
+                    return Err(StoreError::TooBig {
+                        path: a.path.join(&rel),
+                        limit: size,
+                    });
+                }
+                a.member(&rel)
+            }
+        }
     }
 }

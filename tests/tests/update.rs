@@ -4,7 +4,7 @@
 //! bytes its digest names, the root the very image slot A holds. No VM: what the image
 //! carries is checked on a booted machine in disk.rs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::image_dir;
@@ -51,7 +51,7 @@ fn the_payload_is_a_signed_oci_artifact_whose_parts_are_what_the_manifest_names(
     assert_eq!(oci["artifactType"], "application/vnd.berth.os.v1");
     assert_eq!(
         oci["config"]["mediaType"],
-        berth_update::manifest::MEDIA_TYPE
+        berth_update::media::MANIFEST_TYPE
     );
     // The oci-archive is the same artifact.
     let archived = skopeo_raw(&format!(
@@ -123,4 +123,262 @@ fn the_payload_is_a_signed_oci_artifact_whose_parts_are_what_the_manifest_names(
     std::io::Seek::seek(&mut disk, std::io::SeekFrom::Start(at)).unwrap();
     std::io::Read::read_exact(&mut disk, &mut slot_a).unwrap();
     assert!(slot_a == root, "the payload's root is not slot A's image");
+}
+
+/// The built payload, changed the ways a forger or a broken mirror would: copied into
+/// a directory of its own, its manifest edited, signed again (with the development key
+/// the image trusts, or another), its signature dropped, or a data block changed.
+struct Forged {
+    dir: tempfile::TempDir,
+}
+
+enum Sign {
+    /// The key the image was built to trust (cache/keys/dev.key).
+    Trusted,
+    /// A fresh key nobody trusts.
+    Stranger,
+    /// Keep the original signature (over the original bytes).
+    Original,
+    /// No signature layer at all.
+    None,
+}
+
+fn minisign(args: &[&std::ffi::OsStr]) {
+    let out = Command::new("minisign")
+        .args(args)
+        .output()
+        .expect("minisign (make deps)");
+    assert!(
+        out.status.success(),
+        "minisign {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Forged {
+    fn new(version: &str, sign: Sign) -> Forged {
+        let src = image_dir().join("update");
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("update");
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(&src)
+            .arg(&layout)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let mut oci: serde_json::Value =
+            serde_json::from_slice(&blob(&layout, &index["manifests"][0])).unwrap();
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&blob(&layout, &oci["config"])).unwrap();
+        manifest["version"] = version.into();
+        let config = serde_json::to_vec_pretty(&manifest).unwrap();
+        let config_path = dir.path().join("manifest.json");
+        std::fs::write(&config_path, &config).unwrap();
+        oci["config"] = put(&layout, berth_update::media::MANIFEST_TYPE, &config);
+        let signature = match sign {
+            Sign::Original => Some(blob(&layout, &oci["layers"][4])),
+            Sign::None => None,
+            Sign::Trusted | Sign::Stranger => {
+                let key = match sign {
+                    Sign::Trusted => {
+                        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../cache/keys/dev.key")
+                    }
+                    _ => {
+                        let key = dir.path().join("stranger.key");
+                        let public = dir.path().join("stranger.pub");
+                        minisign(&[
+                            "-G".as_ref(),
+                            "-W".as_ref(),
+                            "-p".as_ref(),
+                            public.as_os_str(),
+                            "-s".as_ref(),
+                            key.as_os_str(),
+                        ]);
+                        key
+                    }
+                };
+                let sig = dir.path().join("manifest.minisig");
+                minisign(&[
+                    "-S".as_ref(),
+                    "-s".as_ref(),
+                    key.as_os_str(),
+                    "-m".as_ref(),
+                    config_path.as_os_str(),
+                    "-x".as_ref(),
+                    sig.as_os_str(),
+                ]);
+                Some(std::fs::read(&sig).unwrap())
+            }
+        };
+        let layers = oci["layers"].as_array_mut().unwrap();
+        layers.truncate(4);
+        if let Some(sig) = signature {
+            layers.push(put(&layout, berth_update::media::SIGNATURE_TYPE, &sig));
+        }
+        let oci_bytes = serde_json::to_vec(&oci).unwrap();
+        let mut index = index;
+        index["manifests"][0]["digest"] = sha256(&oci_bytes).into();
+        index["manifests"][0]["size"] = oci_bytes.len().into();
+        put(&layout, "", &oci_bytes);
+        std::fs::write(
+            layout.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+        Forged { dir }
+    }
+
+    fn layout(&self) -> PathBuf {
+        self.dir.path().join("update")
+    }
+
+    /// Flips a byte of data block `index` in the root's data blob (its name unchanged).
+    fn change_data_block(&self, index: usize) {
+        let layout = self.layout();
+        let index_json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let oci: serde_json::Value =
+            serde_json::from_slice(&blob(&layout, &index_json["manifests"][0])).unwrap();
+        let digest = oci["layers"][0]["digest"].as_str().unwrap();
+        crate::disk::flip_byte(
+            &layout.join("blobs/sha256").join(&digest["sha256:".len()..]),
+            (index * berth_update::verity::BLOCK + 17) as u64,
+        );
+    }
+}
+
+/// Writes a blob into the layout; its descriptor.
+fn put(layout: &Path, media_type: &str, data: &[u8]) -> serde_json::Value {
+    let digest = sha256(data);
+    std::fs::write(
+        layout.join("blobs/sha256").join(&digest["sha256:".len()..]),
+        data,
+    )
+    .unwrap();
+    serde_json::json!({"mediaType": media_type, "digest": digest, "size": data.len()})
+}
+
+/// `berth-updater ARGS --from FROM --keys (the image's) --running RUNNING`.
+fn updater(args: &[&str], from: &Path, running: &str) -> std::process::Output {
+    let keys = image_dir()
+        .join(".build/root")
+        .join(berth_update::KEYS_DIR.trim_start_matches('/'));
+    // Built by `make test`'s `cargo build --workspace --bins`, beside image-build.
+    Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/berth-updater"))
+        .args(args)
+        .arg("--from")
+        .arg(from)
+        .arg("--keys")
+        .arg(keys)
+        .args(["--running", running])
+        .output()
+        .unwrap()
+}
+
+fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn berth_updater_accepts_a_newer_signed_version_and_refuses_each_forgery() {
+    let newer = Forged::new("0.2.0", Sign::Trusted);
+    let out = updater(&["check"], &newer.layout(), "0.1.0");
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(said(&out).contains("berth 0.2.0"), "{}", said(&out));
+    // The built payload itself is this version: not newer than a machine running it.
+    let out = updater(
+        &["check"],
+        &image_dir().join("berth-update.tar"),
+        env!("CARGO_PKG_VERSION"),
+    );
+    assert!(
+        said(&out).contains("which the running berth"),
+        "{}",
+        said(&out)
+    );
+
+    for (forged, running, why) in [
+        (Forged::new("0.2.0", Sign::None), "0.1.0", "is not signed"),
+        (
+            Forged::new("0.2.0", Sign::Stranger),
+            "0.1.0",
+            "does not trust",
+        ),
+        (
+            Forged::new("0.2.0", Sign::Original),
+            "0.1.0",
+            "does not match its manifest",
+        ),
+        (
+            Forged::new("0.2.0", Sign::Trusted),
+            "0.3.0",
+            "--allow-downgrade",
+        ),
+    ] {
+        let out = updater(&["check"], &forged.layout(), running);
+        assert!(
+            !out.status.success() && said(&out).contains(why),
+            "{why}: {}",
+            said(&out)
+        );
+    }
+}
+
+#[test]
+fn berth_updater_writes_the_root_block_by_block_and_stops_at_a_changed_one() {
+    let newer = Forged::new("0.2.0", Sign::Trusted);
+    let root_bytes = crate::common::manifest()["disk"]["root"]["bytes"]
+        .as_u64()
+        .unwrap();
+    let part = newer.dir.path().join("partition");
+    let f = std::fs::File::create(&part).unwrap();
+    f.set_len(root_bytes + (1 << 20)).unwrap();
+    let out = updater(
+        &["write-root", "--partition", part.to_str().unwrap()],
+        &newer.layout(),
+        "0.1.0",
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    // What slot A holds, byte for byte.
+    let written = std::fs::read(&part).unwrap();
+    let at = crate::common::partition_offset("ROOT-A");
+    let mut slot_a = vec![0; usize::try_from(root_bytes).unwrap()];
+    let mut disk = std::fs::File::open(image_dir().join("berth.raw")).unwrap();
+    std::io::Seek::seek(&mut disk, std::io::SeekFrom::Start(at)).unwrap();
+    std::io::Read::read_exact(&mut disk, &mut slot_a).unwrap();
+    assert!(
+        written[..slot_a.len()] == slot_a[..],
+        "the written root is not slot A's"
+    );
+
+    // One byte of data block 1000 changed: refused at that block, nothing from its chunk
+    // (64 blocks: 960-1023) on written.
+    let changed = Forged::new("0.2.0", Sign::Trusted);
+    changed.change_data_block(1000);
+    let part = changed.dir.path().join("partition");
+    std::fs::File::create(&part)
+        .unwrap()
+        .set_len(root_bytes)
+        .unwrap();
+    let out = updater(
+        &["write-root", "--partition", part.to_str().unwrap()],
+        &changed.layout(),
+        "0.1.0",
+    );
+    assert!(
+        !out.status.success() && said(&out).contains("data block 1000"),
+        "{}",
+        said(&out)
+    );
+    let written = std::fs::read(&part).unwrap();
+    assert!(written[960 * berth_update::verity::BLOCK..]
+        .iter()
+        .all(|&b| b == 0));
 }

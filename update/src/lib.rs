@@ -11,6 +11,18 @@
 pub mod apply;
 pub mod keys;
 pub mod manifest;
+
+/// The payload's OCI media types: the artifact's (image-spec 1.1 `artifactType`), the
+/// config blob's (Berth's manifest) and each layer's, in the layers' order.
+pub mod media {
+    pub const ARTIFACT_TYPE: &str = "application/vnd.berth.os.v1";
+    pub const MANIFEST_TYPE: &str = "application/vnd.berth.os.manifest.v1+json";
+    pub const ROOT_TYPE: &str = "application/vnd.berth.os.root.v1.erofs";
+    pub const TREE_TYPE: &str = "application/vnd.berth.os.root.v1.verity-tree";
+    pub const KERNEL_TYPE: &str = "application/vnd.berth.os.kernel.v1";
+    pub const INITRAMFS_TYPE: &str = "application/vnd.berth.os.initramfs.v1+zstd";
+    pub const SIGNATURE_TYPE: &str = "application/vnd.berth.os.signature.v1.minisign";
+}
 pub mod verity;
 pub mod version;
 

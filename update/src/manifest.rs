@@ -7,8 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::version::Version;
 
-/// The manifest's own media type in the OCI artifact (its config blob).
-pub const MEDIA_TYPE: &str = "application/vnd.berth.os.manifest.v1+json";
 /// The largest manifest read: a real one is well under 2 KiB.
 pub const MAX_BYTES: usize = 64 << 10;
 /// The format this code writes and reads.
