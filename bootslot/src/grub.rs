@@ -14,6 +14,8 @@ use crate::state::{Slot, MAX_TRIES, OUT_OF_TRIES};
 
 /// Where the ESP keeps Berth's files, relative to its root.
 pub const DIR: &str = "berth";
+/// Where init mounts the ESP on a running machine (vfat, root only, no exec).
+pub const ESP_MOUNT: &str = "/run/berth/esp";
 /// The environment block, under `DIR`.
 pub const ENV_FILE: &str = "grubenv";
 /// Each slot's command line, under `DIR/<slot>/`: `set berth_cmdline="..."`.
@@ -73,6 +75,29 @@ pub fn config() -> String {
     let _ = writeln!(s, "sleep 5");
     let _ = writeln!(s, "reboot");
     s
+}
+
+/// A slot's kernel command line: `base` (console, panic=10, ...), then the slot's own
+/// words (its root partition and the dm-verity parameters stage 1 checks it with), then
+/// `append`.
+pub fn slot_cmdline(
+    base: &str,
+    slot: crate::Slot,
+    root_hash: &str,
+    salt: &str,
+    data_blocks: u64,
+    append: &str,
+) -> String {
+    let mut line = format!(
+        "{base} berth.root={} berth.verity.roothash={root_hash} berth.verity.salt={salt} \
+         berth.verity.blocks={data_blocks}",
+        slot.partlabel()
+    );
+    if !append.is_empty() {
+        line.push(' ');
+        line.push_str(append);
+    }
+    line
 }
 
 /// A slot's `boot.cfg`: its kernel command line. GRUB's double quotes keep `$` and

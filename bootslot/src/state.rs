@@ -28,6 +28,9 @@ const FAILED_WHY: &str = "berth_failed_why";
 const FAILED_TOLD: &str = "berth_failed_told";
 /// What GRUB writes when a trial runs out of tries.
 pub const OUT_OF_TRIES: &str = "tries";
+/// A slot's failure while an update writes into it: neither booted nor rolled back to
+/// until it is offered (a power cut mid-write leaves it so, never half a version).
+pub const BEING_WRITTEN: &str = "an update is being written into it";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
@@ -81,6 +84,8 @@ pub enum StateError {
     TrialRunning(Slot),
     #[error("slot {} is the default slot: only the other one can be offered", .0.name())]
     OfferingDefault(Slot),
+    #[error("slot {} is the default slot: an update writes only into the other one", .0.name())]
+    ClaimingDefault(Slot),
     #[error("{tries} tries: a trial has 1 to {MAX_TRIES}")]
     BadTries { tries: u8 },
     #[error("slot {} is not on trial", .0.name())]
@@ -195,6 +200,31 @@ impl BootState {
             self.failed = None;
         }
         Ok(())
+    }
+
+    /// An update is about to write into `slot`: from now until it is offered, GRUB never
+    /// boots it and `berthctl rollback` never goes to it (what it held is going away).
+    /// Not while a trial runs: that trial decides first which slot stays.
+    pub fn claim(&mut self, slot: Slot) -> Result<(), StateError> {
+        if slot == self.default {
+            return Err(StateError::ClaimingDefault(slot));
+        }
+        if let Some(t) = self.trial {
+            return Err(StateError::TrialRunning(t.slot));
+        }
+        self.failed = Some(Failure {
+            slot,
+            why: BEING_WRITTEN.into(),
+            told: true,
+        });
+        Ok(())
+    }
+
+    /// Whether `slot` was claimed by an update and not offered since.
+    pub fn claimed(&self, slot: Slot) -> bool {
+        self.failed
+            .as_ref()
+            .is_some_and(|f| f.slot == slot && f.why == BEING_WRITTEN)
     }
 
     /// What GRUB does before it loads a kernel (the script in `grub` does exactly
@@ -368,6 +398,29 @@ mod tests {
         );
         s.offer(Slot::B, 3).unwrap();
         assert_eq!(s.offer(Slot::B, 3), Err(StateError::TrialRunning(Slot::B)));
+    }
+
+    #[test]
+    fn a_claimed_slot_is_neither_booted_nor_rolled_back_to_until_offered() {
+        let mut s = BootState::default();
+        assert_eq!(s.claim(Slot::A), Err(StateError::ClaimingDefault(Slot::A)));
+        s.claim(Slot::B).unwrap();
+        let mut s = through_env(&s);
+        assert!(s.claimed(Slot::B));
+        assert_eq!(s.clone().pick(), Slot::A);
+        assert!(matches!(
+            s.clone().roll_back(),
+            Err(StateError::OtherFailed { .. })
+        ));
+        // Told already: no rollback line for a slot nobody booted.
+        assert!(s.failed.as_ref().is_some_and(|f| f.told));
+        s.offer(Slot::B, 2).unwrap();
+        assert!(!s.claimed(Slot::B));
+        assert_eq!(s.pick(), Slot::B);
+        // Not while a trial runs.
+        let mut s = BootState::default();
+        s.offer(Slot::B, 1).unwrap();
+        assert_eq!(s.claim(Slot::B), Err(StateError::TrialRunning(Slot::B)));
     }
 
     #[test]

@@ -93,6 +93,11 @@ pub trait Init {
     /// The boot slots (A, then B). Fails with `org.freedesktop.DBus.Error.NotSupported`
     /// on a machine that was not booted through the slots' bootloader.
     fn slots(&self) -> zbus::Result<Vec<SlotStatus>>;
+    /// An update is about to write the slot that did not boot: it is marked so (never
+    /// booted or rolled back to) until offered. Returns its name. Refused on a trial.
+    fn claim_slot(&self) -> zbus::Result<String>;
+    /// The claimed slot was written whole: it boots next, on trial with `tries` tries.
+    fn offer_slot(&self, tries: u8) -> zbus::Result<()>;
     /// Makes the slot that did not boot the next boot and reboots: on a trial boot,
     /// the trial ends as failed; else the other slot must hold a good version.
     fn rollback(&self) -> zbus::Result<()>;

@@ -254,7 +254,8 @@ fn build_image(
 
 /// The root holds the initramfs's tree and what only stage 2 needs, which the firmware
 /// then need not read at every boot: the container runtime, the image store and the
-/// daemon (with their libraries), the daemon's service, the built-in container image.
+/// daemon (with their libraries), the network and config agents, the updater, the
+/// daemon's service, the built-in container image.
 fn root_tree(
     initramfs: &archive::Archive,
     bin_dir: &Path,
@@ -268,6 +269,7 @@ fn root_tree(
         "berth-daemon",
         "berth-net",
         "berth-agent",
+        "berth-updater",
     ] {
         let host = bin_dir.join(bin);
         root.add_host_file(&format!("usr/bin/{bin}"), 0o755, &host)?;
@@ -361,7 +363,14 @@ fn build_disk(
     let seed = tree.digest();
     rootfs::write_tree(tree, &staging.join("root"))?;
     let root = rootfs::build(&staging.join("root"), &staging.join("root.img"), &seed)?;
-    let cmdline = format!("{BASE_CMDLINE} {}", root.cmdline("ROOT-A"));
+    let cmdline = berth_bootslot::grub::slot_cmdline(
+        BASE_CMDLINE,
+        berth_bootslot::Slot::A,
+        &root.root_hash,
+        &root.salt,
+        root.data_blocks,
+        "",
+    );
     let info = berth_bootslot::SlotInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         build_id: rootfs::hex(&seed[..8]),

@@ -27,16 +27,6 @@ pub struct RootImage {
     pub uuid: String,
 }
 
-impl RootImage {
-    /// What stage 1 needs on the kernel command line to set up verity.
-    pub fn cmdline(&self, partlabel: &str) -> String {
-        format!(
-            "berth.root={partlabel} berth.verity.roothash={} berth.verity.salt={} berth.verity.blocks={}",
-            self.root_hash, self.salt, self.data_blocks
-        )
-    }
-}
-
 /// Writes the archive's files, directories and symlinks under `dir` (device nodes are
 /// left out: the root's /dev is devtmpfs).
 pub fn write_tree(archive: &Archive, dir: &Path) -> Result<()> {

@@ -56,14 +56,13 @@ pub fn write(req: &Request<'_>) -> Result<()> {
         root_hash: root_hash.clone(),
     };
     let label = req.slot.partlabel();
-    let cmdline = format!(
-        "{} berth.root={label} berth.verity.roothash={root_hash} \
-         berth.verity.salt={} berth.verity.blocks={}{}{}",
+    let cmdline = script::slot_cmdline(
         crate::BASE_CMDLINE,
-        field("salt")?,
-        field("data_blocks")?,
-        if req.append.is_empty() { "" } else { " " },
-        req.append
+        req.slot,
+        &root_hash,
+        &field("salt")?,
+        field("data_blocks")?.parse()?,
+        req.append,
     );
     let boot_cfg = script::slot_config(&cmdline)
         .with_context(|| format!("a command line GRUB cannot quote: {cmdline:?}"))?;

@@ -15,18 +15,18 @@ use crate::common::{config, image_dir, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT};
 use berth_tests::vm::{Firmware, Vm, VmConfig};
 
 /// The settle time and the health timeout the tests' user-data sets.
-const HEALTHY: &str =
+pub(crate) const HEALTHY: &str =
     "#cloud-config\nberth:\n  update:\n    health_seconds: 3\n    health_timeout_seconds: 10\n";
 /// A boot that goes through one reboot (a panic or a fatal stage 1 waits 10 s).
 const TWO_BOOTS: Duration = Duration::from_secs(240);
 
-struct SlotDisk {
+pub(crate) struct SlotDisk {
     dir: PathBuf,
     firmware: Firmware,
 }
 
 impl SlotDisk {
-    fn new(name: &str, firmware: Firmware) -> SlotDisk {
+    pub(crate) fn new(name: &str, firmware: Firmware) -> SlotDisk {
         let dir = berth_tests::vm::work_dir(name).unwrap();
         let disk = dir.join("disk.raw");
         let status = Command::new("cp")
@@ -77,7 +77,7 @@ impl SlotDisk {
         crate::disk::flip_byte(&self.raw(), at);
     }
 
-    fn config(&self, name: &str, user_data: &str) -> VmConfig {
+    pub(crate) fn config(&self, name: &str, user_data: &str) -> VmConfig {
         let mut cfg = config(name);
         cfg.testd = false;
         cfg.firmware = self.firmware;
@@ -100,7 +100,7 @@ impl SlotDisk {
 }
 
 /// `berthctl slots --json`, as (state, version, booted) for a and b.
-fn slots(vm: &Vm) -> Vec<(String, String, bool)> {
+pub(crate) fn slots(vm: &Vm) -> Vec<(String, String, bool)> {
     let text = vm.berthctl(&["--json", "slots"]).expect("berthctl slots");
     let v: serde_json::Value = serde_json::from_str(&text).expect("slots JSON");
     v.as_array()
@@ -122,7 +122,7 @@ fn say(what: &str) {
     let _ = writeln!(std::io::stderr(), "berth-tests: slots: {what}");
 }
 
-fn off(mut vm: Vm) {
+pub(crate) fn off(mut vm: Vm) {
     vm.powerdown().unwrap();
     vm.wait_exit(SHUTDOWN_TIMEOUT).expect("clean poweroff");
 }

@@ -382,3 +382,61 @@ fn berth_updater_writes_the_root_block_by_block_and_stops_at_a_changed_one() {
         .iter()
         .all(|&b| b == 0));
 }
+
+/// On a running machine (SeaBIOS, the test image's disk): a newer payload, re-signed
+/// with the key the image trusts, handed over on a read-only disk (ISO 9660), applied
+/// by `berth-updater apply` into slot B, tried at the next boot and blessed.
+#[test]
+fn a_payload_is_applied_to_the_other_slot_tried_and_blessed() {
+    use crate::slots::{off, slots, SlotDisk, HEALTHY};
+    let newer = Forged::new("0.2.0", Sign::Trusted);
+    let iso = newer.dir.path().join("payload.iso");
+    let made = Command::new("genisoimage")
+        .args(["-quiet", "-rock", "-volid", "BERTH-UPDATE", "-output"])
+        .arg(&iso)
+        .arg(newer.dir.path().join("update"))
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let disk = SlotDisk::new("apply", berth_tests::vm::Firmware::Bios);
+    let mut cfg = disk.config("apply", HEALTHY);
+    cfg.testd = true;
+    cfg.extra_args
+        .extend(berth_tests::volumes::drive_args(&iso, "payload"));
+    let vm = crate::common::boot(cfg);
+    let mut testd = vm.testd().unwrap();
+    let started = std::time::Instant::now();
+    let out = testd
+        .run_with(
+            &[
+                "sh",
+                "-c",
+                // Whichever virtio disk holds the ISO (PCI order decides the names).
+                "mkdir -p /run/payload && for d in /dev/vd?; do mount -t iso9660 -o ro $d /run/payload 2>/dev/null && break; done && berth-updater apply --from /run/payload",
+            ],
+            None,
+            std::time::Duration::from_secs(300),
+        )
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "berth-tests: update: applied in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        out.stdout.trim()
+    );
+    let s = slots(&vm);
+    assert_eq!(s[1], ("trial".into(), "0.2.0".into(), false), "{s:?}");
+    drop(testd);
+    vm.berthctl(&["reboot"]).expect("berthctl reboot");
+    vm.wait_for_line("berth: slot b blessed", crate::common::BOOT_TIMEOUT * 2)
+        .expect("the new version blessed");
+    let s = slots(&vm);
+    assert_eq!(s[1], ("active".into(), "0.2.0".into(), true), "{s:?}");
+    off(vm);
+}

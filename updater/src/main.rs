@@ -4,15 +4,16 @@
 //! `check --from PATH` reads an OCI layout directory or an `oci-archive` and says whether
 //! the payload would be applied, and why not. `write-root --from PATH --partition DEV`
 //! also streams the root into DEV (each block checked against the signed hash tree before
-//! it is written) and reads it back. Choosing the slot, writing its kernel and initramfs
-//! to the ESP and offering it for a trial are the apply path's next steps (init's).
+//! it is written) and reads it back. `apply --from PATH`, on a running Berth machine,
+//! writes the payload into the slot that did not boot and offers it for a trial boot.
 
+mod apply;
 mod payload;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use berth_update::{apply, Keyring, Policy, Verified, Version};
+use berth_update::{Keyring, Policy, Verified, Version};
 use clap::{Args, Parser, Subcommand};
 
 use payload::Payload;
@@ -32,6 +33,22 @@ struct Cli {
 enum Command {
     /// Checks a payload: its form, its signature, its version.
     Check(Checked),
+    /// On a running Berth machine: writes the payload into the slot that did not boot
+    /// and offers it for a trial boot (the next reboot tries it).
+    Apply {
+        /// An OCI image layout directory, or an oci-archive file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The trusted public keys (minisign's `*.pub`).
+        #[arg(long, default_value = berth_update::KEYS_DIR)]
+        keys: PathBuf,
+        /// Apply a version older than the running one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Boot attempts the new version's trial gets.
+        #[arg(long, default_value_t = berth_bootslot::state::DEFAULT_TRIES)]
+        tries: u8,
+    },
     /// Checks a payload, then writes its root into a partition and reads it back.
     WriteRoot {
         #[command(flatten)]
@@ -79,9 +96,30 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Apply {
+            from,
+            keys,
+            allow_downgrade,
+            tries,
+        } => {
+            let done = apply::apply(&apply::Request {
+                from: &from,
+                keys: &keys,
+                allow_downgrade,
+                tries,
+            })?;
+            println!(
+                "berth-updater: berth {} written into slot {} ({}: {} bytes of root and hash tree, read back) and offered for a trial boot: it is tried at the next reboot",
+                done.version,
+                done.slot,
+                done.partition.display(),
+                done.written.data_bytes + done.written.tree_bytes
+            );
+            Ok(())
+        }
         Command::WriteRoot { payload, partition } => {
             let (mut source, verified) = check(&payload)?;
-            let written = write_root(&mut source, &verified, &partition)?;
+            let written = apply::write_root(&mut source, &verified, &partition)?;
             println!(
                 "berth-updater: berth {} written to {} ({} bytes of data, {} of hash tree) and read back",
                 verified.manifest.version,
@@ -110,36 +148,4 @@ fn check(c: &Checked) -> Result<(Payload, Verified), String> {
     )
     .map_err(|e| format!("{}: refused: {e}", c.from.display()))?;
     Ok((payload, verified))
-}
-
-fn write_root(
-    source: &mut Payload,
-    v: &Verified,
-    partition: &Path,
-) -> Result<apply::Written, String> {
-    let what = |e: &dyn std::fmt::Display| format!("{}: {e}", partition.display());
-    let slot = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(partition)
-        .map_err(|e| what(&e))?;
-    let capacity = size_of(&slot).map_err(|e| what(&e))?;
-    let written =
-        apply::write_root(source, &v.manifest.root, &slot, capacity).map_err(|e| what(&e))?;
-    apply::read_back(&v.manifest.root, &slot).map_err(|e| what(&e))?;
-    Ok(written)
-}
-
-/// A partition's size: a block device's from seeking to its end, a file's from its
-/// metadata.
-fn size_of(f: &std::fs::File) -> std::io::Result<u64> {
-    use std::io::Seek;
-    let meta = f.metadata()?;
-    if meta.is_file() {
-        return Ok(meta.len());
-    }
-    let mut f = f;
-    let end = f.seek(std::io::SeekFrom::End(0))?;
-    f.seek(std::io::SeekFrom::Start(0))?;
-    Ok(end)
 }

@@ -399,19 +399,43 @@ impl Api {
             .map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 
+    async fn claim_slot(&self) -> fdo::Result<String> {
+        let slot = self.booted_slots()?.claim_other().map_err(slot_error)?;
+        info!("control: slot {} claimed by an update", slot.name());
+        Ok(slot.name().to_string())
+    }
+
+    async fn offer_slot(&self, tries: u8) -> fdo::Result<()> {
+        let slot = self
+            .booted_slots()?
+            .offer_other(tries)
+            .map_err(slot_error)?;
+        info!(
+            "control: slot {} offered for a trial boot ({tries} tries)",
+            slot.name()
+        );
+        Ok(())
+    }
+
     async fn rollback(&self) -> fdo::Result<()> {
         let slots = self.booted_slots()?;
-        let next = slots.roll_back().map_err(|e| match e {
-            super::slots::SlotError::Empty(_) | super::slots::SlotError::State(_) => {
-                fdo::Error::InvalidArgs(e.to_string())
-            }
-            e => fdo::Error::Failed(e.to_string()),
-        })?;
+        let next = slots.roll_back().map_err(slot_error)?;
         info!(
             "control: rollback: slot {} boots next; rebooting",
             next.name()
         );
         self.send(Request::Shutdown(Action::Reboot))
+    }
+}
+
+/// A refusal the caller can act on is InvalidArgs; a failure to read or write is Failed.
+fn slot_error(e: super::slots::SlotError) -> fdo::Error {
+    use super::slots::SlotError as E;
+    match e {
+        E::State(_) | E::Empty(_) | E::OnTrial(_) | E::NotClaimed(_) | E::Incomplete(_) => {
+            fdo::Error::InvalidArgs(e.to_string())
+        }
+        e => fdo::Error::Failed(e.to_string()),
     }
 }
 

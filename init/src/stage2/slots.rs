@@ -25,7 +25,7 @@ use crate::cmdline::Cmdline;
 use crate::stage1::root;
 use crate::{info, log, warn};
 
-pub const ESP_DIR: &str = "/run/berth/esp";
+pub const ESP_DIR: &str = berth_bootslot::grub::ESP_MOUNT;
 const ESP_LABEL: &str = "EFI-SYSTEM";
 
 /// What user-data's `berth.update` sets (the agent writes it here), read when the
@@ -59,6 +59,12 @@ pub enum SlotError {
     State(#[from] berth_bootslot::StateError),
     #[error("slot {} is empty: there is nothing to roll back to", .0.name())]
     Empty(Slot),
+    #[error("this boot is a trial of slot {}: an update waits until it is blessed or failed", .0.name())]
+    OnTrial(Slot),
+    #[error("slot {} was not claimed by an update (or was offered since): nothing to offer", .0.name())]
+    NotClaimed(Slot),
+    #[error("slot {} has no slot.json: its files were not all written", .0.name())]
+    Incomplete(Slot),
 }
 
 /// Reads the boot slots on a thread of its own (mounting the ESP loads vfat and costs
@@ -264,6 +270,35 @@ impl Slots {
                 return Ok(other);
             }
             Ok(state.roll_back()?)
+        })
+    }
+
+    /// An update is about to write into the slot that did not boot: it is marked so
+    /// (never booted, never rolled back to) until [`Slots::offer_other`]. Returns it.
+    pub fn claim_other(&self) -> Result<Slot, SlotError> {
+        self.change(|state| {
+            if state.on_trial(self.booted) {
+                return Err(SlotError::OnTrial(self.booted));
+            }
+            let other = self.booted.other();
+            state.claim(other)?;
+            Ok(other)
+        })
+    }
+
+    /// The update wrote the other slot whole (root, kernel, initramfs, boot.cfg, then
+    /// slot.json last): it boots next, on trial with `tries` tries.
+    pub fn offer_other(&self, tries: u8) -> Result<Slot, SlotError> {
+        let other = self.booted.other();
+        if self.info(other).is_none() {
+            return Err(SlotError::Incomplete(other));
+        }
+        self.change(|state| {
+            if !state.claimed(other) {
+                return Err(SlotError::NotClaimed(other));
+            }
+            state.offer(other, tries)?;
+            Ok(other)
         })
     }
 

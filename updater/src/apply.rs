@@ -1,0 +1,252 @@
+//! `berth-updater apply`: a payload onto this running machine, into the slot that did
+//! not boot, in the order that keeps every power cut harmless:
+//!
+//! 1. check the payload against the trusted keys and the booted slot's version;
+//! 2. ask init to claim the other slot (never booted, never rolled back to, until it is
+//!    offered: what it held is about to go);
+//! 3. write the root into its partition, each block checked before it is written, and
+//!    read it back from the device;
+//! 4. write its kernel, initramfs and `boot.cfg` to the ESP, and `slot.json` last (init
+//!    offers no slot without it);
+//! 5. ask init to offer it for a trial boot (one sector of GRUB's environment block).
+//!
+//! A cut before 5 leaves the running slot the default and the other one claimed; a cut
+//! during 5 leaves the old sector or the new one.
+
+use std::path::{Path, PathBuf};
+
+use berth_bootslot::{grub, slotinfo, SlotInfo};
+use berth_control::{InitProxy, SlotStatus};
+use berth_update::{apply, Keyring, Policy, Verified, Version};
+
+use crate::payload::Payload;
+
+pub struct Request<'a> {
+    pub from: &'a Path,
+    pub keys: &'a Path,
+    pub allow_downgrade: bool,
+    pub tries: u8,
+}
+
+/// Files on the ESP are created 0700: vfat mounted with umask 0077 refuses a chmod to
+/// anything whose read and execute bits differ from that.
+const ESP_MODE: u32 = 0o700;
+
+/// What was applied, for the operator.
+pub struct Applied {
+    pub version: String,
+    pub slot: String,
+    pub partition: PathBuf,
+    pub written: apply::Written,
+}
+
+pub fn apply(r: &Request<'_>) -> Result<Applied, String> {
+    zbus::block_on(async {
+        let conn = berth_control::connect(Path::new(berth_control::INIT_SOCKET))
+            .await
+            .map_err(|e| format!("connecting to init: {e}"))?;
+        let init = InitProxy::new(&conn)
+            .await
+            .map_err(|e| format!("init's API: {e}"))?;
+        let slots = init
+            .slots()
+            .await
+            .map_err(|e| format!("the boot slots: {e}"))?;
+        let booted = booted(&slots)?;
+        let running = Version::parse(&booted.version)
+            .map_err(|e| format!("the booted slot's version: {e}"))?;
+        let keys = Keyring::load(r.keys).map_err(|e| e.to_string())?;
+        let mut payload =
+            Payload::open(r.from).map_err(|e| format!("{}: {e}", r.from.display()))?;
+        let policy = Policy {
+            running: &running,
+            allow_downgrade: r.allow_downgrade,
+        };
+        let verified = berth_update::verify(
+            &keys,
+            &payload.manifest,
+            payload.signature.as_deref(),
+            policy,
+        )
+        .map_err(|e| format!("{}: refused: {e}", r.from.display()))?;
+        let name = init
+            .claim_slot()
+            .await
+            .map_err(|e| format!("claiming the other slot: {e}"))?;
+        let slot = match name.as_str() {
+            "a" => berth_bootslot::Slot::A,
+            "b" => berth_bootslot::Slot::B,
+            other => return Err(format!("init claimed a slot named {other:?}")),
+        };
+        let partition = find_partition(Path::new("/sys/class/block"), slot.partlabel())?;
+        let written = write_root(&mut payload, &verified, &partition)?;
+        write_esp(&mut payload, &verified, slot, Path::new(grub::ESP_MOUNT))?;
+        init.offer_slot(r.tries)
+            .await
+            .map_err(|e| format!("offering slot {name}: {e}"))?;
+        Ok(Applied {
+            version: verified.manifest.version.to_string(),
+            slot: name,
+            partition,
+            written,
+        })
+    })
+}
+
+fn booted(slots: &[SlotStatus]) -> Result<&SlotStatus, String> {
+    slots
+        .iter()
+        .find(|s| s.booted)
+        .ok_or_else(|| "init knows of no booted slot".to_string())
+}
+
+/// The block device whose partition name is `label`: exactly one (two disks holding
+/// Berth's partitions are refused, as stage 1 refuses them).
+pub fn find_partition(sys_block: &Path, label: &str) -> Result<PathBuf, String> {
+    let mut found = Vec::new();
+    let entries =
+        std::fs::read_dir(sys_block).map_err(|e| format!("{}: {e}", sys_block.display()))?;
+    for entry in entries.flatten() {
+        let Ok(uevent) = std::fs::read_to_string(entry.path().join("uevent")) else {
+            continue;
+        };
+        let value = |key: &str| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        if value("PARTNAME").as_deref() == Some(label) {
+            if let Some(dev) = value("DEVNAME") {
+                found.push(PathBuf::from("/dev").join(dev));
+            }
+        }
+    }
+    match &found[..] {
+        [one] => Ok(one.clone()),
+        [] => Err(format!("no partition named {label}")),
+        many => Err(format!("{} partitions named {label}: {many:?}", many.len())),
+    }
+}
+
+pub fn write_root(
+    source: &mut Payload,
+    v: &Verified,
+    partition: &Path,
+) -> Result<apply::Written, String> {
+    let what = |e: &dyn std::fmt::Display| format!("{}: {e}", partition.display());
+    let slot = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(partition)
+        .map_err(|e| what(&e))?;
+    let capacity = size_of(&slot).map_err(|e| what(&e))?;
+    let written =
+        apply::write_root(source, &v.manifest.root, &slot, capacity).map_err(|e| what(&e))?;
+    apply::read_back(&v.manifest.root, &slot).map_err(|e| what(&e))?;
+    Ok(written)
+}
+
+/// The slot's files on the ESP: slot.json removed first (the slot is incomplete until
+/// it is back), then the kernel and initramfs (each checked against its digest), the
+/// command line, and slot.json.
+fn write_esp(
+    source: &mut Payload,
+    v: &Verified,
+    slot: berth_bootslot::Slot,
+    esp: &Path,
+) -> Result<(), String> {
+    let m = &v.manifest;
+    let dir = esp.join(grub::DIR).join(slot.name());
+    let info_path = dir.join(slotinfo::FILE);
+    match std::fs::remove_file(&info_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", info_path.display())),
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let kernel = apply::read_part(source, &m.kernel, "kernel").map_err(|e| e.to_string())?;
+    put(&dir.join("vmlinuz"), &kernel)?;
+    drop(kernel);
+    let initrd = apply::read_part(source, &m.initramfs, "initramfs").map_err(|e| e.to_string())?;
+    put(&dir.join("initrd.img"), &initrd)?;
+    drop(initrd);
+    let cmdline = grub::slot_cmdline(
+        &m.cmdline,
+        slot,
+        &m.root.root_hash,
+        &m.root.salt,
+        m.root.data_blocks,
+        "",
+    );
+    let boot_cfg = grub::slot_config(&cmdline)
+        .ok_or_else(|| format!("a command line GRUB cannot quote: {cmdline:?}"))?;
+    put(&dir.join(grub::SLOT_CONFIG), boot_cfg.as_bytes())?;
+    let info = SlotInfo {
+        version: m.version.to_string(),
+        build_id: m.build_id.clone(),
+        root_hash: m.root.root_hash.clone(),
+    };
+    let bytes = info.to_bytes().map_err(|e| e.to_string())?;
+    put(&info_path, &bytes)
+}
+
+fn put(path: &Path, data: &[u8]) -> Result<(), String> {
+    berth_persist::write_file(path, data, ESP_MODE).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A partition's size: a block device's from seeking to its end, a file's from its
+/// metadata.
+fn size_of(f: &std::fs::File) -> std::io::Result<u64> {
+    use std::io::Seek;
+    let meta = f.metadata()?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut f = f;
+    let end = f.seek(std::io::SeekFrom::End(0))?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_partition_is_found_by_its_name_and_only_once() {
+        let sys = tempfile::tempdir().unwrap();
+        for (dev, name) in [
+            ("vda1", "EFI-SYSTEM"),
+            ("vda2", "ROOT-A"),
+            ("vda3", "ROOT-B"),
+            ("vda", ""),
+        ] {
+            std::fs::create_dir(sys.path().join(dev)).unwrap();
+            let part = if name.is_empty() {
+                String::new()
+            } else {
+                format!("PARTNAME={name}\n")
+            };
+            std::fs::write(
+                sys.path().join(dev).join("uevent"),
+                format!("MAJOR=254\nDEVNAME={dev}\nDEVTYPE=partition\n{part}"),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            find_partition(sys.path(), "ROOT-B").unwrap(),
+            PathBuf::from("/dev/vda3")
+        );
+        assert!(find_partition(sys.path(), "ROOT-C").is_err());
+        std::fs::create_dir(sys.path().join("vdb3")).unwrap();
+        std::fs::write(
+            sys.path().join("vdb3/uevent"),
+            "DEVNAME=vdb3\nPARTNAME=ROOT-B\n",
+        )
+        .unwrap();
+        assert!(find_partition(sys.path(), "ROOT-B")
+            .unwrap_err()
+            .contains("2 partitions"));
+    }
+}
