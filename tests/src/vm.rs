@@ -491,16 +491,17 @@ fn disk_args(cmd: &mut Command, image: &Path, bus: DiskBus) {
         "file={},if=none,id=disk0,format={format}",
         image.display()
     ));
-    // bootindex=0: the firmware boots this disk even when a test attaches others (a
-    // volume, a payload) that it would otherwise try first.
+    // bootindex=1: the firmware boots this disk before others a test attaches (a
+    // volume, a payload) that it might try first. Not 0: QEMU gives that to -kernel's
+    // option ROM.
     match bus {
-        DiskBus::Virtio => cmd.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]),
-        DiskBus::Nvme => cmd.args(["-device", "nvme,drive=disk0,serial=berth0,bootindex=0"]),
+        DiskBus::Virtio => cmd.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"]),
+        DiskBus::Nvme => cmd.args(["-device", "nvme,drive=disk0,serial=berth0,bootindex=1"]),
         DiskBus::Scsi => cmd.args([
             "-device",
             "virtio-scsi-pci,id=scsi0",
             "-device",
-            "scsi-hd,drive=disk0,bus=scsi0.0,bootindex=0",
+            "scsi-hd,drive=disk0,bus=scsi0.0,bootindex=1",
         ]),
     };
 }
