@@ -207,7 +207,8 @@ berthctl reload"#,
     // A frame to 127.0.0.1 arriving on a NIC is not DNAT'd to the port `web` publishes on
     // 127.0.0.1:9090. The NIC is a veth whose other end is in a namespace of its own;
     // the same kind of SYN to the NIC's own address and port 8080 is answered (so the
-    // path works, and only the loopback destination is refused).
+    // path works, and only the loopback destination is refused). The veth pair goes
+    // with the namespace, asynchronously: deleting vta afterwards may find it gone.
     let (code, out) = sh(
         &mut testd,
         "unshare -n sleep 600 >/dev/null 2>&1 & P=$!; sleep 0.5; \
@@ -219,7 +220,8 @@ berthctl reload"#,
          nsenter -t $P -n berth-testsvc syn veth0 02:00:00:00:00:02 02:00:00:00:00:01 192.0.2.2 192.0.2.1 8080; \
          echo published=$?; \
          nsenter -t $P -n berth-testsvc syn veth0 02:00:00:00:00:02 02:00:00:00:00:01 192.0.2.2 127.0.0.1 9090; \
-         echo loopback=$?; kill $P; ip link del vta",
+         echo loopback=$?; kill $P; wait $P 2>/dev/null; \
+         ip link del vta 2>/dev/null; true",
     );
     assert_eq!(code, 0, "{out}");
     assert!(
