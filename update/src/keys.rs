@@ -135,7 +135,9 @@ fn read_small(path: &Path) -> Result<String, KeyError> {
     };
     let file = std::fs::File::options()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        // Non-blocking: a FIFO named *.pub would otherwise hold the open forever, before
+        // the regular-file check below could refuse it.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(io)?;
     let meta = file.metadata().map_err(io)?;

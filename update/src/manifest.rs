@@ -130,7 +130,8 @@ impl Manifest {
         field("root.data.digest", digest(&self.root.data.digest))?;
         field("root.tree.digest", digest(&self.root.tree.digest))?;
         field("root.root_hash", hex(&self.root.root_hash, 64..=64))?;
-        field("root.salt", hex(&self.root.salt, 0..=128))?;
+        // Not empty: stage 1 refuses an empty salt (the kernel would want "-").
+        field("root.salt", hex(&self.root.salt, 2..=128))?;
         field("root.data.bytes", size(self.root.data.bytes, MAX_ROOT))?;
         if self.root.data_blocks.checked_mul(BLOCK) != Some(self.root.data.bytes) {
             return Err(ManifestError::Field {
@@ -168,14 +169,19 @@ fn hex(s: &str, len: std::ops::RangeInclusive<usize>) -> Result<(), String> {
         && s.len() % 2 == 0
         && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     ok.then_some(())
-        .ok_or_else(|| format!("{s:.80?} is not {len:?} lowercase hex digits"))
+        .ok_or_else(|| format!("{:?} is not {len:?} lowercase hex digits", short(s)))
 }
 
 fn digest(s: &str) -> Result<(), String> {
     let hexpart = s
         .strip_prefix("sha256:")
-        .ok_or_else(|| format!("{s:.80?} is not a sha256: digest"))?;
+        .ok_or_else(|| format!("{:?} is not a sha256: digest", short(s)))?;
     hex(hexpart, 64..=64)
+}
+
+/// At most 80 characters of a hostile string, for an error message.
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
 }
 
 fn size(n: u64, max: u64) -> Result<(), String> {

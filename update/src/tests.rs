@@ -200,6 +200,7 @@ fn manifests_out_of_bounds_are_refused_by_field() {
     );
     refused(&|m| m.cmdline.push('\n'), "cmdline");
     refused(&|m| m.build_id = "xyz".into(), "build_id");
+    refused(&|m| m.root.salt = String::new(), "root.salt");
 
     let mut schema2 = good.clone();
     schema2.schema = 2;
@@ -240,6 +241,18 @@ fn keys_that_are_not_keys_are_errors_not_skipped() {
         Keyring::load(dir.path()).is_err(),
         "a symlinked key was followed"
     );
+    // A FIFO is refused, not waited on.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.pub");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    assert!(matches!(
+        Keyring::load(dir.path()),
+        Err(keys::KeyError::NotAKeyFile { .. })
+    ));
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("dir.pub")).unwrap();
     assert!(matches!(

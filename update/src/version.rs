@@ -10,7 +10,7 @@ use std::fmt;
 /// The longest version string accepted.
 const MAX_LEN: usize = 64;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Version {
     core: [u64; 3],
     pre: Vec<String>,
@@ -53,12 +53,20 @@ impl Version {
             Some(pre) => pre
                 .split('.')
                 .map(|id| {
-                    let ok = !id.is_empty()
-                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    let numeric = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+                    // SemVer §9: numeric identifiers have no leading zero, and here fit
+                    // a u64 (so they compare as numbers, never as text).
+                    let ok = if numeric {
+                        number(id).is_some()
+                    } else {
+                        !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    };
                     ok.then(|| id.to_string())
                 })
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| err("a pre-release identifier is empty or not [0-9A-Za-z-]"))?,
+                .ok_or_else(|| {
+                    err("a pre-release identifier is empty, not [0-9A-Za-z-], or a number with a leading zero")
+                })?,
         };
         Ok(Version { core: out, pre })
     }
@@ -85,6 +93,15 @@ impl Ord for Version {
             })
     }
 }
+
+/// Equal exactly when ordered equal (the order is the one that matters).
+impl PartialEq for Version {
+    fn eq(&self, other: &Version) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Version {}
 
 impl PartialOrd for Version {
     fn partial_cmp(&self, other: &Version) -> Option<Ordering> {
@@ -167,6 +184,8 @@ mod tests {
             assert!(v(pair[0]) < v(pair[1]), "{} < {}", pair[0], pair[1]);
         }
         assert_eq!(v("0.1.3-corrupt").to_string(), "0.1.3-corrupt");
+        assert_eq!(v("1.0.0-rc.1"), v("1.0.0-rc.1"));
+        assert_ne!(v("1.0.0-rc.1"), v("1.0.0-rc.2"));
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! 1. check the payload against the trusted keys and the booted slot's version;
 //! 2. ask init to claim the other slot (never booted, never rolled back to, until it is
 //!    offered: what it held is about to go);
-//! 3. write the root into its partition, each block checked before it is written, and
-//!    read it back from the device;
-//! 4. write its kernel, initramfs and `boot.cfg` to the ESP, and `slot.json` last (init
-//!    offers no slot without it);
+//! 3. open its partition exclusively (a second apply at once stops there), remove its
+//!    `slot.json` (init offers no slot without one), write the root into the partition,
+//!    each block checked before it is written, and read it back from the device;
+//! 4. write its kernel, initramfs and `boot.cfg` to the ESP, and `slot.json` last;
 //! 5. ask init to offer it for a trial boot (one sector of GRUB's environment block).
 //!
 //! A cut before 5 leaves the running slot the default and the other one claimed; a cut
@@ -69,6 +69,13 @@ pub fn apply(r: &Request<'_>) -> Result<Applied, String> {
             policy,
         )
         .map_err(|e| format!("{}: refused: {e}", r.from.display()))?;
+        if !(1..=berth_bootslot::state::MAX_TRIES).contains(&r.tries) {
+            return Err(format!(
+                "--tries {}: a trial has 1 to {} tries",
+                r.tries,
+                berth_bootslot::state::MAX_TRIES
+            ));
+        }
         let name = init
             .claim_slot()
             .await
@@ -79,8 +86,15 @@ pub fn apply(r: &Request<'_>) -> Result<Applied, String> {
             other => return Err(format!("init claimed a slot named {other:?}")),
         };
         let partition = find_partition(Path::new("/sys/class/block"), slot.partlabel())?;
-        let written = write_root(&mut payload, &verified, &partition)?;
-        write_esp(&mut payload, &verified, slot, Path::new(grub::ESP_MOUNT))?;
+        // Exclusive first: a second apply running at once stops here, before it touches
+        // anything of this one's.
+        let device = open_partition(&partition, true)?;
+        let esp_dir = Path::new(grub::ESP_MOUNT).join(grub::DIR).join(slot.name());
+        // The slot is incomplete from now until its slot.json is back: init offers no
+        // slot without one, whatever fails in between.
+        remove_if_there(&esp_dir.join(slotinfo::FILE))?;
+        let written = write_root_to(&mut payload, &verified, &partition, &device)?;
+        write_esp(&mut payload, &verified, slot, &esp_dir)?;
         init.offer_slot(r.tries)
             .await
             .map_err(|e| format!("offering slot {name}: {e}"))?;
@@ -129,42 +143,83 @@ pub fn find_partition(sys_block: &Path, label: &str) -> Result<PathBuf, String> 
     }
 }
 
+/// Opens the slot's partition for writing; `exclusive` (a block device only: O_EXCL
+/// there fails with EBUSY while anyone else holds it exclusively or has it mounted).
+fn open_partition(partition: &Path, exclusive: bool) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::File::options();
+    options.read(true).write(true);
+    if exclusive {
+        options.custom_flags(libc::O_EXCL);
+    }
+    options
+        .open(partition)
+        .map_err(|e| format!("{}: {e}", partition.display()))
+}
+
+/// `write-root`: into a partition (or a file standing for one), without the claim.
 pub fn write_root(
     source: &mut Payload,
     v: &Verified,
     partition: &Path,
 ) -> Result<apply::Written, String> {
+    let device = open_partition(partition, false)?;
+    write_root_to(source, v, partition, &device)
+}
+
+fn write_root_to(
+    source: &mut Payload,
+    v: &Verified,
+    partition: &Path,
+    slot: &std::fs::File,
+) -> Result<apply::Written, String> {
     let what = |e: &dyn std::fmt::Display| format!("{}: {e}", partition.display());
-    let slot = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(partition)
-        .map_err(|e| what(&e))?;
-    let capacity = size_of(&slot).map_err(|e| what(&e))?;
+    let capacity = size_of(slot).map_err(|e| what(&e))?;
     let written =
-        apply::write_root(source, &v.manifest.root, &slot, capacity).map_err(|e| what(&e))?;
-    apply::read_back(&v.manifest.root, &slot).map_err(|e| what(&e))?;
+        apply::write_root(source, &v.manifest.root, slot, capacity).map_err(|e| what(&e))?;
+    apply::read_back(&v.manifest.root, slot).map_err(|e| what(&e))?;
     Ok(written)
 }
 
-/// The slot's files on the ESP: slot.json removed first (the slot is incomplete until
-/// it is back), then the kernel and initramfs (each checked against its digest), the
-/// command line, and slot.json.
+fn remove_if_there(path: &Path) -> Result<(), String> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// What a power cut during an earlier apply left in the slot's directory: the durable
+/// writes' temporary files (`.NAME.PID.N.tmp`), megabytes each on a 64 MiB ESP.
+fn remove_leftovers(dir: &Path) -> Result<(), String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            remove_if_there(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The slot's files on the ESP (its `slot.json` is already gone): leftovers of an
+/// interrupted apply removed, then the kernel and initramfs (each checked against its
+/// digest), the command line, and slot.json last.
 fn write_esp(
     source: &mut Payload,
     v: &Verified,
     slot: berth_bootslot::Slot,
-    esp: &Path,
+    dir: &Path,
 ) -> Result<(), String> {
     let m = &v.manifest;
-    let dir = esp.join(grub::DIR).join(slot.name());
     let info_path = dir.join(slotinfo::FILE);
-    match std::fs::remove_file(&info_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{}: {e}", info_path.display())),
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    remove_leftovers(dir)?;
     let kernel = apply::read_part(source, &m.kernel, "kernel").map_err(|e| e.to_string())?;
     put(&dir.join("vmlinuz"), &kernel)?;
     drop(kernel);
@@ -212,6 +267,27 @@ fn size_of(f: &std::fs::File) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_applys_temporary_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            ".vmlinuz.412.0.tmp",
+            ".initrd.img.412.1.tmp",
+            "vmlinuz",
+            "boot.cfg",
+        ] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        remove_leftovers(dir.path()).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["boot.cfg", "vmlinuz"]);
+        remove_leftovers(&dir.path().join("missing")).unwrap();
+    }
 
     #[test]
     fn the_partition_is_found_by_its_name_and_only_once() {

@@ -1,7 +1,7 @@
 //! A payload read from an OCI image layout or an `oci-archive` (the image store's
 //! `LayoutFiles`, with its refusals of symlinks, non-regular files and oversized JSON):
-//! index.json names one manifest; its config must be Berth's update manifest and its
-//! last layer the signature. Nothing else is taken from the OCI manifest: the parts are
+//! index.json names one manifest; its config must be Berth's update manifest, and the
+//! layer of the signature's media type (the first, if several) is the signature. Nothing else is taken from the OCI manifest: the parts are
 //! fetched by the digests the *signed* manifest names.
 
 use std::io::Read;
