@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use berth_bootslot::{grub, slotinfo, SlotInfo};
 use berth_control::{InitProxy, SlotStatus};
-use berth_update::{apply, Keyring, Policy, Verified, Version};
+use berth_update::{apply, Verified, Version};
 
 use crate::payload::Payload;
 
@@ -55,20 +55,8 @@ pub fn apply(r: &Request<'_>) -> Result<Applied, String> {
         let booted = booted(&slots)?;
         let running = Version::parse(&booted.version)
             .map_err(|e| format!("the booted slot's version: {e}"))?;
-        let keys = Keyring::load(r.keys).map_err(|e| e.to_string())?;
-        let mut payload =
-            Payload::open(r.from).map_err(|e| format!("{}: {e}", r.from.display()))?;
-        let policy = Policy {
-            running: &running,
-            allow_downgrade: r.allow_downgrade,
-        };
-        let verified = berth_update::verify(
-            &keys,
-            &payload.manifest,
-            payload.signature.as_deref(),
-            policy,
-        )
-        .map_err(|e| format!("{}: refused: {e}", r.from.display()))?;
+        let (mut payload, verified) =
+            crate::payload::open_verified(r.from, r.keys, &running, r.allow_downgrade)?;
         if !(1..=berth_bootslot::state::MAX_TRIES).contains(&r.tries) {
             return Err(format!(
                 "--tries {}: a trial has 1 to {} tries",

@@ -13,7 +13,7 @@ mod payload;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use berth_update::{Keyring, Policy, Verified, Version};
+use berth_update::{Verified, Version};
 use clap::{Args, Parser, Subcommand};
 
 use payload::Payload;
@@ -134,18 +134,5 @@ fn run(cli: Cli) -> Result<(), String> {
 
 fn check(c: &Checked) -> Result<(Payload, Verified), String> {
     let running = Version::parse(&c.running).map_err(|e| format!("--running: {e}"))?;
-    let keys = Keyring::load(&c.keys).map_err(|e| e.to_string())?;
-    let payload = Payload::open(&c.from).map_err(|e| format!("{}: {e}", c.from.display()))?;
-    let policy = Policy {
-        running: &running,
-        allow_downgrade: c.allow_downgrade,
-    };
-    let verified = berth_update::verify(
-        &keys,
-        &payload.manifest,
-        payload.signature.as_deref(),
-        policy,
-    )
-    .map_err(|e| format!("{}: refused: {e}", c.from.display()))?;
-    Ok((payload, verified))
+    payload::open_verified(&c.from, &c.keys, &running, c.allow_downgrade)
 }

@@ -97,6 +97,31 @@ fn signature(files: &LayoutFiles, d: &Descriptor) -> Result<Vec<u8>, PayloadErro
     Ok(image::checked(&d.digest, out, "the signature")?)
 }
 
+/// Opens the payload at `from` and checks it against the trusted keys in `keys` and the
+/// version rules for a machine running `running`: what `check`, `write-root` and `apply`
+/// all start with.
+pub fn open_verified(
+    from: &Path,
+    keys: &Path,
+    running: &berth_update::Version,
+    allow_downgrade: bool,
+) -> Result<(Payload, berth_update::Verified), String> {
+    let keys = berth_update::Keyring::load(keys).map_err(|e| e.to_string())?;
+    let payload = Payload::open(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let policy = berth_update::Policy {
+        running,
+        allow_downgrade,
+    };
+    let verified = berth_update::verify(
+        &keys,
+        &payload.manifest,
+        payload.signature.as_deref(),
+        policy,
+    )
+    .map_err(|e| format!("{}: refused: {e}", from.display()))?;
+    Ok((payload, verified))
+}
+
 impl berth_update::apply::Source for Payload {
     fn open(&mut self, digest: &str, size: u64) -> std::io::Result<Box<dyn Read + '_>> {
         let d = Digest::parse(digest)
