@@ -101,6 +101,62 @@ pub trait Init {
     /// Makes the slot that did not boot the next boot and reboots: on a trial boot,
     /// the trial ends as failed; else the other slot must hold a good version.
     fn rollback(&self) -> zbus::Result<()>;
+    /// Starts the updater service on `request` (its id is set by init); returns the id
+    /// its status will carry. Refused while an update runs.
+    fn update_start(&self, request: &UpdateRequest) -> zbus::Result<u64>;
+    /// What the updater is doing or last did (`idle` before any request this boot).
+    fn update_status(&self) -> zbus::Result<UpdateStatus>;
+}
+
+/// Where `berth-updater` keeps what an update is doing or last did (tmpfs: a reboot
+/// starts idle again).
+pub const UPDATE_STATUS: &str = "/run/berth/update.json";
+
+/// Where init leaves the request the `berth-updater` service carries out.
+pub const UPDATE_REQUEST: &str = "/run/berth/update-request.json";
+/// The service init starts for each request.
+pub const UPDATER_SERVICE: &str = "berth-updater";
+
+/// What an operator asked of the updater (`berthctl update check|apply`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(default)]
+pub struct UpdateRequest {
+    /// check, apply.
+    pub action: String,
+    /// A registry reference (`REGISTRY/REPOSITORY:TAG`), or an absolute path on the
+    /// machine (an OCI layout directory or an oci-archive).
+    pub source: String,
+    pub allow_downgrade: bool,
+    /// Set by init: the status answering this request carries it.
+    pub id: u64,
+}
+
+/// What an update is doing or last did, as `berth-updater` writes it to
+/// [`UPDATE_STATUS`] at each step and as the root is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(default)]
+pub struct UpdateStatus {
+    /// The request this answers (0: none yet).
+    pub id: u64,
+    /// idle, checking, available (a check found a newer version), up-to-date, applying,
+    /// applied (a trial waits for the next reboot), failed.
+    pub state: String,
+    /// While applying: claim, root, read-back, kernel, initramfs, boot-config,
+    /// slot-info, offer.
+    pub step: String,
+    /// The payload's version (empty before it was read).
+    pub version: String,
+    /// Where it came from.
+    pub source: String,
+    /// The slot written.
+    pub slot: String,
+    /// Bytes of the step done, and of the step in all (0 for a step without a size).
+    pub done: u64,
+    pub total: u64,
+    /// Why the last update failed, else empty.
+    pub error: String,
+    /// When the state was written, in seconds since the epoch.
+    pub at: u64,
 }
 
 /// One boot slot (a root partition and its kernel, initramfs and command line on the

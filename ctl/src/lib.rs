@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 mod config;
 mod console;
 mod containers;
+mod update;
 
 #[derive(Parser)]
 #[command(name = "berthctl", version, about = "Control a Berth host")]
@@ -64,6 +65,10 @@ enum Cmd {
     /// Boot the other slot from now on (on a trial boot: end the trial as failed), and
     /// reboot into it.
     Rollback,
+    /// OS updates: check, apply (into the other slot, tried at the next reboot),
+    /// status.
+    #[command(subcommand)]
+    Update(update::Cmd),
     /// What the config agent applied at this boot, from where, and what it skipped.
     Config,
     #[command(flatten)]
@@ -227,6 +232,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Cmd::Rollback => {
             init.rollback().await.map_err(err)?;
             println!("rolling back: rebooting");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Update(u) => {
+            update::run(&init, u, cli.json).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Container(_) | Cmd::Config => return Err("unreachable: handled above".into()),

@@ -290,6 +290,11 @@ fn root_tree(
         DAEMON_SERVICE.as_bytes().to_vec(),
     )?;
     root.add_file(
+        "usr/lib/berth/services/berth-updater.toml",
+        0o644,
+        UPDATER_SERVICE.as_bytes().to_vec(),
+    )?;
+    root.add_file(
         "usr/lib/berth/services/berth-net.toml",
         0o644,
         NET_SERVICE.as_bytes().to_vec(),
@@ -320,6 +325,11 @@ const NFT: &str = "/usr/sbin/nft";
 /// inotify).
 const DAEMON_SERVICE: &str = "name = \"berth-daemon\"\nexec = \"/usr/bin/berth-daemon\"\n\
 after = [\"berth-agent\"]\ndelegate = true\nrestart = \"always\"\nstop_timeout_ms = 15000\n";
+
+/// The OS updater: started by init for each `berthctl update check|apply` (never at
+/// boot, never restarted), one at a time; its log is the update's.
+const UPDATER_SERVICE: &str = "name = \"berth-updater\"\nexec = \"/usr/bin/berth-updater\"\n\
+args = [\"run\"]\nautostart = false\nrestart = \"never\"\n";
 
 /// The host's network: ready when the links present at boot are configured (or after
 /// its bounded wait), so services that need the network can say `after = ["berth-net"]`.

@@ -145,7 +145,7 @@ impl BlobSource for RegistrySource<'_> {
 
 /// Fetches the manifest for linux/amd64 (through an index if the reference names one)
 /// from the first host that answers.
-fn resolve(client: &Client, r: &Reference) -> Result<(String, Vec<u8>, Manifest), PullError> {
+pub fn resolve(client: &Client, r: &Reference) -> Result<(String, Vec<u8>, Manifest), PullError> {
     let mut last = None;
     for host in client.hosts(r) {
         match client.manifest(&host, &r.repository, &r.manifest_ref()) {

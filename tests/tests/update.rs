@@ -383,60 +383,335 @@ fn berth_updater_writes_the_root_block_by_block_and_stops_at_a_changed_one() {
         .all(|&b| b == 0));
 }
 
-/// On a running machine (SeaBIOS, the test image's disk): a newer payload, re-signed
-/// with the key the image trusts, handed over on a read-only disk (ISO 9660), applied
-/// by `berth-updater apply` into slot B, tried at the next boot and blessed.
+/// The steps a power cut interrupts (`berth-updater`'s halts, `BERTH_UPDATER_HALT_AT`):
+/// the other slot claimed and nothing written yet; halfway through its root (unsynced
+/// pages lost with the power); the root read back and the kernel on the ESP, the
+/// initramfs not; everything written but the slot state not switched; the state
+/// switched. Before the last, A boots exactly as before.
+const CUTS: [&str; 4] = ["root", "root-half", "initramfs", "offer"];
+
+/// A shell line that sets `$d` to the device of the partition named `label`.
+fn partition_device(label: &str) -> String {
+    format!(
+        "for u in /sys/class/block/*/uevent; do grep -qx PARTNAME={label} $u && d=/dev/$(sed -n 's/^DEVNAME=//p' $u); done"
+    )
+}
+
+/// On a running machine (SeaBIOS, the test image's disk), payloads handed over on a
+/// read-only disk (ISO 9660): each refusal leaves ROOT-B as it was; an apply cut at
+/// each step of [`CUTS`] leaves A booting as before; one cut after the slot state was
+/// switched boots B's trial, which is blessed.
 #[test]
-fn a_payload_is_applied_to_the_other_slot_tried_and_blessed() {
+fn power_cuts_during_an_apply_leave_a_booting_then_the_payload_is_tried_and_blessed() {
     use crate::slots::{off, slots, SlotDisk, HEALTHY};
+    use berth_tests::vm::Vm;
     let newer = Forged::new("0.2.0", Sign::Trusted);
+    let stranger = Forged::new("0.2.0", Sign::Stranger);
+    let unsigned = Forged::new("0.2.0", Sign::None);
+    let older = Forged::new("0.0.9", Sign::Trusted);
+    let changed = Forged::new("0.2.0", Sign::Trusted);
+    changed.change_data_block(700);
     let iso = newer.dir.path().join("payload.iso");
-    let made = Command::new("genisoimage")
-        .args(["-quiet", "-rock", "-volid", "BERTH-UPDATE", "-output"])
-        .arg(&iso)
-        .arg(newer.dir.path().join("update"))
-        .output()
+    let mut genisoimage = Command::new("genisoimage");
+    genisoimage
+        .args([
+            "-quiet",
+            "-rock",
+            "-volid",
+            "BERTH-UPDATE",
+            "-graft-points",
+            "-output",
+        ])
+        .arg(&iso);
+    // The good one as an oci-archive (a tar of the layout), as `--file` takes it.
+    let archive = newer.dir.path().join("newer.tar");
+    let tarred = Command::new("tar")
+        .arg("-C")
+        .arg(newer.layout())
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
         .unwrap();
+    assert!(tarred.success());
+    genisoimage.arg(format!("newer.tar={}", archive.display()));
+    for (name, forged) in [
+        ("unsigned", &unsigned),
+        ("stranger", &stranger),
+        ("older", &older),
+        ("changed", &changed),
+    ] {
+        genisoimage.arg(format!("{name}={}", forged.layout().display()));
+    }
+    let made = genisoimage.output().unwrap();
     assert!(
         made.status.success(),
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
+
+    let newest = Forged::new("0.3.0", Sign::Trusted);
+    let registry = Registry::start();
+    registry.push(&newest.layout(), "berth/os:0.3.0");
+
     let disk = SlotDisk::new("apply", berth_tests::vm::Firmware::Bios);
-    let mut cfg = disk.config("apply", HEALTHY);
-    cfg.testd = true;
-    cfg.extra_args
-        .extend(berth_tests::volumes::drive_args(&iso, "payload"));
-    let vm = crate::common::boot(cfg);
-    let mut testd = vm.testd().unwrap();
-    let started = std::time::Instant::now();
-    let out = testd
-        .run_with(
-            &[
-                "sh",
-                "-c",
-                // Whichever virtio disk holds the ISO (PCI order decides the names).
-                "mkdir -p /run/payload && for d in /dev/vd?; do mount -t iso9660 -o ro $d /run/payload 2>/dev/null && break; done && berth-updater apply --from /run/payload",
-            ],
-            None,
-            std::time::Duration::from_secs(300),
-        )
-        .unwrap();
-    assert!(out.success(), "{out:?}");
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "berth-tests: update: applied in {:.1} s: {}",
-        started.elapsed().as_secs_f64(),
-        out.stdout.trim()
+    let user_data = format!(
+        "{HEALTHY}  registries:\n    registry:\n      \"{REGISTRY_IN_GUEST}\":\n        insecure: true\n"
     );
-    let s = slots(&vm);
-    assert_eq!(s[1], ("trial".into(), "0.2.0".into(), false), "{s:?}");
-    drop(testd);
-    vm.berthctl(&["reboot"]).expect("berthctl reboot");
-    vm.wait_for_line("berth: slot b blessed", crate::common::BOOT_TIMEOUT * 2)
+    let boot = |name: &str| -> Vm {
+        let mut cfg = disk.config(name, &user_data);
+        cfg.testd = true;
+        cfg.extra_args
+            .extend(berth_tests::volumes::drive_args(&iso, "payload"));
+        cfg.extra_args.extend(registry.netdev());
+        let vm = crate::common::boot(cfg);
+        // Whichever virtio disk holds the ISO (PCI order decides the names).
+        let out = vm
+            .testd()
+            .unwrap()
+            .sh("mkdir -p /run/payload && for d in /dev/vd?; do mount -t iso9660 -o ro $d /run/payload 2>/dev/null && break; done && ls /run/payload/newer.tar")
+            .unwrap();
+        assert!(out.success(), "mounting the payload disk: {out:?}");
+        vm
+    };
+    let mut vm = boot("apply");
+    let before = slots(&vm);
+    assert!(before[0].2, "{before:?}");
+    let root_b_head = format!(
+        "{}; head -c 4194304 $d | sha256sum",
+        partition_device("ROOT-B")
+    );
+    let head = vm.testd().unwrap().sh(&root_b_head).unwrap();
+    assert!(head.success() && head.stdout.len() > 64, "{head:?}");
+
+    // Refusals: nothing written, nothing claimed.
+    for (name, why) in [
+        ("unsigned", "is not signed"),
+        ("stranger", "does not trust"),
+        ("older", "--allow-downgrade"),
+        // One flipped byte in the root, its blob's name unchanged: found by the check of
+        // every block before anything is claimed.
+        ("changed", "data block 700 does not match"),
+    ] {
+        let out = vm
+            .testd()
+            .unwrap()
+            .sh(&format!(
+                "berth-updater apply --from /run/payload/{name}; cat {}",
+                berth_control::UPDATE_STATUS
+            ))
+            .unwrap();
+        assert!(out.stderr.contains(why), "{name}: {out:?}");
+        let status: berth_control::UpdateStatus =
+            serde_json::from_str(out.stdout.trim()).expect("the status file");
+        assert!(
+            status.state == "failed" && status.error.contains(why),
+            "{status:?}"
+        );
+        assert_eq!(slots(&vm), before, "{name}");
+        let again = vm.testd().unwrap().sh(&root_b_head).unwrap();
+        assert_eq!(again.stdout, head.stdout, "{name}: ROOT-B changed");
+    }
+    for (at, cut) in CUTS.iter().chain(["applied"].iter()).enumerate() {
+        let started = std::time::Instant::now();
+        let out = vm
+            .testd()
+            .unwrap()
+            .sh(&format!(
+                "rm -f {status}; {HALT_ENV}={cut} setsid berth-updater apply --from /run/payload/newer.tar </dev/null >/run/apply.log 2>&1 &",
+                status = berth_control::UPDATE_STATUS,
+            ))
+            .unwrap();
+        assert!(out.success(), "{out:?}");
+        wait_halted(&vm, cut);
+        say(&format!(
+            "cut at {cut} after {:.1} s",
+            started.elapsed().as_secs_f64()
+        ));
+        vm.kill();
+        drop(vm); // the VM lock
+        vm = boot(&format!("after-{at}-{cut}"));
+        let now = slots(&vm);
+        if *cut == "applied" {
+            break;
+        }
+        assert_eq!(now[0], before[0], "after a cut at {cut}: {now:?}");
+        assert!(
+            now[1].0 != "trial" && !now[1].2,
+            "after a cut at {cut}: {now:?}"
+        );
+        let console = vm.console();
+        assert!(
+            console.contains("berth.slot=a") && !console.contains("berth.trial"),
+            "after a cut at {cut}, not A's usual boot"
+        );
+    }
+    let console = vm.console();
+    assert!(
+        console.contains("berth.slot=b berth.trial"),
+        "not B's trial"
+    );
+    vm.wait_for_line("berth: slot b blessed", crate::common::BOOT_TIMEOUT)
         .expect("the new version blessed");
     let s = slots(&vm);
     assert_eq!(s[1], ("active".into(), "0.2.0".into(), true), "{s:?}");
+
+    // From the registry, through `berthctl update` (init's updater service): a check,
+    // then an apply into A, its status, and A's trial.
+    let reference = format!("{REGISTRY_IN_GUEST}/berth/os:0.3.0");
+    let out = vm
+        .berthctl(&["update", "check", &reference])
+        .expect("berthctl update check");
+    assert!(out.contains("berth 0.3.0 is available"), "{out}");
+    let started = std::time::Instant::now();
+    let out = vm
+        .berthctl(&["update", "apply", &reference])
+        .expect("berthctl update apply");
+    say(&format!(
+        "applied from the registry in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    assert!(
+        out.contains("applying root") && out.contains("written into slot a"),
+        "{out}"
+    );
+    let status = vm
+        .berthctl(&["update", "status"])
+        .expect("berthctl update status");
+    assert!(
+        status.contains("running:   berth 0.2.0 (slot b)")
+            && status.contains("berth 0.3.0 in slot a is tried at the next reboot"),
+        "{status}"
+    );
+    // Another apply now would take the slot on offer: refused, and said why.
+    let again = vm
+        .berthctl_output(&["update", "apply", &reference])
+        .expect("berthctl");
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && said.contains("claiming"),
+        "{said}"
+    );
+    vm.berthctl(&["reboot"]).expect("berthctl reboot");
+    vm.wait_for_line("berth: slot a blessed", crate::common::BOOT_TIMEOUT * 2)
+        .expect("0.3.0 blessed in A");
+    let s = slots(&vm);
+    assert_eq!(s[0], ("active".into(), "0.3.0".into(), true), "{s:?}");
     off(vm);
+}
+
+/// Where the guest reaches the test registry (QEMU's guestfwd, inside its user network).
+const REGISTRY_IN_GUEST: &str = "10.0.2.100:5000";
+
+/// Debian's docker-registry on 127.0.0.1, for the guest through guestfwd.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = berth_tests::http::free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (make deps)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `skopeo copy oci:LAYOUT docker://REGISTRY/NAME`, as an operator publishes.
+    fn push(&self, layout: &Path, name: &str) {
+        let out = Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "--dest-tls-verify=false", "-q"])
+            .arg(format!("oci:{}", layout.display()))
+            .arg(format!("docker://127.0.0.1:{}/{name}", self.port))
+            .output()
+            .expect("skopeo (make deps)");
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The guest's network: QEMU's user network, nothing out but the registry.
+    fn netdev(&self) -> [String; 4] {
+        [
+            "-netdev".into(),
+            format!(
+                "user,id=n0,restrict=on,guestfwd=tcp:{REGISTRY_IN_GUEST}-cmd:socat - TCP:127.0.0.1:{}",
+                self.port
+            ),
+            "-device".into(),
+            "virtio-net-pci,netdev=n0".into(),
+        ]
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) const HALT_ENV: &str = "BERTH_UPDATER_HALT_AT";
+
+/// Polls the update status until berth-updater halted at `step`.
+fn wait_halted(vm: &berth_tests::vm::Vm, step: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        let out = vm
+            .testd()
+            .unwrap()
+            .sh(&format!(
+                "cat {} 2>/dev/null; echo; cat /run/apply.log",
+                berth_control::UPDATE_STATUS
+            ))
+            .unwrap();
+        last = out.stdout.clone();
+        if let Some(first) = last.lines().next() {
+            if let Ok(s) = serde_json::from_str::<berth_control::UpdateStatus>(first) {
+                assert_ne!(s.state, "failed", "{last}");
+                if s.state == "halted" {
+                    assert_eq!(s.step, step, "{last}");
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("berth-updater never halted at {step}: {last}");
+}
+
+fn say(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "berth-tests: update: {what}");
 }

@@ -92,24 +92,89 @@ pub fn read_part(
 
 /// Streams the root into `slot` (a partition of `capacity` bytes): the tree checked
 /// first, each data block checked before it is written, the tree after the data, then
-/// fsync.
+/// fsync. `progress` hears the data bytes written so far, after each chunk.
 pub fn write_root(
     source: &mut dyn Source,
     root: &RootPart,
     slot: &File,
     capacity: u64,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<Written, ApplyError> {
     let need = root.bytes();
     if need > capacity {
         return Err(ApplyError::TooLarge { need, capacity });
     }
+    let tree = fetch_tree(source, root)?;
+    let offset = stream_data(source, root, &tree, &mut |chunk, offset| {
+        slot.write_all_at(chunk, offset)
+            .map_err(|source| ApplyError::Write { offset, source })?;
+        progress(offset + chunk.len() as u64);
+        Ok(())
+    })?;
+    slot.write_all_at(tree.bytes(), offset)
+        .map_err(|source| ApplyError::Write { offset, source })?;
+    slot.sync_all()
+        .map_err(|source| ApplyError::Write { offset, source })?;
+    Ok(Written {
+        data_bytes: offset,
+        tree_bytes: root.tree.bytes,
+    })
+}
+
+/// Reads the whole root from `source` and checks it as [`write_root`] would, writing
+/// nothing: the tree against the root hash, every data block against the tree, the data
+/// against its digest. For a source that is cheap to read twice (a file on the machine),
+/// so that a changed payload is refused before the other slot is touched.
+/// `progress` hears the data bytes checked so far.
+pub fn check_root(
+    source: &mut dyn Source,
+    root: &RootPart,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ApplyError> {
+    let tree = fetch_tree(source, root)?;
+    stream_data(source, root, &tree, &mut |chunk, offset| {
+        progress(offset + chunk.len() as u64);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Every part of the payload read and checked, nothing written: the root as
+/// [`check_root`] does, the kernel and initramfs against their digests.
+pub fn check_parts(
+    source: &mut dyn Source,
+    m: &crate::Manifest,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ApplyError> {
+    check_root(source, &m.root, progress)?;
+    read_part(source, &m.kernel, "kernel")?;
+    read_part(source, &m.initramfs, "initramfs")?;
+    Ok(())
+}
+
+/// Where checked chunks of the root's data go, with their offsets.
+type ChunkSink<'a> = dyn FnMut(&[u8], u64) -> Result<(), ApplyError> + 'a;
+
+/// The root's hash tree, fetched whole and checked against the signed root hash.
+fn fetch_tree(source: &mut dyn Source, root: &RootPart) -> Result<Tree, ApplyError> {
     let tree = read_part(source, &root.tree, "root's hash tree")?;
-    let tree = Tree::verify(
+    Ok(Tree::verify(
         &root.root_hash_bytes(),
         &root.salt_bytes(),
         root.data_blocks,
         tree,
-    )?;
+    )?)
+}
+
+/// Streams the root's data from `source` in chunks, each block checked against `tree`,
+/// handing each checked chunk to `sink` with its offset; then checks the whole against
+/// its digest. Returns the bytes streamed.
+fn stream_data(
+    source: &mut dyn Source,
+    root: &RootPart,
+    tree: &Tree,
+    sink: &mut ChunkSink<'_>,
+) -> Result<u64, ApplyError> {
     let fetch = |source| ApplyError::Fetch {
         part: "root's data",
         source,
@@ -140,8 +205,7 @@ pub fn write_root(
             index += 1;
         }
         hasher.update(&chunk[..filled]);
-        slot.write_all_at(&chunk[..filled], offset)
-            .map_err(|source| ApplyError::Write { offset, source })?;
+        sink(&chunk[..filled], offset)?;
         offset += filled as u64;
     }
     if offset != root.data.bytes {
@@ -156,20 +220,17 @@ pub fn write_root(
             part: "root's data",
         });
     }
-    slot.write_all_at(tree.bytes(), offset)
-        .map_err(|source| ApplyError::Write { offset, source })?;
-    slot.sync_all()
-        .map_err(|source| ApplyError::Write { offset, source })?;
-    Ok(Written {
-        data_bytes: offset,
-        tree_bytes: root.tree.bytes,
-    })
+    Ok(offset)
 }
 
 /// Reads the slot back from the disk (the page cache dropped first, so the bytes are
 /// the device's) and checks the tree against the root hash and every data block against
-/// the tree.
-pub fn read_back(root: &RootPart, slot: &File) -> Result<(), ApplyError> {
+/// the tree. `progress` hears the data bytes read so far, after each chunk.
+pub fn read_back(
+    root: &RootPart,
+    slot: &File,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), ApplyError> {
     // Written and fsync'd: the pages are clean and may be dropped; what is read next
     // comes from the device. Advice only; a failure leaves a read from the cache.
     let _ = rustix::fs::fadvise(slot, 0, None, rustix::fs::Advice::DontNeed);
@@ -198,6 +259,7 @@ pub fn read_back(root: &RootPart, slot: &File) -> Result<(), ApplyError> {
             index += 1;
         }
         offset += len as u64;
+        progress(offset);
     }
     Ok(())
 }

@@ -325,16 +325,22 @@ fn untouched(f: &tempfile::NamedTempFile) -> bool {
 fn a_root_is_written_block_by_block_checked_and_read_back() {
     let (root, mut blobs, image) = root_payload(300);
     let (f, slot) = partition(image.len() as u64 + 8 * BLOCK as u64);
-    let written = apply::write_root(&mut blobs, &root, &slot, 1 << 30).unwrap();
+    let mut heard = Vec::new();
+    let written =
+        apply::write_root(&mut blobs, &root, &slot, 1 << 30, &mut |n| heard.push(n)).unwrap();
     assert_eq!(written.data_bytes + written.tree_bytes, image.len() as u64);
-    apply::read_back(&root, &slot).unwrap();
+    assert_eq!(heard.last(), Some(&written.data_bytes), "{heard:?}");
+    assert!(heard.windows(2).all(|w| w[0] < w[1]), "{heard:?}");
+    let mut read = 0;
+    apply::read_back(&root, &slot, &mut |n| read = n).unwrap();
+    assert_eq!(read, written.data_bytes);
     assert!(std::fs::read(f.path()).unwrap()[..image.len()] == image[..]);
     // A byte changed on the "disk" afterwards: the read-back finds the block.
     let at = 200 * BLOCK as u64 + 9;
     let mut b = [0u8];
     slot.read_exact_at(&mut b, at).unwrap();
     slot.write_all_at(&[b[0] ^ 1], at).unwrap();
-    let e = apply::read_back(&root, &slot).unwrap_err();
+    let e = apply::read_back(&root, &slot, &mut |_| {}).unwrap_err();
     assert!(
         matches!(
             e,
@@ -356,7 +362,7 @@ fn a_bad_tree_or_a_root_too_large_writes_nothing() {
     let mut forged_root = root.clone();
     forged_root.tree.digest = apply::sha256(&tree);
     forged.0.insert(forged_root.tree.digest.clone(), tree);
-    let e = apply::write_root(&mut forged, &forged_root, &slot, 1 << 30).unwrap_err();
+    let e = apply::write_root(&mut forged, &forged_root, &slot, 1 << 30, &mut |_| {}).unwrap_err();
     assert!(
         matches!(e, apply::ApplyError::Verity(verity::VerityError::RootHash)),
         "{e}"
@@ -365,11 +371,18 @@ fn a_bad_tree_or_a_root_too_large_writes_nothing() {
     // The tree under the manifest's digest, but not its bytes.
     let mut swapped = Blobs(blobs.0.clone());
     swapped.0.get_mut(&root.tree.digest).unwrap()[0] ^= 1;
-    let e = apply::write_root(&mut swapped, &root, &slot, 1 << 30).unwrap_err();
+    let e = apply::write_root(&mut swapped, &root, &slot, 1 << 30, &mut |_| {}).unwrap_err();
     assert!(matches!(e, apply::ApplyError::Digest { .. }), "{e}");
     assert!(untouched(&f));
     let mut blobs = blobs;
-    let e = apply::write_root(&mut blobs, &root, &slot, image.len() as u64 - 1).unwrap_err();
+    let e = apply::write_root(
+        &mut blobs,
+        &root,
+        &slot,
+        image.len() as u64 - 1,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(matches!(e, apply::ApplyError::TooLarge { .. }), "{e}");
     assert!(untouched(&f));
 }
@@ -379,7 +392,7 @@ fn a_changed_data_block_stops_the_write_at_its_chunk() {
     let (root, mut blobs, image) = root_payload(200);
     let (f, slot) = partition(image.len() as u64);
     blobs.0.get_mut(&root.data.digest).unwrap()[150 * BLOCK + 1] ^= 1;
-    let e = apply::write_root(&mut blobs, &root, &slot, 1 << 30).unwrap_err();
+    let e = apply::write_root(&mut blobs, &root, &slot, 1 << 30, &mut |_| {}).unwrap_err();
     assert!(
         matches!(
             e,
@@ -399,6 +412,25 @@ fn a_changed_data_block_stops_the_write_at_its_chunk() {
         .unwrap()
         .truncate(100 * BLOCK);
     let (_f, slot) = partition(image.len() as u64);
-    let e = apply::write_root(&mut blobs, &root, &slot, 1 << 30).unwrap_err();
+    let e = apply::write_root(&mut blobs, &root, &slot, 1 << 30, &mut |_| {}).unwrap_err();
     assert!(matches!(e, apply::ApplyError::Short { .. }), "{e}");
+}
+
+#[test]
+fn check_root_reads_every_block_and_finds_the_changed_one() {
+    let (root, blobs, _) = root_payload(300);
+    let mut good = Blobs(blobs.0.clone());
+    let mut heard = 0;
+    apply::check_root(&mut good, &root, &mut |n| heard = n).unwrap();
+    assert_eq!(heard, root.data.bytes);
+    let mut changed = blobs;
+    changed.0.get_mut(&root.data.digest).unwrap()[250 * BLOCK + 3] ^= 1;
+    let e = apply::check_root(&mut changed, &root, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            apply::ApplyError::Verity(verity::VerityError::DataBlock { index: 250 })
+        ),
+        "{e}"
+    );
 }

@@ -1,7 +1,8 @@
 //! `berth-updater apply`: a payload onto this running machine, into the slot that did
 //! not boot, in the order that keeps every power cut harmless:
 //!
-//! 1. check the payload against the trusted keys and the booted slot's version;
+//! 1. check the payload against the trusted keys and the booted slot's version (and, from
+//!    a file, read every part and check it);
 //! 2. ask init to claim the other slot (never booted, never rolled back to, until it is
 //!    offered: what it held is about to go);
 //! 3. open its partition exclusively (a second apply at once stops there), remove its
@@ -20,9 +21,10 @@ use berth_control::{InitProxy, SlotStatus};
 use berth_update::{apply, Verified, Version};
 
 use crate::payload::Payload;
+use crate::progress::Progress;
 
 pub struct Request<'a> {
-    pub from: &'a Path,
+    pub from: &'a crate::payload::Origin,
     pub keys: &'a Path,
     pub allow_downgrade: bool,
     pub tries: u8,
@@ -40,23 +42,27 @@ pub struct Applied {
     pub written: apply::Written,
 }
 
-pub fn apply(r: &Request<'_>) -> Result<Applied, String> {
+/// Applies, with `progress` told each step; a failure is recorded there too.
+pub fn apply(r: &Request<'_>, progress: &mut Progress) -> Result<Applied, String> {
+    progress.state("checking");
+    let applied = apply_steps(r, progress);
+    match &applied {
+        Ok(_) => progress.applied(),
+        Err(e) => progress.failed(e),
+    }
+    applied
+}
+
+fn apply_steps(r: &Request<'_>, progress: &mut Progress) -> Result<Applied, String> {
     zbus::block_on(async {
-        let conn = berth_control::connect(Path::new(berth_control::INIT_SOCKET))
-            .await
-            .map_err(|e| format!("connecting to init: {e}"))?;
+        let conn = connect_init().await?;
         let init = InitProxy::new(&conn)
             .await
             .map_err(|e| format!("init's API: {e}"))?;
-        let slots = init
-            .slots()
-            .await
-            .map_err(|e| format!("the boot slots: {e}"))?;
-        let booted = booted(&slots)?;
-        let running = Version::parse(&booted.version)
-            .map_err(|e| format!("the booted slot's version: {e}"))?;
+        let running = booted_version_of(&init).await?;
         let (mut payload, verified) =
             crate::payload::open_verified(r.from, r.keys, &running, r.allow_downgrade)?;
+        progress.version(&verified.manifest.version.to_string());
         if !(1..=berth_bootslot::state::MAX_TRIES).contains(&r.tries) {
             return Err(format!(
                 "--tries {}: a trial has 1 to {} tries",
@@ -64,6 +70,18 @@ pub fn apply(r: &Request<'_>) -> Result<Applied, String> {
                 berth_bootslot::state::MAX_TRIES
             ));
         }
+        if let crate::payload::Origin::File(path) = r.from {
+            // Read twice, since a file is cheap to read again: a changed part is refused
+            // here, before the other slot is claimed or touched. (From a registry, the
+            // parts are fetched once, by the signed digests a registry checks on push;
+            // a block that still differs stops the write at that block.)
+            progress.step("verify", verified.manifest.root.data.bytes);
+            apply::check_parts(&mut payload, &verified.manifest, &mut |n| {
+                progress.advance(n)
+            })
+            .map_err(|e| format!("{}: refused: {e}", path.display()))?;
+        }
+        progress.step("claim", 0);
         let name = init
             .claim_slot()
             .await
@@ -73,6 +91,7 @@ pub fn apply(r: &Request<'_>) -> Result<Applied, String> {
             "b" => berth_bootslot::Slot::B,
             other => return Err(format!("init claimed a slot named {other:?}")),
         };
+        progress.slot(&name);
         let partition = find_partition(Path::new("/sys/class/block"), slot.partlabel())?;
         // Exclusive first: a second apply running at once stops here, before it touches
         // anything of this one's.
@@ -81,8 +100,9 @@ pub fn apply(r: &Request<'_>) -> Result<Applied, String> {
         // The slot is incomplete from now until its slot.json is back: init offers no
         // slot without one, whatever fails in between.
         remove_if_there(&esp_dir.join(slotinfo::FILE))?;
-        let written = write_root_to(&mut payload, &verified, &partition, &device)?;
-        write_esp(&mut payload, &verified, slot, &esp_dir)?;
+        let written = write_root_to(&mut payload, &verified, &partition, &device, progress)?;
+        write_esp(&mut payload, &verified, slot, &esp_dir, progress)?;
+        progress.step("offer", 0);
         init.offer_slot(r.tries)
             .await
             .map_err(|e| format!("offering slot {name}: {e}"))?;
@@ -93,6 +113,31 @@ pub fn apply(r: &Request<'_>) -> Result<Applied, String> {
             written,
         })
     })
+}
+
+/// The booted slot's version, as init knows it.
+pub fn booted_version() -> Result<Version, String> {
+    zbus::block_on(async {
+        let conn = connect_init().await?;
+        let init = InitProxy::new(&conn)
+            .await
+            .map_err(|e| format!("init's API: {e}"))?;
+        booted_version_of(&init).await
+    })
+}
+
+async fn connect_init() -> Result<zbus::Connection, String> {
+    berth_control::connect(Path::new(berth_control::INIT_SOCKET))
+        .await
+        .map_err(|e| format!("connecting to init: {e}"))
+}
+
+async fn booted_version_of(init: &InitProxy<'_>) -> Result<Version, String> {
+    let slots = init
+        .slots()
+        .await
+        .map_err(|e| format!("the boot slots: {e}"))?;
+    Version::parse(&booted(&slots)?.version).map_err(|e| format!("the booted slot's version: {e}"))
 }
 
 fn booted(slots: &[SlotStatus]) -> Result<&SlotStatus, String> {
@@ -152,7 +197,7 @@ pub fn write_root(
     partition: &Path,
 ) -> Result<apply::Written, String> {
     let device = open_partition(partition, false)?;
-    write_root_to(source, v, partition, &device)
+    write_root_to(source, v, partition, &device, &mut Progress::silent())
 }
 
 fn write_root_to(
@@ -160,12 +205,16 @@ fn write_root_to(
     v: &Verified,
     partition: &Path,
     slot: &std::fs::File,
+    progress: &mut Progress,
 ) -> Result<apply::Written, String> {
     let what = |e: &dyn std::fmt::Display| format!("{}: {e}", partition.display());
+    let root = &v.manifest.root;
     let capacity = size_of(slot).map_err(|e| what(&e))?;
-    let written =
-        apply::write_root(source, &v.manifest.root, slot, capacity).map_err(|e| what(&e))?;
-    apply::read_back(&v.manifest.root, slot).map_err(|e| what(&e))?;
+    progress.step("root", root.data.bytes);
+    let written = apply::write_root(source, root, slot, capacity, &mut |n| progress.advance(n))
+        .map_err(|e| what(&e))?;
+    progress.step("read-back", root.data.bytes);
+    apply::read_back(root, slot, &mut |n| progress.advance(n)).map_err(|e| what(&e))?;
     Ok(written)
 }
 
@@ -196,24 +245,34 @@ fn remove_leftovers(dir: &Path) -> Result<(), String> {
 }
 
 /// The slot's files on the ESP (its `slot.json` is already gone): leftovers of an
-/// interrupted apply removed, then the kernel and initramfs (each checked against its
+/// interrupted apply and the old version's files removed, then the kernel and initramfs (each checked against its
 /// digest), the command line, and slot.json last.
 fn write_esp(
     source: &mut Payload,
     v: &Verified,
     slot: berth_bootslot::Slot,
     dir: &Path,
+    progress: &mut Progress,
 ) -> Result<(), String> {
     let m = &v.manifest;
     let info_path = dir.join(slotinfo::FILE);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     remove_leftovers(dir)?;
+    // The slot was claimed and its slot.json is gone: nothing boots these any more. Gone
+    // first, the ESP needs room for one new file's temporary copy, not for a third copy
+    // of a slot beside the two.
+    for old in ["vmlinuz", "initrd.img", grub::SLOT_CONFIG] {
+        remove_if_there(&dir.join(old))?;
+    }
+    progress.step("kernel", m.kernel.bytes);
     let kernel = apply::read_part(source, &m.kernel, "kernel").map_err(|e| e.to_string())?;
     put(&dir.join("vmlinuz"), &kernel)?;
     drop(kernel);
+    progress.step("initramfs", m.initramfs.bytes);
     let initrd = apply::read_part(source, &m.initramfs, "initramfs").map_err(|e| e.to_string())?;
     put(&dir.join("initrd.img"), &initrd)?;
     drop(initrd);
+    progress.step("boot-config", 0);
     let cmdline = grub::slot_cmdline(
         &m.cmdline,
         slot,
@@ -231,11 +290,13 @@ fn write_esp(
         root_hash: m.root.root_hash.clone(),
     };
     let bytes = info.to_bytes().map_err(|e| e.to_string())?;
+    progress.step("slot-info", 0);
     put(&info_path, &bytes)
 }
 
 fn put(path: &Path, data: &[u8]) -> Result<(), String> {
-    berth_persist::write_file(path, data, ESP_MODE).map_err(|e| format!("{}: {e}", path.display()))
+    // The helper's error names the path.
+    berth_persist::write_file(path, data, ESP_MODE).map_err(|e| e.to_string())
 }
 
 /// A partition's size: a block device's from seeking to its end, a file's from its

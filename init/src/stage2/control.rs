@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use berth_control::{
-    BootPhase, ExitRecord, LogChunk, ServiceStatus, SlotStatus, CONTROL_PORT, INIT_PATH,
+    BootPhase, ExitRecord, LogChunk, ServiceStatus, SlotStatus, UpdateRequest, UpdateStatus,
+    CONTROL_PORT, INIT_PATH, UPDATER_SERVICE, UPDATE_REQUEST, UPDATE_STATUS,
 };
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -31,11 +32,15 @@ use crate::{info, warn};
 
 pub enum Request {
     Start(String, Sender<Result<(), String>>),
+    /// Start only if not running, after the closure prepared its input.
+    StartIdle(String, Prepare, Sender<Result<(), String>>),
     Stop(String, Sender<Result<(), String>>),
     Restart(String, Sender<Result<(), String>>),
     TakeExits(String, Sender<Vec<ExitRecord>>),
     Shutdown(Action),
 }
+
+pub type Prepare = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// What the loop publishes for readers.
 #[derive(Default)]
@@ -417,6 +422,27 @@ impl Api {
         Ok(())
     }
 
+    async fn update_start(&self, mut request: UpdateRequest) -> fdo::Result<u64> {
+        check_update_request(&request)?;
+        request.id = next_update_id();
+        let id = request.id;
+        let bytes = serde_json::to_vec(&request).map_err(|e| fdo::Error::Failed(e.to_string()))?;
+        let prepare: Prepare = Box::new(move || {
+            berth_persist::write_file(Path::new(UPDATE_REQUEST), &bytes, 0o600)
+                .map_err(|e| format!("{UPDATE_REQUEST}: {e}"))
+        });
+        self.change(|tx| Request::StartIdle(UPDATER_SERVICE.into(), prepare, tx))?;
+        info!(
+            "control: update {} from {} (request {id})",
+            request.action, request.source
+        );
+        Ok(id)
+    }
+
+    async fn update_status(&self) -> fdo::Result<UpdateStatus> {
+        read_update_status(Path::new(UPDATE_STATUS)).map_err(fdo::Error::Failed)
+    }
+
     async fn rollback(&self) -> fdo::Result<()> {
         let slots = self.booted_slots()?;
         let next = slots.roll_back().map_err(slot_error)?;
@@ -426,6 +452,62 @@ impl Api {
         );
         self.send(Request::Shutdown(Action::Reboot))
     }
+}
+
+/// A request's words, before anything starts: a known action and a source that is a
+/// path on the machine or a registry reference, within bounds.
+fn check_update_request(r: &UpdateRequest) -> fdo::Result<()> {
+    if !matches!(r.action.as_str(), "check" | "apply") {
+        return Err(fdo::Error::InvalidArgs(format!(
+            "update action {:?}: check or apply",
+            r.action
+        )));
+    }
+    if r.source.is_empty() || r.source.len() > 1024 || r.source.chars().any(char::is_control) {
+        return Err(fdo::Error::InvalidArgs(format!(
+            "update source {:?}: a registry reference or an absolute path",
+            r.source
+        )));
+    }
+    Ok(())
+}
+
+/// Request ids grow through the boot (milliseconds since the epoch, or one more than the
+/// last), so a client can tell its own answer from an earlier one.
+fn next_update_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// The updater's status file (a few hundred bytes; at most 64 KiB read); none yet is
+/// `idle`.
+fn read_update_status(path: &Path) -> Result<UpdateStatus, String> {
+    let mut text = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(f) => f
+            .take(64 * 1024)
+            .read_to_end(&mut text)
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(UpdateStatus {
+                state: "idle".into(),
+                ..UpdateStatus::default()
+            })
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A refusal the caller can act on is InvalidArgs; a failure to read or write is Failed.
@@ -442,6 +524,57 @@ fn slot_error(e: super::slots::SlotError) -> fdo::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_request_is_checked_before_anything_starts() {
+        let ok = UpdateRequest {
+            action: "apply".into(),
+            source: "registry.example/berth/os:1.0.0".into(),
+            ..UpdateRequest::default()
+        };
+        assert!(check_update_request(&ok).is_ok());
+        for bad in [
+            UpdateRequest {
+                action: "rm".into(),
+                ..ok.clone()
+            },
+            UpdateRequest {
+                source: String::new(),
+                ..ok.clone()
+            },
+            UpdateRequest {
+                source: "a\nb".into(),
+                ..ok.clone()
+            },
+            UpdateRequest {
+                source: "x".repeat(2000),
+                ..ok.clone()
+            },
+        ] {
+            assert!(
+                matches!(check_update_request(&bad), Err(fdo::Error::InvalidArgs(_))),
+                "{bad:?}"
+            );
+        }
+        let (a, b) = (next_update_id(), next_update_id());
+        assert!(b > a);
+    }
+
+    #[test]
+    fn no_status_file_is_idle_and_a_bad_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("update.json");
+        assert_eq!(read_update_status(&path).unwrap().state, "idle");
+        std::fs::write(
+            &path,
+            b"{\"state\":\"applying\",\"step\":\"root\",\"done\":5}",
+        )
+        .unwrap();
+        let s = read_update_status(&path).unwrap();
+        assert_eq!((s.state.as_str(), s.done), ("applying", 5));
+        std::fs::write(&path, b"not json").unwrap();
+        assert!(read_update_status(&path).is_err());
+    }
 
     #[test]
     fn recognises_a_new_client() {

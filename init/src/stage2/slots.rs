@@ -361,11 +361,21 @@ fn mount_esp(dir: &Path) -> Result<(), SlotError> {
         source,
     })?;
     let dev = esp.dev_path();
+    // MS_DIRSYNC: vfat's rename writes the new directory entry with no size and no first
+    // cluster, filled in only when the inode is written back, which an fsync of the
+    // directory does not do. A power cut after an update's durable write (temporary
+    // file, fsync, rename, fsync of the directory) left an empty slot.json and the
+    // file's clusters lost. With dirsync the rename writes the entry whole before it
+    // returns (the update's power-cut test found this).
     mount(
         Some(&dev),
         dir,
         Some("vfat"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME,
+        MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC
+            | MsFlags::MS_NOATIME
+            | MsFlags::MS_DIRSYNC,
         Some("umask=0077,errors=remount-ro"),
     )
     .map_err(|errno| SlotError::Mount { dev, errno })

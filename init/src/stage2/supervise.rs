@@ -206,6 +206,10 @@ impl Supervisor {
                     info!("control: start {name}");
                     let _ = tx.send(self.services.request_start(&name, now));
                 }
+                Request::StartIdle(name, prepare, tx) => {
+                    info!("control: start {name}");
+                    let _ = tx.send(self.services.request_start_idle(&name, now, prepare));
+                }
                 Request::Stop(name, tx) => {
                     info!("control: stop {name}");
                     let _ = tx.send(self.services.request_stop(&name, now));

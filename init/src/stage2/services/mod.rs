@@ -631,6 +631,23 @@ impl Manager {
         Ok(())
     }
 
+    /// Starts `name` only if it is not running (inactive or failed), after `prepare`
+    /// (which leaves it its input) succeeds: one run at a time, as the updater's.
+    pub fn request_start_idle(
+        &mut self,
+        name: &str,
+        now: Instant,
+        prepare: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
+        let i = self.lookup(name)?;
+        let s = &self.services[i];
+        if !matches!(s.state, State::Inactive | State::Failed) {
+            return Err(format!("{name} is already running ({})", s.state.as_str()));
+        }
+        prepare()?;
+        self.request_start(name, now)
+    }
+
     /// `berthctl stop NAME`: stays stopped until started again.
     pub fn request_stop(&mut self, name: &str, now: Instant) -> Result<(), String> {
         let i = self.lookup(name)?;

@@ -285,6 +285,41 @@ fn requests_name_unknown_services() {
 }
 
 #[test]
+fn a_one_at_a_time_start_is_refused_while_it_runs_and_prepares_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(
+        vec![def(
+            "once",
+            "exec = \"/bin/sleep\"\nargs = [\"30\"]\nautostart = false\nrestart = \"never\"\n",
+        )],
+        dir.path(),
+    );
+    let mut prepared = 0;
+    m.request_start_idle("once", Instant::now(), || {
+        prepared += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert!(matches!(state(&m, "once"), State::Starting | State::Ready));
+    let e = m
+        .request_start_idle("once", Instant::now(), || {
+            prepared += 1;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(e.contains("already running"), "{e}");
+    assert_eq!(prepared, 1);
+    // A failed preparation starts nothing.
+    nix::sys::signal::kill(pid(&m, "once"), nix::sys::signal::Signal::SIGKILL).unwrap();
+    reap(&mut m, "once");
+    let e = m
+        .request_start_idle("once", Instant::now(), || Err("no room".into()))
+        .unwrap_err();
+    assert_eq!(e, "no room");
+    assert!(matches!(state(&m, "once"), State::Inactive | State::Failed));
+}
+
+#[test]
 fn services_start_with_no_signal_blocked() {
     use nix::sys::signal::{SigSet, SigmaskHow};
     let dir = tempfile::tempdir().unwrap();
