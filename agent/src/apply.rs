@@ -14,7 +14,7 @@ use crate::settings::{Settings, WriteFile};
 /// The image store's registry settings (mirrors, credentials, insecure hosts).
 const REGISTRIES: &str = "/etc/berth/registries.toml";
 /// init's health watch of a trial boot reads it (its stage2::slots).
-const UPDATE: &str = "/etc/berth/update.toml";
+const UPDATE: &str = berth_schema::update::CONFIG_PATH;
 
 /// What became of one item.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -134,18 +134,14 @@ pub fn apply(
         ));
     }
     if let Some(u) = &s.update {
-        let mut body = String::from("# written by berth-agent from user-data's berth.update\n");
-        for (key, value) in [
-            ("health_seconds", u.health_seconds),
-            ("health_timeout_seconds", u.health_timeout_seconds),
-        ] {
-            if let Some(v) = value {
-                body.push_str(&format!("{key} = {v}\n"));
-            }
-        }
-        let written = root
-            .replace(Path::new(UPDATE), body.as_bytes(), 0o644, None)
-            .map_err(|e| e.to_string());
+        let written = toml::to_string(u)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                let body =
+                    format!("# written by berth-agent from user-data's berth.update\n{text}");
+                root.replace(Path::new(UPDATE), body.as_bytes(), 0o644, None)
+                    .map_err(|e| e.to_string())
+            });
         out.push(status("berth.update", written.map(|()| UPDATE.to_string())));
     }
     for (name, text) in &s.containers {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use berth_net::config::{cloud_config, NetworkConfig};
+use berth_schema::update::UpdateConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
@@ -30,22 +31,10 @@ pub struct Settings {
     pub modules: Vec<String>,
     /// The image store's registries.toml (mirrors, credentials, insecure hosts, CAs).
     pub registries: Option<String>,
-    /// `berth.update`: how init judges a trial boot of a new version.
-    pub update: Option<UpdateSettings>,
+    /// `berth.update`: how init judges a trial boot of a new version, and the automatic
+    /// updates; written as /etc/berth/update.toml.
+    pub update: Option<UpdateConfig>,
 }
-
-/// `berth.update`, checked; written for init as /etc/berth/update.toml.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateSettings {
-    /// How long a trial boot must stay healthy before it is blessed.
-    pub health_seconds: Option<u64>,
-    /// How long after `berth: ready` it has to become so before the trial fails.
-    pub health_timeout_seconds: Option<u64>,
-}
-
-/// A day: longer settle times or timeouts are mistakes, not policies.
-const MAX_UPDATE_SECONDS: u64 = 86_400;
 
 /// A file to write, its content decoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -679,25 +668,12 @@ fn berth(value: Value, s: &mut Settings, report: &mut Report) {
         }
     }
     if let Some(v) = b.update {
-        s.update = typed::<UpdateSettings>("berth.update", v, report).filter(|u| {
-            let fields = [
-                ("health_seconds", u.health_seconds),
-                ("health_timeout_seconds", u.health_timeout_seconds),
-            ];
-            for (name, value) in fields {
-                if value.is_some_and(|v| v > MAX_UPDATE_SECONDS) {
-                    report.error(
-                        format!("berth.update.{name}"),
-                        format!("at most {MAX_UPDATE_SECONDS} (a day)"),
-                    );
-                    return false;
-                }
+        s.update = typed::<UpdateConfig>("berth.update", v, report).filter(|u| match u.check() {
+            Ok(()) => true,
+            Err(e) => {
+                report.error(format!("berth.update.{}", e.key), e.why);
+                false
             }
-            if u.health_timeout_seconds == Some(0) {
-                report.error("berth.update.health_timeout_seconds", "must be at least 1");
-                return false;
-            }
-            true
         });
     }
     if let Some(v) = b.registries {

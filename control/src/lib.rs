@@ -159,6 +159,16 @@ pub struct UpdateStatus {
     pub at: u64,
 }
 
+impl UpdateStatus {
+    /// Whether the request it answers is over (as it went, or failed).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "available" | "up-to-date" | "applied" | "failed"
+        )
+    }
+}
+
 /// One boot slot (a root partition and its kernel, initramfs and command line on the
 /// ESP) as init reads it from the bootloader's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
@@ -166,7 +176,7 @@ pub struct SlotStatus {
     /// `a` or `b`.
     pub slot: String,
     /// active (boots when nothing is on trial), trial, good (can be rolled back to),
-    /// bad (lost its last trial), empty.
+    /// bad (lost its last trial), writing (claimed by an update), empty.
     pub state: String,
     /// Empty for an empty slot.
     pub version: String,

@@ -138,10 +138,7 @@ async fn start_and_wait(
                 println!("{}", progress_line(&s));
             }
             last_step.clone_from(&s.step);
-            if matches!(
-                s.state.as_str(),
-                "available" | "up-to-date" | "applied" | "failed"
-            ) {
+            if s.is_final() {
                 if bar {
                     println!();
                 }
@@ -191,7 +188,21 @@ fn print_status(s: &UpdateStatus, slots: &[SlotStatus], json: bool) {
         return;
     }
     if let Some(b) = booted {
-        println!("running:   berth {} (slot {})", b.version, b.slot);
+        let how = match b.state.as_str() {
+            "trial" => format!(", on trial: {} boot attempts left", b.tries_left),
+            "active" => ", blessed".to_string(),
+            _ => String::new(),
+        };
+        println!("running:   berth {} (slot {}{how})", b.version, b.slot);
+    }
+    if let Some(bad) = slots
+        .iter()
+        .find(|x| !x.booted && x.state == "bad" && !x.version.is_empty())
+    {
+        println!(
+            "rollback:  berth {} in slot {} lost its trial ({})",
+            bad.version, bad.slot, bad.why
+        );
     }
     let what = match s.state.as_str() {
         "idle" => "idle: no update asked for since this boot".to_string(),

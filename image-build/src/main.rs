@@ -295,6 +295,11 @@ fn root_tree(
         UPDATER_SERVICE.as_bytes().to_vec(),
     )?;
     root.add_file(
+        "usr/lib/berth/services/berth-autoupdate.toml",
+        0o644,
+        AUTOUPDATE_SERVICE.as_bytes().to_vec(),
+    )?;
+    root.add_file(
         "usr/lib/berth/services/berth-net.toml",
         0o644,
         NET_SERVICE.as_bytes().to_vec(),
@@ -330,6 +335,12 @@ after = [\"berth-agent\"]\ndelegate = true\nrestart = \"always\"\nstop_timeout_m
 /// boot, never restarted), one at a time; its log is the update's.
 const UPDATER_SERVICE: &str = "name = \"berth-updater\"\nexec = \"/usr/bin/berth-updater\"\n\
 args = [\"run\"]\nautostart = false\nrestart = \"never\"\n";
+
+/// Automatic updates (`berth-updater auto`), as user-data's `berth.update` sets them:
+/// after the agent wrote its settings and the network is up; exits at once when they
+/// are off.
+const AUTOUPDATE_SERVICE: &str = "name = \"berth-autoupdate\"\nexec = \"/usr/bin/berth-updater\"\n\
+args = [\"auto\"]\nafter = [\"berth-agent\", \"berth-net\"]\nrestart = \"on-failure\"\n";
 
 /// The host's network: ready when the links present at boot are configured (or after
 /// its bounded wait), so services that need the network can say `after = ["berth-net"]`.

@@ -4,8 +4,10 @@
 //!
 //! - `declaration`: a container declaration, `/etc/berth/containers.d/NAME.toml`;
 //! - `caps`: capability names as declarations use them, and Docker's default set;
-//! - `registries`: the image store's `/etc/berth/registries.toml`.
+//! - `registries`: the image store's `/etc/berth/registries.toml`;
+//! - `update`: `/etc/berth/update.toml`, the trial's health and automatic updates.
 
 pub mod caps;
 pub mod declaration;
 pub mod registries;
+pub mod update;

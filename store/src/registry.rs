@@ -136,6 +136,12 @@ impl Client {
         &self.config
     }
 
+    /// The HTTP agent, with this config's CAs and timeouts, for a neighbour protocol
+    /// (the updater's FleetLock) that should trust what the registries trust.
+    pub fn http(&self) -> &ureq::Agent {
+        &self.agent
+    }
+
     /// The hosts to try for `r`'s registry: its mirrors, then its own API host.
     pub fn hosts(&self, r: &Reference) -> Vec<String> {
         let mut hosts = self.config.for_host(&r.registry).mirrors;

@@ -157,6 +157,11 @@ fn minisign(args: &[&std::ffi::OsStr]) {
 
 impl Forged {
     fn new(version: &str, sign: Sign) -> Forged {
+        Forged::with_cmdline(version, sign, "")
+    }
+
+    /// As [`Forged::new`], with `append` added to the manifest's command line.
+    fn with_cmdline(version: &str, sign: Sign, append: &str) -> Forged {
         let src = image_dir().join("update");
         let dir = tempfile::tempdir().unwrap();
         let layout = dir.path().join("update");
@@ -174,6 +179,10 @@ impl Forged {
         let mut manifest: serde_json::Value =
             serde_json::from_slice(&blob(&layout, &oci["config"])).unwrap();
         manifest["version"] = version.into();
+        if !append.is_empty() {
+            let cmdline = format!("{} {append}", manifest["cmdline"].as_str().unwrap_or(""));
+            manifest["cmdline"] = cmdline.into();
+        }
         let config = serde_json::to_vec_pretty(&manifest).unwrap();
         let config_path = dir.path().join("manifest.json");
         std::fs::write(&config_path, &config).unwrap();
@@ -579,7 +588,7 @@ fn power_cuts_during_an_apply_leave_a_booting_then_the_payload_is_tried_and_bles
         .berthctl(&["update", "status"])
         .expect("berthctl update status");
     assert!(
-        status.contains("running:   berth 0.2.0 (slot b)")
+        status.contains("running:   berth 0.2.0 (slot b, blessed)")
             && status.contains("berth 0.3.0 in slot a is tried at the next reboot"),
         "{status}"
     );
@@ -714,4 +723,248 @@ fn wait_halted(vm: &berth_tests::vm::Vm, step: &str) {
 fn say(what: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "berth-tests: update: {what}");
+}
+
+/// Where the guest reaches the test's FleetLock server.
+const FLEETLOCK_IN_GUEST: &str = "10.0.2.101:8080";
+
+/// A FleetLock server (the protocol Zincati speaks: `POST /v1/pre-reboot` and
+/// `/v1/steady-state`, `{"client_params": {"id", "group"}}`) with one reboot slot, in
+/// the test process on 127.0.0.1. Every request is kept, as (path, id, granted).
+struct FleetLockServer {
+    port: u16,
+    state: std::sync::Arc<std::sync::Mutex<LockState>>,
+}
+
+#[derive(Default)]
+struct LockState {
+    holder: Option<String>,
+    seen: Vec<(String, String, bool)>,
+}
+
+impl FleetLockServer {
+    fn start(holder: Option<&str>) -> FleetLockServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(LockState {
+            holder: holder.map(String::from),
+            seen: Vec::new(),
+        }));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = answer(stream, &shared);
+            }
+        });
+        FleetLockServer { port, state }
+    }
+
+    fn netdev_fwd(&self) -> String {
+        format!(
+            "guestfwd=tcp:{FLEETLOCK_IN_GUEST}-cmd:socat - TCP:127.0.0.1:{}",
+            self.port
+        )
+    }
+
+    /// What another machine's steady-state report does: the slot is free.
+    fn release(&self) {
+        self.state.lock().unwrap().holder = None;
+    }
+
+    fn seen(&self) -> Vec<(String, String, bool)> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    fn holder(&self) -> Option<String> {
+        self.state.lock().unwrap().holder.clone()
+    }
+}
+
+/// One request: the lock with one slot, as airlock keeps it for a group.
+fn answer(stream: std::net::TcpStream, state: &std::sync::Mutex<LockState>) -> std::io::Result<()> {
+    use std::io::{BufRead, Read, Write};
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let (mut length, mut protocol) = (0usize, false);
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':').unwrap_or((header, ""));
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse().unwrap_or(0),
+            "fleet-lock-protocol" => protocol = value.trim() == "true",
+            _ => {}
+        }
+    }
+    let mut body = vec![0u8; length.min(4096)];
+    reader.read_exact(&mut body)?;
+    let id = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["client_params"]["id"].as_str().map(String::from))
+        .unwrap_or_default();
+    let granted = {
+        let mut s = state.lock().unwrap();
+        let free = s.holder.as_deref().is_none_or(|h| h == id);
+        let granted = protocol
+            && !id.is_empty()
+            && match path.as_str() {
+                "/v1/pre-reboot" if free => {
+                    s.holder = Some(id.clone());
+                    true
+                }
+                "/v1/steady-state" => {
+                    if s.holder.as_deref() == Some(id.as_str()) {
+                        s.holder = None;
+                    }
+                    true
+                }
+                _ => false,
+            };
+        s.seen.push((path, id, granted));
+        granted
+    };
+    let (status, text) = if granted {
+        ("200 OK", "{}")
+    } else {
+        (
+            "409 Conflict",
+            "{\"kind\":\"failed_lock\",\"value\":\"the reboot slot is taken\"}",
+        )
+    };
+    let mut out = stream;
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    )?;
+    out.flush()
+}
+
+/// Automatic updates with nobody at the keyboard: user-data names the registry's
+/// repository, `reboot: immediately` and a FleetLock server whose one slot another
+/// machine holds. The machine finds 0.2.0, applies it, and waits for the slot; once the
+/// other machine gives it back, it takes it, reboots into 0.2.0, blesses it, and gives
+/// the slot back. Then a 0.3.0 that panics: tried, rolled back, never tried again.
+#[test]
+fn automatic_update_waits_for_the_fleet_lock_then_reboots_into_the_new_version() {
+    use crate::slots::{off, slots, SlotDisk, HEALTHY};
+    let newer = Forged::new("0.2.0", Sign::Trusted);
+    let registry = Registry::start();
+    registry.push(&newer.layout(), "berth/os:stable");
+    let lock = FleetLockServer::start(Some("another-machine"));
+
+    let disk = SlotDisk::new("auto", berth_tests::vm::Firmware::Bios);
+    let user_data = format!(
+        "{HEALTHY}    source: {REGISTRY_IN_GUEST}/berth/os\n    check_interval: 10s\n    reboot: immediately\n    fleetlock_url: http://{FLEETLOCK_IN_GUEST}\n  registries:\n    registry:\n      \"{REGISTRY_IN_GUEST}\":\n        insecure: true\nhostname: node-1\n"
+    );
+    let mut cfg = disk.config("auto", &user_data);
+    let [netdev_flag, netdev, device_flag, device] = registry.netdev();
+    cfg.extra_args.extend([
+        netdev_flag,
+        format!("{netdev},{}", lock.netdev_fwd()),
+        device_flag,
+        device,
+    ]);
+    let vm = crate::common::boot(cfg);
+    let started = std::time::Instant::now();
+    // Applied, and asking for the slot it cannot have yet.
+    let deadline = started + std::time::Duration::from_secs(300);
+    while !lock
+        .seen()
+        .iter()
+        .any(|(p, id, granted)| p == "/v1/pre-reboot" && id == "node-1" && !granted)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pre-reboot request: {:?}",
+            lock.seen()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    say(&format!(
+        "automatic update applied and waiting for the lock {:.1} s after ready",
+        started.elapsed().as_secs_f64()
+    ));
+    let s = slots(&vm);
+    assert!(s[0].2, "rebooted without the lock: {s:?}");
+    assert_eq!(s[1].0, "trial", "{s:?}");
+    assert_eq!(s[1].1, "0.2.0", "{s:?}");
+    // The other machine is done: the slot is ours, and the reboot follows.
+    lock.release();
+    vm.wait_for_line("berth: slot b blessed", crate::common::BOOT_TIMEOUT * 2)
+        .expect("0.2.0 tried and blessed, with no operator step");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while lock.holder().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never given back: {:?}",
+            lock.seen()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let seen = lock.seen();
+    let granted_at = seen
+        .iter()
+        .position(|(p, id, g)| p == "/v1/pre-reboot" && id == "node-1" && *g)
+        .expect("the slot taken");
+    assert!(
+        seen[granted_at..]
+            .iter()
+            .any(|(p, id, g)| p == "/v1/steady-state" && id == "node-1" && *g),
+        "{seen:?}"
+    );
+    let s = slots(&vm);
+    assert_eq!(s[1], ("active".into(), "0.2.0".into(), true), "{s:?}");
+    let status = vm
+        .berthctl(&["update", "status"])
+        .expect("berthctl update status");
+    assert!(
+        status.contains("running:   berth 0.2.0 (slot b, blessed)"),
+        "{status}"
+    );
+
+    // 0.3.0, whose kernel panics: tried (the slot is free now), rolled back to 0.2.0 when
+    // its tries are spent, and then not tried again though the registry still offers it.
+    let broken = Forged::with_cmdline("0.3.0", Sign::Trusted, "rdinit=/nonexistent");
+    registry.push(&broken.layout(), "berth/os:stable");
+    let readies = vm.console().matches("berth: ready").count();
+    let seen = vm
+        .wait_for_line("berth: rolled back from", crate::common::BOOT_TIMEOUT * 4)
+        .expect("0.3.0 tried and rolled back");
+    assert!(seen.line.contains("berth 0.3.0 "), "{}", seen.line);
+    vm.wait_for_line_count("berth: ready", readies + 1, crate::common::BOOT_TIMEOUT)
+        .expect("0.2.0 ready again");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let log = vm
+            .berthctl(&["service", "logs", "berth-autoupdate"])
+            .unwrap_or_default();
+        if log.contains("berth 0.3.0 lost its trial here") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let s = slots(&vm);
+    assert_eq!(s[1], ("active".into(), "0.2.0".into(), true), "{s:?}");
+    assert_eq!(
+        (s[0].0.as_str(), s[0].1.as_str()),
+        ("bad", "0.3.0"),
+        "{s:?}"
+    );
+    let status = vm
+        .berthctl(&["update", "status"])
+        .expect("berthctl update status");
+    assert!(
+        status.contains("rollback:  berth 0.3.0 in slot a lost its trial"),
+        "{status}"
+    );
+    assert!(lock.holder().is_none(), "{:?}", lock.seen());
+    off(vm);
 }

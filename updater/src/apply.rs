@@ -126,7 +126,7 @@ pub fn booted_version() -> Result<Version, String> {
     })
 }
 
-async fn connect_init() -> Result<zbus::Connection, String> {
+pub(crate) async fn connect_init() -> Result<zbus::Connection, String> {
     berth_control::connect(Path::new(berth_control::INIT_SOCKET))
         .await
         .map_err(|e| format!("connecting to init: {e}"))

@@ -7,9 +7,12 @@
 //! streams its root into DEV (each block checked against the signed hash tree before it
 //! is written) and reads it back. `apply`, on a running Berth machine, writes the payload
 //! into the other slot and offers it for a trial boot. `run` is the service init starts
-//! for `berthctl update`: it carries out the request init left in `/run/berth`.
+//! for `berthctl update`: it carries out the request init left in `/run/berth`; `auto`
+//! is the automatic updates' service.
 
 mod apply;
+mod auto;
+mod fleetlock;
 mod payload;
 mod progress;
 
@@ -64,6 +67,9 @@ enum Command {
     /// The service `berthctl update` starts: carries out init's request, with its
     /// progress in the status file.
     Run,
+    /// The automatic updates' service: checks, applies and reboots as user-data's
+    /// `berth.update` says (off without a source).
+    Auto,
 }
 
 #[derive(Args, Debug)]
@@ -155,6 +161,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Run => run_request(Path::new(UPDATE_REQUEST)),
+        Command::Auto => auto::run(),
     }
 }
 

@@ -98,6 +98,18 @@ pub struct Payload {
     pub signature: Option<Vec<u8>>,
 }
 
+/// The image store's registry client, with this machine's `registries.toml`.
+fn client() -> Result<Client, RegistryError> {
+    let config =
+        Config::load(Path::new(berth_store::registry::CONFIG_PATH)).map_err(RegistryError::from)?;
+    Client::new(config)
+}
+
+/// The same, for the updater's other HTTP (FleetLock): the CAs the registries trust.
+pub fn registry_client() -> Result<Client, String> {
+    client().map_err(|e| e.to_string())
+}
+
 fn not_payload(why: impl Into<String>) -> PayloadError {
     PayloadError::NotAPayload(why.into())
 }
@@ -127,9 +139,7 @@ impl Payload {
     /// From a registry, through the store's client and its `registries.toml`.
     fn pull(reference: &str) -> Result<Payload, PayloadError> {
         let r = Reference::parse(reference).map_err(|e| not_payload(e.to_string()))?;
-        let config = Config::load(Path::new(berth_store::registry::CONFIG_PATH))
-            .map_err(RegistryError::from)?;
-        let client = Client::new(config)?;
+        let client = client()?;
         // The manifest, checked against its digest, bounded in size.
         let (host, oci_bytes, _) = berth_store::pull::resolve(&client, &r)?;
         let blobs = Blobs::Registry {

@@ -229,9 +229,10 @@ fn update_health_settings_are_checked() {
     assert!(report.errors.is_empty(), "{report:?}");
     assert_eq!(
         s.update,
-        Some(UpdateSettings {
+        Some(berth_schema::update::UpdateConfig {
             health_seconds: Some(5),
             health_timeout_seconds: Some(40),
+            ..Default::default()
         })
     );
     for (doc, at) in [

@@ -30,7 +30,7 @@ const ESP_LABEL: &str = "EFI-SYSTEM";
 
 /// What user-data's `berth.update` sets (the agent writes it here), read when the
 /// health watch starts.
-pub const UPDATE_SETTINGS: &str = "/etc/berth/update.toml";
+pub const UPDATE_SETTINGS: &str = berth_schema::update::CONFIG_PATH;
 /// How long a trial boot must stay healthy before it is blessed, unless set.
 pub const DEFAULT_HEALTH: Duration = Duration::from_secs(60);
 /// How long after `berth: ready` a trial boot has to become healthy for that long.
@@ -310,7 +310,9 @@ impl Slots {
                 let info = self.info(slot);
                 let trial = state.trial.filter(|t| t.slot == slot);
                 let failed = state.failed.as_ref().filter(|f| f.slot == slot);
-                let status = if let Some(f) = failed {
+                let status = if state.claimed(slot) {
+                    ("writing", String::new())
+                } else if let Some(f) = failed {
                     ("bad", f.why.clone())
                 } else if trial.is_some() {
                     ("trial", String::new())
@@ -453,14 +455,8 @@ impl HealthSettings {
         })
     }
 
-    fn parse(text: &str) -> Result<HealthSettings, toml::de::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct File {
-            health_seconds: Option<u64>,
-            health_timeout_seconds: Option<u64>,
-        }
-        let f: File = toml::from_str(text)?;
+    fn parse(text: &str) -> Result<HealthSettings, String> {
+        let f = berth_schema::update::UpdateConfig::parse(text)?;
         Ok(HealthSettings {
             settle: f.health_seconds.map_or(DEFAULT_HEALTH, Duration::from_secs),
             timeout: f
