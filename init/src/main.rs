@@ -133,6 +133,7 @@ fn emergency(reason: &str) -> Supervisor {
                     control: None,
                     pending_ready: None,
                     watchdog: None,
+                    slots: Default::default(),
                 };
             }
             Err(e) => {

@@ -899,6 +899,11 @@ fn automatic_update_waits_for_the_fleet_lock_then_reboots_into_the_new_version()
     lock.release();
     vm.wait_for_line("berth: slot b blessed", crate::common::BOOT_TIMEOUT * 2)
         .expect("0.2.0 tried and blessed, with no operator step");
+    // The console says which version came up.
+    assert!(
+        vm.console().contains("berth: ready (berth 0.2.0 (slot b),"),
+        "no ready line naming 0.2.0"
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while lock.holder().is_some() {
         assert!(

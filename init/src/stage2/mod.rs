@@ -95,7 +95,7 @@ pub fn run(mut stage1: Stage1, signals: SignalFd) -> Supervisor {
         Path::new(services::LOG_DIR),
         slots.clone(),
     );
-    slots::start(&cmdline, slots, control.as_ref());
+    slots::start(&cmdline, slots.clone(), control.as_ref());
     let cgroot = services::cgroup::setup(Path::new(services::cgroup::MOUNT));
     let defs = services::load(Path::new(services::SERVICES_DIR));
     info!(
@@ -113,5 +113,6 @@ pub fn run(mut stage1: Stage1, signals: SignalFd) -> Supervisor {
         control,
         pending_ready: Some(hostname.to_string()),
         watchdog,
+        slots,
     }
 }

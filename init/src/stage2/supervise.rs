@@ -35,6 +35,8 @@ pub struct Supervisor {
     /// The hostname for the ready line; `None` once the line is printed.
     pub pending_ready: Option<String>,
     pub watchdog: Option<super::watchdog::Watchdog>,
+    /// The boot slots, once read: the ready line names the booted slot's version.
+    pub slots: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<super::slots::Slots>>>,
 }
 
 /// What PID 1 does on each signal, after systemd (systemd(1), "Signals"), so `kill`,
@@ -255,9 +257,18 @@ impl Supervisor {
         crate::timeline::mark("services");
         let up = log::uptime();
         let addresses = addresses();
+        // The version the machine came up on: the booted slot's (an update's), else
+        // this build's.
+        let version = self
+            .slots
+            .get()
+            .and_then(|s| {
+                s.info(s.booted)
+                    .map(|i| format!("{} (slot {})", i.version, s.booted.name()))
+            })
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
         log::bare(format_args!(
-            "berth: ready (berth {}, boot {} ms, hostname {hostname}, addresses {}, services {})",
-            env!("CARGO_PKG_VERSION"),
+            "berth: ready (berth {version}, boot {} ms, hostname {hostname}, addresses {}, services {})",
             up.as_millis(),
             if addresses.is_empty() {
                 "none".to_string()
