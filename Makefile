@@ -14,6 +14,9 @@ IMAGE_DIR := $(if $(filter test,$(VARIANT)),$(OUT)/test,$(OUT))
 # image-build makes once under cache/keys/).
 SIGNING_KEY ?=
 SIGN := $(if $(SIGNING_KEY),--signing-key $(SIGNING_KEY))
+# The OS version the image and its update payload record (SemVer; default: the build's).
+VERSION ?=
+IMAGE_FLAGS := $(SIGN) $(if $(VERSION),--version $(VERSION))
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all deps build image image-test floor run test lint unit vm-test bench clean
@@ -28,10 +31,10 @@ build: deps
 
 # Kernel + initramfs (+ manifest.json) in out/ (VARIANT=test: out/test/).
 image: build
-	$(BIN)/image-build image --variant $(VARIANT) --out $(IMAGE_DIR) $(SIGN)
+	$(BIN)/image-build image --variant $(VARIANT) --out $(IMAGE_DIR) $(IMAGE_FLAGS)
 
 image-test: build
-	$(BIN)/image-build image --variant test --out $(OUT)/test $(SIGN)
+	$(BIN)/image-build image --variant test --out $(OUT)/test $(IMAGE_FLAGS)
 
 floor: build
 	$(BIN)/image-build floor --out $(OUT)/floor
@@ -61,6 +64,10 @@ bench: image image-test floor
 	$(BIN)/berth-store-bench --runs 5 --json $(OUT)/bench-pull.json
 	$(BIN)/berth-vm bench-daemon --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
 		--disk $(OUT)/test/berth.raw --containers 100 --json $(OUT)/bench-daemon.json
+	# A newer build of the same tree (only its version differs) to update to.
+	$(BIN)/image-build image --variant test --out $(OUT)/test-newer --version 999.0.0 $(SIGN)
+	$(BIN)/berth-vm bench-update --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
+		--disk $(OUT)/test/berth.raw --newer $(OUT)/test-newer --json $(OUT)/bench-update.json
 
 clean:
 	rm -rf $(OUT)

@@ -23,7 +23,8 @@ pub const CONTROL_PORT: &str = "org.berth.control";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ServiceStatus {
     pub name: String,
-    /// inactive, waiting, starting, ready, stopping, restarting, failed.
+    /// inactive, waiting, starting, ready, stopping, restarting, failed, done (exited 0
+    /// by itself and not restarted).
     pub state: String,
     /// 0 when not running.
     pub pid: u32,
@@ -167,6 +168,68 @@ impl UpdateStatus {
             "available" | "up-to-date" | "applied" | "failed"
         )
     }
+}
+
+/// Follows the update request `id` (from [`InitProxy::update_start`]) to its end:
+/// `seen` hears each status of it as it goes. Fails when the updater service stopped
+/// without answering it (killed, or crashed before its first status), and after
+/// `patience`.
+pub async fn wait_update(
+    init: &InitProxy<'_>,
+    id: u64,
+    patience: std::time::Duration,
+    mut seen: impl FnMut(&UpdateStatus),
+) -> Result<UpdateStatus, String> {
+    let text = |e: zbus::Error| match e {
+        zbus::Error::MethodError(_, Some(msg), _) => msg,
+        other => other.to_string(),
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let s = init.update_status().await.map_err(text)?;
+        if s.id == id {
+            seen(&s);
+            if s.is_final() {
+                // The answer is written just before the process exits: wait (briefly) for
+                // init to see it gone, so a request right after this one is not refused
+                // as "already running".
+                for _ in 0..50 {
+                    let services = init.services().await.map_err(text)?;
+                    if updater_stopped(&services) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                return Ok(s);
+            }
+        }
+        // Past a grace period (init publishes service states on its loop's next turn),
+        // a stopped service with no answer will not answer.
+        if started.elapsed() > std::time::Duration::from_secs(5) {
+            let services = init.services().await.map_err(text)?;
+            let stopped = updater_stopped(&services);
+            let again = init.update_status().await.map_err(text)?;
+            if stopped && !(again.id == id && again.is_final()) {
+                return Err(format!(
+                    "{UPDATER_SERVICE} stopped without finishing update {id} (berthctl service logs {UPDATER_SERVICE})"
+                ));
+            }
+        }
+        if started.elapsed() > patience {
+            return Err(format!(
+                "update {id}: no end after {} s",
+                patience.as_secs()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+fn updater_stopped(services: &[ServiceStatus]) -> bool {
+    services
+        .iter()
+        .find(|x| x.name == UPDATER_SERVICE)
+        .is_none_or(|x| matches!(x.state.as_str(), "inactive" | "done" | "failed"))
 }
 
 /// One boot slot (a root partition and its kernel, initramfs and command line on the

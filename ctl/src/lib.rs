@@ -345,7 +345,7 @@ async fn settle(
         let restarted = restarts_before.is_none_or(|r| s.restarts > r);
         let done = match s.state.as_str() {
             "ready" => restarted,
-            "failed" | "restarting" | "inactive" => restarted,
+            "failed" | "restarting" | "inactive" | "done" => restarted,
             _ => false,
         };
         if done || Instant::now() > deadline {

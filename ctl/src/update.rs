@@ -3,12 +3,12 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_control::{InitProxy, SlotStatus, UpdateRequest, UpdateStatus};
 use clap::Subcommand;
 
-use crate::{error_text, sleep, Failure};
+use crate::{error_text, Failure};
 
 #[derive(Subcommand)]
 pub enum Cmd {
@@ -120,42 +120,36 @@ async fn start_and_wait(
     };
     let id = init.update_start(&request).await.map_err(error_text)?;
     if !wait {
-        if !json {
+        if json {
+            println!("{}", serde_json::json!({ "id": id }));
+        } else {
             println!("update {id} started: berthctl update status follows it");
         }
         return Ok(UpdateStatus::default());
     }
     let bar = !json && std::io::stdout().is_terminal();
-    let deadline = Instant::now() + WAIT;
     let mut last_step = String::new();
-    loop {
-        let s = init.update_status().await.map_err(error_text)?;
-        if s.id == id {
-            if bar {
-                print!("\r\x1b[K{}", progress_line(&s));
-                let _ = std::io::Write::flush(&mut std::io::stdout());
-            } else if !json && s.step != last_step && !s.step.is_empty() {
-                println!("{}", progress_line(&s));
-            }
-            last_step.clone_from(&s.step);
-            if s.is_final() {
-                if bar {
-                    println!();
-                }
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-                }
-                if s.state == "failed" {
-                    return Err(format!("update {action} failed: {}", s.error).into());
-                }
-                return Ok(s);
-            }
+    let done = berth_control::wait_update(init, id, WAIT, |s| {
+        if bar {
+            print!("\r\x1b[K{}", progress_line(s));
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else if !json && s.step != last_step && !s.step.is_empty() {
+            println!("{}", progress_line(s));
         }
-        if Instant::now() > deadline {
-            return Err(format!("update {id}: no end after {} s", WAIT.as_secs()).into());
-        }
-        sleep(Duration::from_millis(300));
+        last_step.clone_from(&s.step);
+    })
+    .await;
+    if bar {
+        println!();
     }
+    let s = done?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+    }
+    if s.state == "failed" {
+        return Err(format!("update {action} failed: {}", s.error).into());
+    }
+    Ok(s)
 }
 
 /// `applying root [#######.............] 35% 12/35 MiB`.

@@ -55,6 +55,10 @@ enum Command {
         /// key under CACHE/keys, made once).
         #[arg(long)]
         signing_key: Option<PathBuf>,
+        /// The OS version (SemVer) slot A's slot.json and the update payload record:
+        /// what machines compare when they update (default: the build's).
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        version: String,
     },
     /// Writes a built image into a slot of a disk image (the machine off) and offers
     /// it for a trial boot: a second version for testing slots and rollback.
@@ -114,9 +118,13 @@ fn run(cli: Cli) -> Result<()> {
             bin_dir,
             out,
             signing_key,
+            version,
         } => {
+            // Checked as machines will read it, before anything is built.
+            berth_update::Version::parse(&version)
+                .map_err(|e| anyhow::anyhow!("--version: {e}"))?;
             let signer = update::Signer::new(&cache, signing_key.as_deref())?;
-            build_image(&cache, variant, bin_dir, &out, &signer)
+            build_image(&cache, variant, bin_dir, &out, &signer, &version)
         }
         Command::Floor { out } => build_floor(&cache, &out),
         Command::WriteSlot {
@@ -143,6 +151,7 @@ fn build_image(
     bin_dir: PathBuf,
     out: &Path,
     signer: &update::Signer,
+    version: &str,
 ) -> Result<()> {
     let kernel = kernel::prepare(cache)?;
     // busybox-static: the built-in container image in every variant, and the test
@@ -188,6 +197,7 @@ fn build_image(
     write(&out.join("kernel.config"), &config)?;
     let manifest = serde_json::json!({
         "variant": variant,
+        "version": version,
         "kernel": {
             "package": kernel.package.name,
             "version": kernel.package.version,
@@ -221,6 +231,7 @@ fn build_image(
         &out.join("initrd.img"),
         &grub,
         out,
+        version,
     )?;
     let payload = update::write(
         out,
@@ -230,7 +241,7 @@ fn build_image(
             vmlinuz: &out.join("vmlinuz"),
             initrd: &out.join("initrd.img"),
             cmdline: BASE_CMDLINE,
-            version: env!("CARGO_PKG_VERSION"),
+            version,
             build_id: &disk.build_id,
         },
         signer,
@@ -378,6 +389,7 @@ fn build_disk(
     initrd: &Path,
     grub: &grub::Grub,
     out: &Path,
+    version: &str,
 ) -> Result<DiskReport> {
     let staging = out.join(".build");
     std::fs::create_dir_all(&staging)?;
@@ -393,7 +405,7 @@ fn build_disk(
         "",
     );
     let info = berth_bootslot::SlotInfo {
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        version: version.to_string(),
         build_id: rootfs::hex(&seed[..8]),
         root_hash: root.root_hash.clone(),
     };

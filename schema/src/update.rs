@@ -230,11 +230,17 @@ pub struct Window {
 }
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+/// `Mon,Tue,Wed,Thu,Fri,Sat,Sun 23:00-01:00` is 37: room to spare, and the whole file
+/// stays well inside what init reads of it.
+const MAX_WINDOW: usize = 64;
 
+/// `Mon`, `monday`, `MON`...: the first three letters name the day.
 fn day(text: &str) -> Result<usize, String> {
     let lower = text.to_ascii_lowercase();
-    DAYS.iter()
-        .position(|d| lower.len() >= 3 && d.starts_with(&lower[..3]) && lower.len() <= 9)
+    // By `get`, not by slicing: user-data is anything, and a character of several bytes
+    // must be a refusal, not a panic (init parses this file too).
+    let head = lower.get(..3).filter(|_| lower.len() <= 9);
+    head.and_then(|h| DAYS.iter().position(|d| *d == h))
         .ok_or_else(|| format!("{text:?} is not a day (Mon ... Sun)"))
 }
 
@@ -252,6 +258,9 @@ impl std::str::FromStr for Window {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Window, String> {
+        if text.len() > MAX_WINDOW {
+            return Err(format!("at most {MAX_WINDOW} characters"));
+        }
         let words: Vec<&str> = text.split_whitespace().collect();
         let (days_text, times) = match words[..] {
             [times] => (None, times),
@@ -278,6 +287,9 @@ impl std::str::FromStr for Window {
                 }
                 None => days[day(item)?] = true,
             }
+        }
+        if !days.contains(&true) {
+            return Err(format!("{text:?}: no day"));
         }
         let (start, end) = times
             .split_once('-')
@@ -329,6 +341,10 @@ mod tests {
         assert!(w.contains(sat(0, 2, 0)) && w.contains(sat(0, 3, 59)));
         assert!(!w.contains(sat(0, 4, 0)) && !w.contains(sat(0, 1, 59)));
         assert!(!w.contains(sat(1, 3, 0)), "a Sunday");
+        assert_eq!(
+            "saturday 02:00-04:00".parse::<Window>(),
+            "Sat 02:00-04:00".parse()
+        );
         let w: Window = "Fri-Sun 23:00-01:00".parse().unwrap();
         assert!(w.contains(sat(0, 23, 30)) && w.contains(sat(1, 0, 30)));
         assert!(
@@ -345,6 +361,10 @@ mod tests {
             "02:00-02:00",
             "24:00-01:00",
             "Sat Sun 01:00-02:00",
+            "Moé 02:00-04:00",
+            "é 02:00-04:00",
+            ", 02:00-04:00",
+            "Mon,Mon,Mon,Mon,Mon,Mon,Mon,Mon,Mon,Mon,Mon,Mon,Mon,Mon,Mon,Mon 02:00-04:00",
         ] {
             assert!(bad.parse::<Window>().is_err(), "{bad}");
         }

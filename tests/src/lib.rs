@@ -9,5 +9,6 @@ pub mod http;
 pub mod lock;
 pub mod qmp;
 pub mod testd;
+pub mod update_bench;
 pub mod vm;
 pub mod volumes;

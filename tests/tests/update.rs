@@ -521,6 +521,12 @@ fn power_cuts_during_an_apply_leave_a_booting_then_the_payload_is_tried_and_bles
         let again = vm.testd().unwrap().sh(&root_b_head).unwrap();
         assert_eq!(again.stdout, head.stdout, "{name}: ROOT-B changed");
     }
+    // The oci-archive through berthctl (init's updater service), as an operator checks
+    // a file on the machine.
+    let out = vm
+        .berthctl(&["update", "check", "--file", "/run/payload/newer.tar"])
+        .expect("berthctl update check --file");
+    assert!(out.contains("berth 0.2.0 is available"), "{out}");
     for (at, cut) in CUTS.iter().chain(["applied"].iter()).enumerate() {
         let started = std::time::Instant::now();
         let out = vm

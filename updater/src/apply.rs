@@ -3,11 +3,12 @@
 //!
 //! 1. check the payload against the trusted keys and the booted slot's version (and, from
 //!    a file, read every part and check it);
-//! 2. ask init to claim the other slot (never booted, never rolled back to, until it is
+//! 2. open the other slot's partition exclusively (a second apply at once stops there),
+//!    then ask init to claim that slot (never booted, never rolled back to, until it is
 //!    offered: what it held is about to go);
-//! 3. open its partition exclusively (a second apply at once stops there), remove its
-//!    `slot.json` (init offers no slot without one), write the root into the partition,
-//!    each block checked before it is written, and read it back from the device;
+//! 3. remove its `slot.json` (init offers no slot without one), write the root into the
+//!    partition, each block checked before it is written, and read it back from the
+//!    device;
 //! 4. write its kernel, initramfs and `boot.cfg` to the ESP, and `slot.json` last;
 //! 5. ask init to offer it for a trial boot (one sector of GRUB's environment block).
 //!
@@ -59,7 +60,7 @@ fn apply_steps(r: &Request<'_>, progress: &mut Progress) -> Result<Applied, Stri
         let init = InitProxy::new(&conn)
             .await
             .map_err(|e| format!("init's API: {e}"))?;
-        let running = booted_version_of(&init).await?;
+        let (booted, running) = booted_of(&init).await?;
         let (mut payload, verified) =
             crate::payload::open_verified(r.from, r.keys, &running, r.allow_downgrade)?;
         progress.version(&verified.manifest.version.to_string());
@@ -81,21 +82,24 @@ fn apply_steps(r: &Request<'_>, progress: &mut Progress) -> Result<Applied, Stri
             })
             .map_err(|e| format!("{}: refused: {e}", path.display()))?;
         }
+        // The other slot's partition, found and held exclusively before the claim: a
+        // second apply running at once stops here, and a missing partition leaves the
+        // slot unclaimed (and its version still there to roll back to).
+        let slot = booted.other();
+        let partition = find_partition(Path::new("/sys/class/block"), slot.partlabel())?;
+        let device = open_partition(&partition, true)?;
         progress.step("claim", 0);
         let name = init
             .claim_slot()
             .await
             .map_err(|e| format!("claiming the other slot: {e}"))?;
-        let slot = match name.as_str() {
-            "a" => berth_bootslot::Slot::A,
-            "b" => berth_bootslot::Slot::B,
-            other => return Err(format!("init claimed a slot named {other:?}")),
-        };
+        if name != slot.name() {
+            return Err(format!(
+                "init claimed slot {name:?}, not {} (the slot that did not boot)",
+                slot.name()
+            ));
+        }
         progress.slot(&name);
-        let partition = find_partition(Path::new("/sys/class/block"), slot.partlabel())?;
-        // Exclusive first: a second apply running at once stops here, before it touches
-        // anything of this one's.
-        let device = open_partition(&partition, true)?;
         let esp_dir = Path::new(grub::ESP_MOUNT).join(grub::DIR).join(slot.name());
         // The slot is incomplete from now until its slot.json is back: init offers no
         // slot without one, whatever fails in between.
@@ -122,7 +126,7 @@ pub fn booted_version() -> Result<Version, String> {
         let init = InitProxy::new(&conn)
             .await
             .map_err(|e| format!("init's API: {e}"))?;
-        booted_version_of(&init).await
+        Ok(booted_of(&init).await?.1)
     })
 }
 
@@ -132,12 +136,21 @@ pub(crate) async fn connect_init() -> Result<zbus::Connection, String> {
         .map_err(|e| format!("connecting to init: {e}"))
 }
 
-async fn booted_version_of(init: &InitProxy<'_>) -> Result<Version, String> {
+/// The booted slot and its version, as init knows them.
+async fn booted_of(init: &InitProxy<'_>) -> Result<(berth_bootslot::Slot, Version), String> {
     let slots = init
         .slots()
         .await
         .map_err(|e| format!("the boot slots: {e}"))?;
-    Version::parse(&booted(&slots)?.version).map_err(|e| format!("the booted slot's version: {e}"))
+    let booted = booted(&slots)?;
+    let slot = match booted.slot.as_str() {
+        "a" => berth_bootslot::Slot::A,
+        "b" => berth_bootslot::Slot::B,
+        other => return Err(format!("init booted a slot named {other:?}")),
+    };
+    let version =
+        Version::parse(&booted.version).map_err(|e| format!("the booted slot's version: {e}"))?;
+    Ok((slot, version))
 }
 
 fn booted(slots: &[SlotStatus]) -> Result<&SlotStatus, String> {

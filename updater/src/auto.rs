@@ -22,10 +22,22 @@ use crate::fleetlock::FleetLock;
 
 /// How often a refused FleetLock request, and a closed window, are looked at again.
 const RETRY: Duration = Duration::from_secs(10);
+/// How long one check or apply may take before the schedule gives up on it.
+const PATIENCE: Duration = Duration::from_secs(3600);
 /// The first check comes within this of the start (or the interval, if shorter).
 const FIRST_CHECK: Duration = Duration::from_secs(60);
 
 pub fn run() -> Result<(), String> {
+    // A broken setting of automatic updates is the operator's to fix: said, and the
+    // service ends as done, so neither the boot's ready line nor a trial's health waits
+    // on it (a new OS version is not rolled back for its user-data).
+    if let Err(e) = schedule() {
+        println!("berth-updater: automatic updates stopped: {e}");
+    }
+    Ok(())
+}
+
+fn schedule() -> Result<(), String> {
     let Some(config) = UpdateConfig::load(Path::new(CONFIG_PATH))? else {
         println!("berth-updater: automatic updates are off (no berth.update in user-data)");
         return Ok(());
@@ -40,13 +52,14 @@ pub fn run() -> Result<(), String> {
     };
     let never = config.reboot == Some(Reboot::Policy(Policy::Never));
     let http = crate::payload::registry_client()?;
-    let fleet = config.fleetlock_url.as_deref().map(|url| {
-        FleetLock::new(
+    let fleet = match config.fleetlock_url.as_deref() {
+        Some(url) => Some(FleetLock::new(
             url,
-            &node_id(),
+            &node_id()?,
             config.fleetlock_group.as_deref().unwrap_or("default"),
-        )
-    });
+        )),
+        None => None,
+    };
     println!(
         "berth-updater: automatic updates from {reference}, every {} s, reboot {}{}",
         config.interval().as_secs(),
@@ -84,17 +97,24 @@ pub fn run() -> Result<(), String> {
             );
             continue;
         }
-        if let Some(w) = &window {
-            if !w.contains(now()) {
-                println!("berth-updater: berth {applied}: waiting for the reboot window");
-                while !w.contains(now()) {
-                    std::thread::sleep(RETRY);
+        loop {
+            if let Some(w) = &window {
+                if !w.contains(now()) {
+                    println!("berth-updater: berth {applied}: waiting for the reboot window");
+                    while !w.contains(now()) {
+                        std::thread::sleep(RETRY);
+                    }
                 }
             }
-        }
-        if let Some(f) = &fleet {
+            let Some(f) = &fleet else { break };
             retry("FleetLock pre-reboot", || f.pre_reboot(http.http()));
-            println!("berth-updater: FleetLock: reboot slot taken");
+            if window.as_ref().is_none_or(|w| w.contains(now())) {
+                println!("berth-updater: FleetLock: reboot slot taken");
+                break;
+            }
+            // The slot came after the window closed: give it back, wait for the next.
+            retry("FleetLock steady-state", || f.steady_state(http.http()));
+            println!("berth-updater: FleetLock: the slot came after the window closed; given back");
         }
         println!("berth-updater: rebooting into berth {applied}");
         init_call(|init| async move { init.reboot().await })?;
@@ -119,16 +139,32 @@ fn check_and_apply(reference: &str) -> Result<Option<String>, String> {
     }
     let version = checked.version;
     let slots = init_call(|init| async move { init.slots().await })?;
-    if let Some(other) = slots.iter().find(|s| !s.booted && s.version == version) {
+    if let Some(other) = slots.iter().find(|s| !s.booted) {
+        let same = other.version == version;
         match other.state.as_str() {
-            "bad" => {
+            "bad" if same => {
                 println!(
                     "berth-updater: berth {version} lost its trial here ({}): not tried again",
                     other.why
                 );
                 return Ok(None);
             }
-            "trial" => return Ok(Some(version)),
+            // Kept in the other slot while an older one runs: an operator rolled back
+            // from it. Theirs to take again (berthctl update apply).
+            "good" if same => {
+                println!(
+                    "berth-updater: berth {version} was rolled back from here: not applied again automatically"
+                );
+                return Ok(None);
+            }
+            "trial" if same => return Ok(Some(version)),
+            "trial" => {
+                println!(
+                    "berth-updater: berth {} waits for its trial: berth {version} comes after it",
+                    other.version
+                );
+                return Ok(None);
+            }
             _ => {}
         }
     }
@@ -152,16 +188,17 @@ fn request(action: &str, source: &str) -> Result<UpdateStatus, String> {
         let r = r.clone();
         async move { init.update_start(&r).await }
     })?;
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let s = init_call(|init| async move { init.update_status().await })?;
-        if s.id == id && s.is_final() {
-            if s.state == "failed" {
-                return Err(format!("{action} of {source}: {}", s.error));
-            }
-            return Ok(s);
-        }
+    let done = zbus::block_on(async {
+        let conn = crate::apply::connect_init().await?;
+        let init = InitProxy::new(&conn)
+            .await
+            .map_err(|e| format!("init's API: {e}"))?;
+        berth_control::wait_update(&init, id, PATIENCE, |_| {}).await
+    })?;
+    if done.state == "failed" {
+        return Err(format!("{action} of {source}: {}", done.error));
     }
+    Ok(done)
 }
 
 /// Until init says the booted slot is not on trial (blessed, or a rollback happened).
@@ -210,11 +247,37 @@ where
     })
 }
 
-/// This machine's name for the lock server: its host name, as the cloud gave it.
-fn node_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// Where a machine whose host name is a default keeps its lock id.
+const NODE_ID: &str = "/var/lib/berth/fleetlock-id";
+
+/// This machine's name for the lock server: its host name as the cloud gave it, which
+/// an operator recognises. A default name many machines share (`berth`, `localhost`)
+/// would let them take one slot together: then an id made once and kept on /var.
+fn node_id() -> Result<String, String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "berth".into())
+        .unwrap_or_default();
+    if !host.is_empty() && host != "berth" && host != "localhost" {
+        return Ok(host);
+    }
+    let path = Path::new(NODE_ID);
+    if let Ok(id) = std::fs::read_to_string(path) {
+        let id = id.trim();
+        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(id.to_string());
+        }
+    }
+    let random = || {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    };
+    let id = format!("{:016x}{:016x}", random(), random());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    berth_persist::write_file(path, id.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+    Ok(id)
 }
 
 fn now() -> u64 {

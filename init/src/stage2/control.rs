@@ -493,12 +493,8 @@ fn next_update_id() -> u64 {
 /// The updater's status file (a few hundred bytes; at most 64 KiB read); none yet is
 /// `idle`.
 fn read_update_status(path: &Path) -> Result<UpdateStatus, String> {
-    let mut text = Vec::new();
-    match std::fs::File::open(path) {
-        Ok(f) => f
-            .take(64 * 1024)
-            .read_to_end(&mut text)
-            .map_err(|e| format!("{}: {e}", path.display()))?,
+    let text = match super::slots::read_regular(path, 64 * 1024) {
+        Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(UpdateStatus {
                 state: "idle".into(),
@@ -573,6 +569,13 @@ mod tests {
         let s = read_update_status(&path).unwrap();
         assert_eq!((s.state.as_str(), s.done), ("applying", 5));
         std::fs::write(&path, b"not json").unwrap();
+        assert!(read_update_status(&path).is_err());
+        // Neither followed nor waited on.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        assert!(read_update_status(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         assert!(read_update_status(&path).is_err());
     }
 

@@ -383,8 +383,9 @@ fn mount_esp(dir: &Path) -> Result<(), SlotError> {
     .map_err(|errno| SlotError::Mount { dev, errno })
 }
 
-/// A regular file's bytes, at most `limit` (a longer file is an error).
-fn read_regular(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+/// A regular file's bytes, at most `limit` (a longer file is an error): no symlink
+/// followed, a FIFO neither waited on nor read.
+pub(super) fn read_regular(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
     let file = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)

@@ -75,7 +75,9 @@ pub fn watch(slots: &Slots, snapshot: &Mutex<Snapshot>, requester: &Requester) {
 /// `Ok` when every service and container is as it should be, else the first that is not.
 fn look(services: &[ServiceStatus]) -> Result<(), String> {
     for s in services.iter().filter(|s| s.autostart) {
-        if s.state != "ready" {
+        // `done`: it exited 0 by itself, its work finished (as a container that exited
+        // 0 below).
+        if s.state != "ready" && s.state != "done" {
             return Err(format!("service {} is {}", s.name, s.state));
         }
     }

@@ -86,6 +86,22 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// An OS update on the test image's disk: berth-updater apply against dd of the
+    /// same root, the reboot's downtime, the payload's size.
+    BenchUpdate {
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initrd: PathBuf,
+        /// The test image's disk.
+        #[arg(long)]
+        disk: PathBuf,
+        /// A newer build's output directory (`image-build image --version ...`).
+        #[arg(long)]
+        newer: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// create + start + wait + delete of /bin/true: berth-runtime against crun and runc,
     /// in the test image (cgroup v2), interleaved.
     BenchRuntimes {
@@ -208,6 +224,21 @@ fn main() -> ExitCode {
             containers,
             json,
         } => bench_daemon(kernel, initrd, &disk, containers.max(1), json.as_deref()),
+        Cmd::BenchUpdate {
+            kernel,
+            initrd,
+            disk,
+            newer,
+            json,
+        } => berth_tests::update_bench::run(
+            &berth_tests::update_bench::Inputs {
+                kernel: &kernel,
+                initrd: &initrd,
+                disk: &disk,
+                newer: &newer,
+            },
+            json.as_deref(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

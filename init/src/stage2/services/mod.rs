@@ -102,6 +102,10 @@ struct Service {
     killed: bool,
     /// Ready once or failed once: the ready line does not wait for it any more.
     settled: bool,
+    /// Its main process exited 0 by itself and it is not restarted: its work is done
+    /// (a one-shot, or a service with nothing to do here). Shown as `done`, and as
+    /// healthy as a ready one.
+    done: bool,
     notify: Option<NotifySocket>,
     fds: Vec<(String, OwnedFd)>,
     exits: Vec<ExitRecord>,
@@ -159,6 +163,7 @@ impl Manager {
                     },
                     wanted,
                     settled: !wanted,
+                    done: false,
                     def,
                     pid: None,
                     started_at: None,
@@ -279,6 +284,7 @@ impl Manager {
             }
         }
         s.log.clear_tail();
+        s.done = false;
         match spawn(s) {
             Ok(pid) => {
                 crate::info!("service {} started (pid {pid})", s.def.name);
@@ -449,6 +455,7 @@ impl Manager {
             } else {
                 State::Failed
             };
+            s.done = clean && !shutting_down;
             s.deadline = None;
         }
     }
@@ -573,9 +580,14 @@ impl Manager {
         settled.iter().all(|s| *s)
     }
 
-    /// "3/3 ready" or "2/3 ready; failing: x".
+    /// "3/3 ready" or "2/3 ready; failing: x" (a service whose work is done is not
+    /// counted).
     pub fn summary(&self) -> String {
-        let wanted: Vec<&Service> = self.services.iter().filter(|s| s.wanted).collect();
+        let wanted: Vec<&Service> = self
+            .services
+            .iter()
+            .filter(|s| s.wanted && !s.done)
+            .collect();
         let ready = wanted.iter().filter(|s| s.state == State::Ready).count();
         let failing: Vec<&str> = wanted
             .iter()
@@ -598,7 +610,11 @@ impl Manager {
             .iter()
             .map(|s| ServiceStatus {
                 name: s.def.name.clone(),
-                state: s.state.as_str().into(),
+                state: if s.done && s.state == State::Inactive {
+                    "done".into()
+                } else {
+                    s.state.as_str().into()
+                },
                 pid: s.pid.map_or(0, |p| u32::try_from(p.as_raw()).unwrap_or(0)),
                 restarts: s.restarts,
                 last_exit: s.last_exit.clone().unwrap_or_default(),

@@ -320,6 +320,34 @@ fn a_one_at_a_time_start_is_refused_while_it_runs_and_prepares_nothing() {
 }
 
 #[test]
+fn a_service_that_exits_0_by_itself_is_done_and_not_counted_as_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manager(
+        vec![
+            def("once", "exec = \"/bin/true\"\n"),
+            def("up", "exec = \"/bin/sleep\"\nargs = [\"30\"]\n"),
+        ],
+        dir.path(),
+    );
+    m.tick(Instant::now());
+    reap(&mut m, "once");
+    let statuses = m.statuses();
+    let once = statuses.iter().find(|s| s.name == "once").unwrap();
+    assert_eq!(once.state, "done");
+    assert!(m.all_settled());
+    assert_eq!(m.summary(), "1/1 ready");
+    // Started again, it is not done until it exits again.
+    m.request_start("once", Instant::now()).unwrap();
+    assert!(m
+        .statuses()
+        .iter()
+        .any(|s| s.name == "once" && s.state != "done"));
+    reap(&mut m, "once");
+    nix::sys::signal::kill(pid(&m, "up"), nix::sys::signal::Signal::SIGKILL).unwrap();
+    reap(&mut m, "up");
+}
+
+#[test]
 fn services_start_with_no_signal_blocked() {
     use nix::sys::signal::{SigSet, SigmaskHow};
     let dir = tempfile::tempdir().unwrap();
