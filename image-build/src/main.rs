@@ -348,10 +348,11 @@ const UPDATER_SERVICE: &str = "name = \"berth-updater\"\nexec = \"/usr/bin/berth
 args = [\"run\"]\nautostart = false\nrestart = \"never\"\n";
 
 /// Automatic updates (`berth-updater auto`), as user-data's `berth.update` sets them:
-/// after the agent wrote its settings and the network is up; exits at once when they
-/// are off.
+/// after the agent wrote its settings and the network is up; ready (sd_notify) once it
+/// runs them, done (exited 0) at once when they are off: the ready line's count is the
+/// same every boot.
 const AUTOUPDATE_SERVICE: &str = "name = \"berth-autoupdate\"\nexec = \"/usr/bin/berth-updater\"\n\
-args = [\"auto\"]\nafter = [\"berth-agent\", \"berth-net\"]\nrestart = \"on-failure\"\n";
+args = [\"auto\"]\nafter = [\"berth-agent\", \"berth-net\"]\nready = \"notify\"\nrestart = \"on-failure\"\n";
 
 /// The host's network: ready when the links present at boot are configured (or after
 /// its bounded wait), so services that need the network can say `after = ["berth-net"]`.

@@ -74,6 +74,10 @@ fn schedule() -> Result<(), String> {
             ""
         }
     );
+    // Ready now, before waiting on the trial: the trial's health waits for every
+    // service to be ready (or done), so waiting first would hold both forever. When
+    // automatic updates are off, the service exits 0 without this and is done.
+    berth_net::notify("READY=1\nSTATUS=automatic updates on\n");
     if let Some(f) = &fleet {
         wait_not_on_trial()?;
         retry("FleetLock steady-state", || f.steady_state(http.http()));
