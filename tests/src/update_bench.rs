@@ -81,12 +81,12 @@ pub fn run(i: &Inputs<'_>, json: Option<&Path>) -> Result<()> {
     );
     let out = testd.run_with(&["sh", "-c", &floor], None, Duration::from_secs(1800))?;
     ensure!(out.success(), "floor: {}{}", out.stdout, out.stderr);
-    let floor_s = span(&out.stdout)?;
+    let floor_s = crate::testd::uptime_span(&out.stdout, "floor timing")?;
     let apply = "set -e; sync; echo 3 > /proc/sys/vm/drop_caches; t0=$(cut -d' ' -f1 /proc/uptime); \
          berth-updater apply --from /run/payload >/dev/null; t1=$(cut -d' ' -f1 /proc/uptime); echo $t0 $t1";
     let out = testd.run_with(&["sh", "-c", apply], None, Duration::from_secs(1800))?;
     ensure!(out.success(), "apply: {}{}", out.stdout, out.stderr);
-    let apply_s = span(&out.stdout)?;
+    let apply_s = crate::testd::uptime_span(&out.stdout, "apply timing")?;
     drop(testd);
     let readies = vm.console().matches("berth: ready").count();
     let asked = vm.elapsed_since_start();
@@ -168,16 +168,4 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
         total += e?.metadata()?.len();
     }
     Ok(total)
-}
-
-/// `T0 T1` (seconds of /proc/uptime) as the seconds between.
-fn span(stdout: &str) -> Result<f64> {
-    let v: Vec<f64> = stdout
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    match v[..] {
-        [t0, t1] => Ok(t1 - t0),
-        _ => anyhow::bail!("no timing in {stdout:?}"),
-    }
 }

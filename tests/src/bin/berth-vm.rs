@@ -571,15 +571,6 @@ fn daemon_memory(testd: &mut berth_tests::testd::TestdClient) -> Result<(u64, u6
 }
 
 /// Seconds between the two /proc/uptime readings a timing script printed ("t0 t1").
-fn uptime_span(stdout: &str, what: &str) -> Result<f64> {
-    let t: Vec<f64> = stdout
-        .split_whitespace()
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    anyhow::ensure!(t.len() == 2, "{what}: {stdout}");
-    Ok(t[1] - t[0])
-}
-
 fn bench_daemon(
     kernel: PathBuf,
     initrd: PathBuf,
@@ -633,7 +624,7 @@ fn bench_daemon(
         out.stdout,
         out.stderr
     );
-    let start_s = uptime_span(&out.stdout, "timing")?;
+    let start_s = berth_tests::testd::uptime_span(&out.stdout, "timing")?;
     std::thread::sleep(Duration::from_secs(3));
     let (busy_kb, busy_threads) = daemon_memory(&mut testd)?;
     // The floor: the same number of `berth-runtime create` + `start` of busybox sleep from
@@ -671,7 +662,7 @@ fn bench_daemon(
         out.stdout,
         out.stderr
     );
-    let floor_s = uptime_span(&out.stdout, "floor timing")?;
+    let floor_s = berth_tests::testd::uptime_span(&out.stdout, "floor timing")?;
     let procs = testd.sh(
         "find /sys/fs/cgroup/berth/berth-daemon/containers -mindepth 1 -maxdepth 1 -type d | wc -l",
     )?;

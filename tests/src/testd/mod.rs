@@ -67,6 +67,17 @@ impl Response {
     }
 }
 
+/// Seconds between the two `/proc/uptime` readings a timed guest script echoed
+/// (`echo $t0 $t1`); `what` names the timing in the error.
+pub fn uptime_span(stdout: &str, what: &str) -> anyhow::Result<f64> {
+    let t: Vec<f64> = stdout
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    anyhow::ensure!(t.len() == 2, "{what}: {stdout}");
+    Ok(t[1] - t[0])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
