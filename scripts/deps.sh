@@ -17,13 +17,16 @@ set -euo pipefail
 #   docker-registry skopeo            a real registry for the store's pull tests, and
 #                                     what loads it (the tests start it on 127.0.0.1)
 #   nftables                          nft, shipped in the image for the daemon's NAT table
+#   libwrap0                          a library of Debian's sshd (which image-build fetches
+#                                     and ships; its libraries come from this machine)
+#   openssh-client                    ssh, ssh-keygen, ssh-keyscan: the SSH tests' client
 #   genisoimage                       ISO 9660 datasource volumes (NoCloud) in agent tests
 #   minisign                          signs the update payload (run by image-build)
 #   apparmor                          apparmor_parser compiles the AppArmor profile the
 #                                     runtime's guest test loads (never shipped)
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
           cpio zstd busybox-static kmod socat
-          cryptsetup-bin podman bsdutils docker-registry skopeo nftables genisoimage apparmor minisign)
+          cryptsetup-bin podman bsdutils docker-registry skopeo nftables libwrap0 openssh-client genisoimage apparmor minisign)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 

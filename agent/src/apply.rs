@@ -62,12 +62,41 @@ fn status(item: impl Into<String>, result: Result<String, String>) -> Status {
     }
 }
 
+/// The SSH server's keys, user-data's and the metadata's, written afresh (a key gone
+/// from both is gone at this boot); None when there are none (the file is removed, and
+/// the berth-sshd service leaves SSH off).
+fn ssh_keys(
+    user_data: &[String],
+    metadata: &[String],
+    root: &Root,
+) -> Option<Result<String, String>> {
+    let path = Path::new(crate::ssh::AUTHORIZED_KEYS);
+    let (text, dropped) = crate::ssh::authorized_keys(user_data, metadata);
+    if text.is_empty() {
+        let _ = root.remove(path);
+        return None;
+    }
+    let n = text.lines().count();
+    Some(
+        root.replace(path, text.as_bytes(), 0o600, None)
+            .map(|()| {
+                let mut said = format!("{n} key(s) for SSH (root's login runs berthctl)");
+                for d in dropped {
+                    said += &format!("; {d}");
+                }
+                said
+            })
+            .map_err(|e| e.to_string()),
+    )
+}
+
 /// Applies `s`; the network settings are the datasource's `network` unless the
 /// user-data has its own.
 pub fn apply(
     s: &Settings,
     datasource_network: Option<&NetworkConfig>,
     hostname_from_metadata: Option<&str>,
+    metadata_keys: &[String],
     t: &Targets,
 ) -> Vec<Status> {
     let root = match Root::open(&t.root) {
@@ -92,16 +121,8 @@ pub fn apply(
             write_file(f, &root),
         ));
     }
-    if !s.ssh_authorized_keys.is_empty() {
-        let keys = s.ssh_authorized_keys.join("\n") + "\n";
-        let f = WriteFile {
-            path: PathBuf::from("/root/.ssh/authorized_keys"),
-            content: keys.into_bytes(),
-            mode: 0o600,
-            owner: None,
-            append: false,
-        };
-        out.push(status("ssh_authorized_keys", write_file(&f, &root)));
+    if let Some(done) = ssh_keys(&s.ssh_authorized_keys, metadata_keys, &root) {
+        out.push(status("ssh keys", done));
     }
     for (key, value) in &s.sysctls {
         out.push(status(format!("sysctl {key}"), sysctl(key, value, &root)));

@@ -12,6 +12,7 @@ mod datasource;
 mod http;
 mod inroot;
 mod settings;
+mod ssh;
 mod userdata;
 mod volumes;
 
@@ -65,8 +66,12 @@ fn main() -> ExitCode {
             wait_for_stop();
             ExitCode::SUCCESS
         }
+        // The berth-sshd service (src/ssh/server.rs).
+        Some("sshd") => ssh::server::run(),
         Some(other) => {
-            say(&format!("unknown argument {other:?} (only --version)"));
+            say(&format!(
+                "unknown argument {other:?} (only --version, sshd)"
+            ));
             ExitCode::from(2)
         }
     }
@@ -79,6 +84,9 @@ struct Kept {
     instance_id: Option<String>,
     hostname: Option<String>,
     network: Option<NetworkConfig>,
+    /// The metadata's SSH keys (a kept copy from before they were read: none).
+    #[serde(default)]
+    public_keys: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -154,6 +162,7 @@ fn run() -> String {
         &settings,
         kept.network.as_ref(),
         kept.hostname.as_deref(),
+        &kept.public_keys,
         &apply::Targets::host(),
     );
     for s in &applied {
@@ -210,6 +219,7 @@ fn keep(state: &Path, f: &Fetched) -> (Kept, Option<Vec<u8>>) {
         instance_id: f.instance_id.clone(),
         hostname: f.hostname.clone(),
         network: f.network.clone(),
+        public_keys: f.public_keys.clone(),
     };
     // 0600: the user-data may hold passwords (berth.registries).
     let saved = serde_json::to_vec_pretty(&kept)

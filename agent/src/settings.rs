@@ -119,8 +119,14 @@ const NOT_HERE: &[(&str, &str)] = &[
     ("groups", "Berth has no login users"),
     ("chpasswd", "Berth has no passwords to set"),
     ("password", "Berth has no passwords to set"),
-    ("ssh_pwauth", "Berth runs no SSH server"),
-    ("disable_root", "Berth runs no SSH server"),
+    (
+        "ssh_pwauth",
+        "Berth's SSH server takes public keys only, never a password",
+    ),
+    (
+        "disable_root",
+        "the SSH login is root's, and runs berthctl commands only (no shell)",
+    ),
     ("final_message", "Berth prints its own ready line"),
     ("power_state", "use berthctl reboot/poweroff"),
     ("mounts", "not supported yet: use a container volume"),
@@ -194,13 +200,12 @@ pub fn from_value(value: Value, report: &mut Report) -> Settings {
                 "not needed: the hostname is set from user-data at every boot",
             ),
             "ssh_authorized_keys" => {
-                s.ssh_authorized_keys = typed(at, value, report).unwrap_or_default();
-                if !s.ssh_authorized_keys.is_empty() {
-                    report.warn(
-                        at,
-                        "Berth runs no SSH server: the keys are kept in \
-                         /root/.ssh/authorized_keys for a container that serves SSH",
-                    );
+                let keys: Vec<String> = typed(at, value, report).unwrap_or_default();
+                for (i, key) in keys.iter().enumerate() {
+                    match crate::ssh::check_key(key) {
+                        Ok(k) => s.ssh_authorized_keys.push(k),
+                        Err(e) => report.error(format!("{at}[{i}]"), e),
+                    }
                 }
             }
             "write_files" => s.write_files = write_files(value, report),

@@ -2,7 +2,9 @@
 //! the pseudo-terminal inside the container and sends its master over a unix socket
 //! (the OCI `--console-socket` protocol: one message, the fd as SCM_RIGHTS); berthctl
 //! receives it, puts its own terminal in raw mode, and copies bytes both ways until the
-//! command ends.
+//! command ends. When our terminal is resized (SIGWINCH, also what sshd's pty gets from
+//! `ssh -t`), the new size is set on the container's: the kernel then signals the
+//! command there.
 
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
@@ -11,6 +13,8 @@ use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 use rustix::termios::{self, OptionalActions};
@@ -60,7 +64,15 @@ pub fn exec_with_terminal(
             let _ = termios::tcsetwinsize(&master, size);
         }
     }
-    copy_both_ways(&master);
+    // SIGWINCH through a signalfd (blocked first: it is no longer delivered as a signal),
+    // polled beside the terminal. Without it, resizes are not passed on; nothing else
+    // changes.
+    let mut winch = SigSet::empty();
+    winch.add(Signal::SIGWINCH);
+    let resizes = winch.thread_block().ok().and_then(|()| {
+        SignalFd::with_flags(&winch, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
+    });
+    copy_both_ways(&master, resizes.as_ref());
     if let Some(t) = &saved {
         let _ = termios::tcsetattr(&stdin, OptionalActions::Now, t);
     }
@@ -117,22 +129,37 @@ fn receive_master(
     Err("console socket: no terminal in berth-runtime's message".into())
 }
 
-/// stdin -> master, master -> stdout, until the master says the command is gone.
-fn copy_both_ways(master: &OwnedFd) {
+/// stdin -> master, master -> stdout, until the master says the command is gone; our
+/// terminal's size to the master at each SIGWINCH `resizes` reads.
+fn copy_both_ways(master: &OwnedFd, resizes: Option<&SignalFd>) {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut stdin_open = true;
     let mut buf = [0u8; 8192];
     loop {
         let mut fds = vec![PollFd::new(master, PollFlags::IN)];
+        if let Some(r) = resizes {
+            fds.push(PollFd::new(r, PollFlags::IN));
+        }
         if stdin_open {
             fds.push(PollFd::new(&stdin, PollFlags::IN));
         }
-        if rustix::event::poll(&mut fds, None).is_err() {
-            return;
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
         }
         let master_ready = !fds[0].revents().is_empty();
-        let stdin_ready = fds.get(1).is_some_and(|f| !f.revents().is_empty());
+        let resized = resizes.is_some() && !fds[1].revents().is_empty();
+        let stdin_ready = stdin_open && fds.last().is_some_and(|f| !f.revents().is_empty());
+        if resized {
+            if let Some(r) = resizes {
+                while let Ok(Some(_)) = r.read_signal() {}
+            }
+            if let Ok(size) = termios::tcgetwinsize(&stdin) {
+                let _ = termios::tcsetwinsize(master, size);
+            }
+        }
         if master_ready {
             match rustix::io::read(master, &mut buf) {
                 Ok(n) if n > 0 => {

@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 mod config;
 mod console;
 mod containers;
+pub mod login;
 mod update;
 
 #[derive(Parser)]

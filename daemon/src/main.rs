@@ -41,7 +41,7 @@ struct Cli {
     #[arg(long, default_value = berth_control::RUNTIME_SOCKET)]
     socket: PathBuf,
     /// Bridge settings: `[bridge]` with `name` and `subnet` (default berth0, 10.88.0.0/16).
-    #[arg(long, default_value = "/etc/berth/network.toml")]
+    #[arg(long, default_value = berth_schema::bridge::CONFIG_PATH)]
     network_config: PathBuf,
     #[arg(long, default_value = "/run/berth/netns")]
     netns_dir: PathBuf,

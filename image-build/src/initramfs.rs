@@ -105,9 +105,17 @@ fn add_etc_defaults(a: &mut Archive) -> Result<()> {
     a.add_file(
         &format!("{etc}/passwd"),
         0o644,
-        b"root:x:0:0:root:/root:/sbin/nologin\n".to_vec(),
+        // root's shell is the SSH login (berthctl's words); `*`: no password, and not
+        // the locked `!` that sshd would refuse a key login for. sshd: its privilege
+        // separation user.
+        b"root:*:0:0:root:/root:/usr/bin/berth-login\nsshd:*:100:65534::/run/sshd:/usr/bin/false\n"
+            .to_vec(),
     )?;
-    a.add_file(&format!("{etc}/group"), 0o644, b"root:x:0:\n".to_vec())?;
+    a.add_file(
+        &format!("{etc}/group"),
+        0o644,
+        b"root:x:0:\nnogroup:x:65534:\n".to_vec(),
+    )?;
     Ok(())
 }
 

@@ -214,7 +214,8 @@ fn build_image(
             "libraries": contents.libraries,
         },
     });
-    let mut root_tree = root_tree(&archive, &inputs.bin_dir, &busybox_bin)?;
+    let ssh = OpenSsh::fetch(cache)?;
+    let mut root_tree = root_tree(&archive, &inputs.bin_dir, &busybox_bin, &ssh)?;
     root_tree.add_file(
         &format!(
             "{}/{}.pub",
@@ -271,6 +272,7 @@ fn root_tree(
     initramfs: &archive::Archive,
     bin_dir: &Path,
     busybox: &Path,
+    ssh: &OpenSsh,
 ) -> Result<archive::Archive> {
     let mut root = initramfs.clone();
     let mut binaries = Vec::new();
@@ -294,6 +296,13 @@ fn root_tree(
     );
     root.add_host_file("usr/sbin/nft", 0o755, nft)?;
     binaries.push(nft.to_path_buf());
+    // OpenSSH's server and key maker (Debian's, BSD-licensed, run, not linked): the
+    // operator's way in (docs/access.md). root's shell is berth-login (init, by that
+    // name), which runs berthctl's words only; sshd's privilege separation user.
+    root.add_host_file("usr/sbin/sshd", 0o755, &ssh.sshd)?;
+    root.add_host_file("usr/bin/ssh-keygen", 0o755, &ssh.keygen)?;
+    binaries.extend([ssh.sshd.clone(), ssh.keygen.clone()]);
+    root.add_symlink("usr/bin/berth-login", "/init")?;
     initramfs::add_libraries(&mut root, &binaries)?;
     root.add_file(
         "usr/lib/berth/services/berth-daemon.toml",
@@ -309,6 +318,11 @@ fn root_tree(
         "usr/lib/berth/services/berth-autoupdate.toml",
         0o644,
         AUTOUPDATE_SERVICE.as_bytes().to_vec(),
+    )?;
+    root.add_file(
+        "usr/lib/berth/services/berth-sshd.toml",
+        0o644,
+        SSHD_SERVICE.as_bytes().to_vec(),
     )?;
     root.add_file(
         "usr/lib/berth/services/berth-net.toml",
@@ -353,6 +367,28 @@ args = [\"run\"]\nautostart = false\nrestart = \"never\"\n";
 /// same every boot.
 const AUTOUPDATE_SERVICE: &str = "name = \"berth-autoupdate\"\nexec = \"/usr/bin/berth-updater\"\n\
 args = [\"auto\"]\nafter = [\"berth-agent\", \"berth-net\"]\nready = \"notify\"\nrestart = \"on-failure\"\n";
+
+/// SSH (`berth-agent sshd`, which becomes OpenSSH's sshd): after the agent wrote the
+/// keys and the network is up; done (exited 0) at once when no key is configured;
+/// ready when sshd says so (Debian's sshd speaks sd_notify).
+const SSHD_SERVICE: &str = "name = \"berth-sshd\"\nexec = \"/usr/bin/berth-agent\"\n\
+args = [\"sshd\"]\nafter = [\"berth-agent\", \"berth-net\"]\nready = \"notify\"\nrestart = \"on-failure\"\n";
+
+/// Debian's OpenSSH programs, fetched and unpacked into the cache (never installed on
+/// the build machine: no sshd starts there).
+struct OpenSsh {
+    sshd: PathBuf,
+    keygen: PathBuf,
+}
+
+impl OpenSsh {
+    fn fetch(cache: &Path) -> Result<OpenSsh> {
+        Ok(OpenSsh {
+            sshd: deb_file(cache, "openssh-server", "usr/sbin/sshd")?,
+            keygen: deb_file(cache, "openssh-client", "usr/bin/ssh-keygen")?,
+        })
+    }
+}
 
 /// The host's network: ready when the links present at boot are configured (or after
 /// its bounded wait), so services that need the network can say `after = ["berth-net"]`.

@@ -2,7 +2,8 @@
 //!
 //! One binary, three roles: run as process 1 it boots and supervises the machine; run as
 //! `modprobe` (the kernel's module helper, linked to it) it loads a module; run as
-//! `berthctl` (linked to it too) it is the operator's command line (`berth-ctl`).
+//! `berthctl` (linked to it too) it is the operator's command line (`berth-ctl`), and
+//! as `berth-login` root's SSH login shell, which runs berthctl's words only.
 //!
 //! As PID 1 it must never exit or panic (either is a kernel panic): every step reports
 //! its errors on the console and goes on, a failure that leaves nothing to do is one
@@ -42,6 +43,8 @@ fn main() -> ExitCode {
         Some("modprobe") => return modprobe::main(args),
         // One copy of the control API's client code in the image, not two.
         Some("berthctl") => return berth_ctl::main(std::env::args_os()),
+        // root's login shell for SSH (`-berth-login` for a login): berthctl's words.
+        Some("berth-login" | "-berth-login") => return berth_ctl::login::main(std::env::args_os()),
         _ => {}
     }
     let first = args.next();

@@ -1,17 +1,16 @@
 //! The agent on each cloud, its metadata service emulated by a test server speaking the
-//! real protocol (support/metadata.rs), the platform set with `-smbios`: EC2 on Nitro
+//! real protocol (common/metadata.rs), the platform set with `-smbios`: EC2 on Nitro
 //! (DMI vendor `Amazon EC2`, IMDSv2 tokens required), Xen-era EC2 (a product UUID
 //! beginning `ec2`, an IMDSv1-only service), GCE (403 without its header), OpenStack's
 //! metadata service (product `OpenStack Nova`). Each brings the machine up with the
-//! user-data's hostname and container running, and the metadata's instance id. And one
-//! that never answers, which delays the boot by the agent's bounded budget only.
+//! user-data's hostname and container running, and the metadata's instance id, and lets
+//! the operator in over SSH with the key that cloud's metadata hands out (GCE's project
+//! key, which the instance blocks, does not). And one that never answers, which delays
+//! the boot by the agent's bounded budget only.
 
-#[path = "support/metadata.rs"]
-mod metadata;
-
-use crate::common::{boot, disk_config, new_disk};
+use crate::common::metadata::{self, Cloud};
+use crate::common::{boot, disk_config, new_disk, ssh};
 use berth_tests::testd::TestdClient;
-use metadata::Cloud;
 
 const USER_DATA: &[u8] = b"#cloud-config\nhostname: from-user-data\nberth:\n  containers:\n    ticker:\n      \
 image: berth.local/busybox:latest\n      command: [\"sh\", \"-c\", \"while true; do echo tick; sleep 1; done\"]\n      \
@@ -58,9 +57,10 @@ fn boot_with(
     if let Some(s) = smbios {
         cfg.extra_args = vec!["-smbios".into(), s.into()];
     }
+    let ssh_port = berth_tests::http::free_port();
     cfg.extra_args.extend([
         "-netdev".into(),
-        server.netdev("n0"),
+        server.netdev_with_ssh("n0", ssh_port),
         "-device".into(),
         "virtio-net-pci,netdev=n0".into(),
     ]);
@@ -79,6 +79,26 @@ fn boot_with(
     crate::common::assert_running(&mut testd, "ticker");
     let report = sh(&mut testd, "cat /run/berth/agent/report.json");
     assert!(report.contains("\"errors\": []"), "{report}");
+    if matches!(
+        cloud,
+        Cloud::Ec2Imdsv2 | Cloud::Ec2Imdsv1 | Cloud::Gce | Cloud::OpenStack
+    ) {
+        let ps = ssh::wait_for_login(ssh_port);
+        assert!(
+            ps.status.success() && String::from_utf8_lossy(&ps.stdout).contains("ticker"),
+            "ssh with {cloud:?}'s key: {}",
+            ssh::text(&ps)
+        );
+        if cloud == Cloud::Gce {
+            let o = ssh::run(ssh_port, ssh::project(), &[], "ps");
+            assert_eq!(
+                o.status.code(),
+                Some(255),
+                "a blocked project key: {}",
+                ssh::text(&o)
+            );
+        }
+    }
     let requests = server.requests.lock().unwrap().clone();
     (requests, report)
 }

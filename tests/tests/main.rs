@@ -19,6 +19,7 @@ mod network;
 mod runtime;
 mod services;
 mod slots;
+mod ssh;
 mod storage;
 mod store;
 mod update;

@@ -39,7 +39,14 @@ berth:
 "#,
     );
     assert!(report.errors.is_empty(), "{report:?}");
-    let statuses = apply(&s, None, Some("meta.example"), &targets);
+    let metadata_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFEUKdzI6b2WCWo+iCT/FMefnoKrOglxS4fywEozLIdc from-metadata".to_string();
+    let statuses = apply(
+        &s,
+        None,
+        Some("meta.example"),
+        std::slice::from_ref(&metadata_key),
+        &targets,
+    );
     let failed: Vec<&Status> = statuses.iter().filter(|s| !s.ok).collect();
     assert_eq!(failed.len(), 1, "{statuses:?}");
     assert!(
@@ -50,6 +57,10 @@ berth:
     assert_eq!(read("etc/hostname"), "web-1\n");
     assert!(read("etc/hosts").contains("127.0.1.1 web-1.example.org web-1\n"));
     assert_eq!(read("etc/app.conf"), "a=1");
+    assert_eq!(
+        read("run/berth/ssh/authorized_keys"),
+        format!("{metadata_key}\n")
+    );
     let mode = std::fs::metadata(t.path().join("etc/app.conf"))
         .unwrap()
         .permissions()
@@ -155,7 +166,7 @@ fn a_symlink_at_a_write_files_path_is_replaced_never_followed() {
         Some("1234:5678"),
         false,
     )]);
-    let statuses = apply(&s, None, None, &tree.targets());
+    let statuses = apply(&s, None, None, &[], &tree.targets());
     assert!(statuses.iter().all(|s| s.ok), "{statuses:?}");
     tree.assert_outside_untouched();
     let at = tree.root.path().join("etc/app.conf");
@@ -173,7 +184,7 @@ fn a_symlinked_directory_on_the_way_is_refused() {
             file("/var/lib/x/victim", "0wned", 0o666, Some("1234"), append),
             file("/var/lib/x/new/dropped", "0wned", 0o644, None, append),
         ]);
-        let statuses = apply(&s, None, None, &tree.targets());
+        let statuses = apply(&s, None, None, &[], &tree.targets());
         assert!(statuses.iter().all(|s| !s.ok), "{statuses:?}");
         assert!(
             statuses[0].detail.contains("/var/lib/x is a symlink"),
@@ -191,7 +202,7 @@ fn a_symlinked_containers_d_is_refused() {
         containers: [("web".to_string(), "image = \"x\"\n".to_string())].into(),
         ..Settings::default()
     };
-    let statuses = apply(&s, None, None, &tree.targets());
+    let statuses = apply(&s, None, None, &[], &tree.targets());
     assert_eq!(statuses.len(), 1);
     assert!(!statuses[0].ok, "{statuses:?}");
     assert!(statuses[0].detail.contains("is a symlink"), "{statuses:?}");
@@ -213,7 +224,7 @@ fn an_append_target_that_is_a_symlink_is_refused() {
             true,
         )])
     };
-    let statuses = apply(&s, None, None, &tree.targets());
+    let statuses = apply(&s, None, None, &[], &tree.targets());
     assert_eq!(statuses.len(), 2, "{statuses:?}");
     for s in &statuses {
         assert!(!s.ok && s.detail.contains("is a symlink"), "{statuses:?}");
@@ -233,7 +244,7 @@ fn a_fifo_at_an_append_target_is_refused_without_hanging() {
     // hanging it.
     std::thread::spawn(move || {
         let s = files(vec![file("/var/log/app.log", "more", 0o644, None, true)]);
-        let _ = tx.send(apply(&s, None, None, &targets));
+        let _ = tx.send(apply(&s, None, None, &[], &targets));
     });
     let statuses = rx
         .recv_timeout(std::time::Duration::from_secs(10))
@@ -254,7 +265,7 @@ fn owner_and_mode_are_set_on_new_replaced_and_appended_files() {
         file("/var/log/old.log", "new\n", 0o640, Some("1234:5678"), true),
         file("/var/log/fresh.log", "x", 0o600, Some("42"), true),
     ]);
-    let statuses = apply(&s, None, None, &tree.targets());
+    let statuses = apply(&s, None, None, &[], &tree.targets());
     assert!(statuses.iter().all(|s| s.ok), "{statuses:?}");
     let meta = |p: &str| std::fs::metadata(tree.root.path().join(p)).unwrap();
     let m = meta("etc/new/app.conf");
@@ -292,7 +303,7 @@ fn host_names_are_checked_before_they_reach_etc_hosts() {
                 ..Settings::default()
             };
             let meta = (key == "metadata").then_some(name);
-            let statuses = apply(&s, None, meta, &tree.targets());
+            let statuses = apply(&s, None, meta, &[], &tree.targets());
             let refused = statuses.iter().find(|s| !s.ok).expect("refused");
             assert!(
                 refused.item.starts_with(key),

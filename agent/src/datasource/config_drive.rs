@@ -32,6 +32,20 @@ pub fn read_tree(root: &Path) -> Result<Fetched, DatasourceError> {
                 let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
                 fetched.instance_id = field("uuid");
                 fetched.hostname = field("hostname").or(field("name"));
+                // `public_keys`: key name -> key (Nova's key pair).
+                if let Some(keys) = v.get("public_keys").and_then(Value::as_object) {
+                    for (name, key) in keys.iter().take(crate::ssh::MAX_KEYS) {
+                        match key.as_str().map(crate::ssh::check_key) {
+                            Some(Ok(k)) => fetched.public_keys.push(k),
+                            Some(Err(e)) => fetched
+                                .problems
+                                .push(format!("meta_data.json public_keys.{name}: {e}; not taken")),
+                            None => fetched
+                                .problems
+                                .push(format!("meta_data.json public_keys.{name}: not a string")),
+                        }
+                    }
+                }
             }
             Err(e) => fetched.problems.push(format!("meta_data.json: {e}")),
         }

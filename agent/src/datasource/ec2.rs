@@ -24,6 +24,7 @@ pub fn fetch(http: &Http, base: &str) -> Result<Fetched, String> {
         .ok_or("no /latest/meta-data/instance-id")?;
     let hostname = get("/latest/meta-data/local-hostname")?
         .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let (public_keys, problems) = public_keys(&get)?;
     Ok(Fetched {
         source: format!(
             "EC2 instance metadata ({})",
@@ -32,8 +33,40 @@ pub fn fetch(http: &Http, base: &str) -> Result<Fetched, String> {
         instance_id: Some(instance_id),
         hostname,
         user_data: get("/latest/user-data")?,
+        public_keys,
+        problems,
         ..Fetched::default()
     })
+}
+
+/// A metadata path's body (None: 404).
+type Getter<'a> = dyn Fn(&str) -> Result<Option<Vec<u8>>, String> + 'a;
+
+/// The key pair's public keys: `public-keys/` lists `INDEX=NAME` lines, each key is at
+/// `public-keys/INDEX/openssh-key` (404 for the whole list: none).
+fn public_keys(get: &Getter) -> Result<(Vec<String>, Vec<String>), String> {
+    let Some(list) = get("/latest/meta-data/public-keys/")? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let (mut keys, mut problems) = (Vec::new(), Vec::new());
+    let list = String::from_utf8_lossy(&list);
+    for entry in list.lines().take(crate::ssh::MAX_KEYS) {
+        let index = entry.split('=').next().unwrap_or_default().trim();
+        if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+            problems.push(format!(
+                "meta-data/public-keys: {entry:?} is not INDEX=NAME"
+            ));
+            continue;
+        }
+        let path = format!("/latest/meta-data/public-keys/{index}/openssh-key");
+        if let Some(body) = get(&path)? {
+            let (good, bad) =
+                crate::ssh::keys_in_lines(&String::from_utf8_lossy(&body), &path[8..]);
+            keys.extend(good);
+            problems.extend(bad);
+        }
+    }
+    Ok((keys, problems))
 }
 
 /// The IMDSv2 token; None when the service does not do IMDSv2 (it answers the PUT with

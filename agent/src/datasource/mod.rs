@@ -31,6 +31,8 @@ pub struct Fetched {
     pub hostname: Option<String>,
     pub user_data: Option<Vec<u8>>,
     pub network: Option<NetworkConfig>,
+    /// The metadata's SSH public keys, checked (`crate::ssh::check_key`).
+    pub public_keys: Vec<String>,
     /// What was wrong with the metadata (the user-data is checked later).
     pub problems: Vec<String>,
 }

@@ -27,6 +27,27 @@ pub fn read_tree(root: &Path) -> Result<Fetched, DatasourceError> {
                 let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
                 fetched.instance_id = field("instance-id");
                 fetched.hostname = field("local-hostname").or(field("hostname"));
+                // `public-keys`: one key, a list of them, or a map of name -> key (as
+                // cloud-init takes it).
+                let keys: Vec<&Value> = match v.get("public-keys") {
+                    Some(Value::Array(a)) => a.iter().collect(),
+                    Some(Value::Object(m)) => m.values().collect(),
+                    Some(one) => vec![one],
+                    None => Vec::new(),
+                };
+                for key in keys.into_iter().take(crate::ssh::MAX_KEYS) {
+                    match key.as_str() {
+                        Some(text) => {
+                            let (good, bad) =
+                                crate::ssh::keys_in_lines(text, "meta-data public-keys");
+                            fetched.public_keys.extend(good);
+                            fetched.problems.extend(bad);
+                        }
+                        None => fetched
+                            .problems
+                            .push("meta-data public-keys: a key that is not a string".into()),
+                    }
+                }
             }
             Err(e) => fetched
                 .problems

@@ -5,7 +5,7 @@ hostname: web-1
 fqdn: web-1.example.org
 manage_etc_hosts: true
 ssh_authorized_keys:
-  - ssh-ed25519 AAAAC3Nza operator@example
+  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFEUKdzI6b2WCWo+iCT/FMefnoKrOglxS4fywEozLIdc operator@example
 write_files:
   - path: /etc/berth/motd
     content: |
@@ -82,9 +82,20 @@ fn a_full_cloud_config() {
         said.contains("write_files[2].frob: not a key Berth knows"),
         "{said}"
     );
+    assert_eq!(s.ssh_authorized_keys.len(), 1);
+}
+
+#[test]
+fn a_broken_ssh_key_is_an_error_naming_its_index() {
+    let (s, report) = from_cloud_config(
+        "#cloud-config\nssh_authorized_keys:\n  - ssh-ed25519 AAAAC3Nza\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFEUKdzI6b2WCWo+iCT/FMefnoKrOglxS4fywEozLIdc\n",
+    );
+    assert_eq!(s.ssh_authorized_keys.len(), 1);
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        said.contains("ssh_authorized_keys: Berth runs no SSH server"),
-        "{said}"
+        errors[0].starts_with("ssh_authorized_keys[0]: "),
+        "{errors:?}"
     );
 }
 

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod metadata;
+pub mod ssh;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

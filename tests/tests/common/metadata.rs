@@ -1,11 +1,15 @@
 //! A cloud's metadata service, emulated in the test process on 127.0.0.1 and reached by
 //! the guest at 169.254.169.254:80 through QEMU's guestfwd: EC2's IMDS (IMDSv2 tokens
 //! required, or IMDSv1 only), GCE's metadata server (403 without `Metadata-Flavor:
-//! Google`), OpenStack's metadata service. Every request is recorded.
+//! Google`), OpenStack's metadata service. Every request is recorded. Each hands out
+//! the tests' operator SSH key (common/ssh.rs) the way that cloud does; GCE also has a
+//! project key, which its instance blocks.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
+
+use crate::common::ssh;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Cloud {
@@ -40,6 +44,11 @@ impl Metadata {
              guestfwd=tcp:169.254.169.254:80-cmd:socat - TCP:127.0.0.1:{}",
             self.port
         )
+    }
+
+    /// [`Self::netdev`] with the guest's SSH port forwarded from 127.0.0.1:`ssh`.
+    pub fn netdev_with_ssh(&self, id: &str, ssh: u16) -> String {
+        format!("{},hostfwd=tcp:127.0.0.1:{ssh}-:22", self.netdev(id))
     }
 }
 
@@ -155,6 +164,10 @@ fn answer(
             match path {
                 "/latest/meta-data/instance-id" => ok(INSTANCE_ID.as_bytes()),
                 "/latest/meta-data/local-hostname" => ok(hostname.as_bytes()),
+                "/latest/meta-data/public-keys/" => ok(b"0=berth-operator"),
+                "/latest/meta-data/public-keys/0/openssh-key" => {
+                    ok(format!("{}\n", ssh::operator().public).as_bytes())
+                }
                 "/latest/user-data" => ok(user_data),
                 _ => (404, vec![]),
             }
@@ -167,6 +180,13 @@ fn answer(
                 "/computeMetadata/v1/instance/id" => ok(b"4520031799277581759"),
                 "/computeMetadata/v1/instance/hostname" => ok(hostname.as_bytes()),
                 "/computeMetadata/v1/instance/attributes/user-data" => ok(user_data),
+                "/computeMetadata/v1/instance/attributes/ssh-keys" => {
+                    ok(format!("operator:{}\n", ssh::operator().public).as_bytes())
+                }
+                "/computeMetadata/v1/instance/attributes/block-project-ssh-keys" => ok(b"true"),
+                "/computeMetadata/v1/project/attributes/ssh-keys" => {
+                    ok(format!("someone:{}\n", ssh::project().public).as_bytes())
+                }
                 _ => (404, vec![]),
             }
         }
@@ -177,7 +197,9 @@ fn answer(
         },
         Cloud::OpenStack => match path {
             "/openstack/latest/meta_data.json" => ok(format!(
-                "{{\"uuid\": \"{INSTANCE_ID}\", \"hostname\": \"{hostname}\", \"name\": \"vm\"}}"
+                "{{\"uuid\": \"{INSTANCE_ID}\", \"hostname\": \"{hostname}\", \"name\": \"vm\", \
+                 \"public_keys\": {{\"berth-operator\": \"{}\"}}}}",
+                ssh::operator().public
             )
             .as_bytes()),
             "/openstack/latest/user_data" => ok(user_data),

@@ -1,0 +1,280 @@
+//! Reaching a machine over SSH, with OpenSSH's own client on this machine through a
+//! hostfwd on 127.0.0.1: the key from user-data logs in and its words run as berthctl
+//! (ps, logs, exec with a terminal and its exit code); an unknown key, a password, a
+//! program, a shell metacharacter and remote forwarding are refused; local forwarding
+//! reaches a container's unpublished port but not the metadata address nor the host;
+//! the host key fingerprints on the console are the ones sshd shows. One boot for all.
+//! (The keys each cloud's metadata hands out are tried in clouds.rs, on its boots.)
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::{assert_running, boot, disk_config, metadata, new_disk, ssh};
+use berth_tests::http::{free_port, get};
+
+fn user_data() -> String {
+    format!(
+        "#cloud-config\n\
+         hostname: reach-me\n\
+         ssh_authorized_keys:\n  - {}\n\
+         berth:\n  containers:\n    web:\n      image: berth.local/busybox:latest\n      \
+         command: [\"sh\", \"-c\", \"echo web is up; mkdir -p /www; echo hello over ssh > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n      \
+         restart: always\n",
+        ssh::operator().public
+    )
+}
+
+/// The fingerprints between the console's markers.
+fn console_fingerprints(console: &str) -> Vec<String> {
+    let start = console
+        .find("-----BEGIN SSH HOST KEY FINGERPRINTS-----")
+        .unwrap_or_else(|| panic!("no fingerprints on the console:\n{console}"));
+    let block = &console[start..];
+    let end = block
+        .find("-----END SSH HOST KEY FINGERPRINTS-----")
+        .expect("the fingerprints' end marker");
+    let mut f: Vec<String> = block[..end]
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|w| w.starts_with("SHA256:"))
+        .map(str::to_string)
+        .collect();
+    f.sort();
+    f
+}
+
+/// What `ssh-keyscan` sees, fingerprinted by `ssh-keygen -l`.
+fn scanned_fingerprints(port: u16) -> Vec<String> {
+    let scan = std::process::Command::new("ssh-keyscan")
+        .args(["-p", &port.to_string(), "-t", "ed25519,ecdsa", "127.0.0.1"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("ssh-keyscan");
+    let mut keygen = std::process::Command::new("ssh-keygen")
+        .args(["-l", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ssh-keygen");
+    use std::io::Write;
+    keygen
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&scan.stdout)
+        .unwrap();
+    let out = keygen.wait_with_output().unwrap();
+    let mut f: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
+    f.sort();
+    f
+}
+
+/// `ssh -N -L local:target` in the background, until it is dropped.
+struct Tunnel(std::process::Child);
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tunnel(port: u16, local: u16, target: &str) -> Tunnel {
+    let child = ssh::command(
+        port,
+        ssh::operator(),
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            &format!("127.0.0.1:{local}:{target}"),
+        ],
+        "",
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("ssh -L");
+    // The client listens once it has logged in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", local)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Tunnel(child)
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn the_operator_reaches_the_machine_over_ssh_and_runs_only_berthctl() {
+    let t = tempfile::tempdir().unwrap();
+    let ud = t.path().join("user-data");
+    std::fs::write(&ud, user_data()).unwrap();
+    // A web server on the metadata address: if forwarding reached it, it would answer.
+    let metadata = metadata::start(metadata::Cloud::Url, b"", "unused");
+    let port = free_port();
+    new_disk(t.path());
+    let mut cfg = disk_config("ssh", t.path());
+    cfg.extra_args = vec![
+        "-fw_cfg".into(),
+        format!("name=opt/berth/user-data,file={}", ud.display()),
+        "-netdev".into(),
+        metadata.netdev_with_ssh("n0", port),
+        "-device".into(),
+        "virtio-net-pci,netdev=n0".into(),
+    ];
+    let vm = boot(cfg);
+    let mut testd = vm.testd().expect("testd");
+    assert_running(&mut testd, "web");
+
+    // The key from user-data: `ps` runs as berthctl ps.
+    let ps = ssh::wait_for_login(port);
+    assert!(
+        ps.status.success() && stdout(&ps).contains("web"),
+        "ssh ps: {}\n{}",
+        ssh::text(&ps),
+        vm.console()
+    );
+    let console = vm.console();
+    assert!(
+        !console.contains("forwarding is off"),
+        "the forwarding fence failed:\n{console}"
+    );
+
+    // The host keys on the console are the ones sshd presents.
+    let on_console = console_fingerprints(&console);
+    assert_eq!(on_console.len(), 2, "{console}");
+    assert_eq!(scanned_fingerprints(port), on_console);
+
+    // Refusals: a key nobody configured, a password, a program, a metacharacter.
+    let o = ssh::run(port, ssh::stranger(), &[], "ps");
+    assert_eq!(o.status.code(), Some(255), "{}", ssh::text(&o));
+    assert!(
+        stderr(&o).contains("Permission denied (publickey)"),
+        "{}",
+        ssh::text(&o)
+    );
+    let o = ssh::run(
+        port,
+        ssh::operator(),
+        &[
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+        ],
+        "ps",
+    );
+    assert_eq!(o.status.code(), Some(255), "{}", ssh::text(&o));
+    assert!(
+        stderr(&o).contains("Permission denied (publickey)"),
+        "only publickey is offered: {}",
+        ssh::text(&o)
+    );
+    let o = ssh::run(port, ssh::operator(), &[], "/bin/sh");
+    assert_eq!(o.status.code(), Some(126), "{}", ssh::text(&o));
+    assert!(stderr(&o).contains("not programs"), "{}", ssh::text(&o));
+    let o = ssh::run(port, ssh::operator(), &[], "ps; poweroff");
+    assert_eq!(o.status.code(), Some(2), "{}", ssh::text(&o));
+    assert!(
+        stderr(&o).contains("means something to a shell"),
+        "{}",
+        ssh::text(&o)
+    );
+    assert!(stdout(&o).is_empty(), "nothing ran: {}", ssh::text(&o));
+
+    // exec with a terminal: the pty, and the exit code through ssh.
+    let o = ssh::run(
+        port,
+        ssh::operator(),
+        &["-tt"],
+        "exec -it web sh -c 'tty; exit 7'",
+    );
+    assert_eq!(o.status.code(), Some(7), "{}", ssh::text(&o));
+    assert!(stdout(&o).contains("/dev/pts/"), "{}", ssh::text(&o));
+
+    let o = ssh::run(port, ssh::operator(), &[], "logs web");
+    assert!(
+        o.status.success() && stdout(&o).contains("web is up"),
+        "{}",
+        ssh::text(&o)
+    );
+
+    // Local forwarding: a container's unpublished port, but not the metadata address
+    // nor the bridge's own address (the host).
+    let o = ssh::run(port, ssh::operator(), &[], "inspect web");
+    let inspect: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("inspect web: {e}: {}", ssh::text(&o)));
+    let address = inspect[0]["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .or_else(|| inspect[0]["IPAddress"].as_str())
+        .unwrap_or_else(|| panic!("no address in {inspect}"))
+        .to_string();
+    let local = free_port();
+    let web = tunnel(port, local, &format!("{address}:8080"));
+    let body = get(local).unwrap_or_else(|e| panic!("the container's page through ssh -L: {e}"));
+    assert_eq!(body.trim(), "hello over ssh");
+    drop(web);
+    for target in ["169.254.169.254:80", "10.88.0.1:22"] {
+        let local = free_port();
+        let _t = tunnel(port, local, target);
+        let got = get(local);
+        assert!(got.is_err(), "ssh -L {target} was not refused: {got:?}");
+    }
+    // Remote forwarding is refused outright.
+    let o = ssh::run(
+        port,
+        ssh::operator(),
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "0:127.0.0.1:1",
+        ],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(255), "ssh -R: {}", ssh::text(&o));
+
+    // Measures: sshd's memory when idle, and `ps` over ssh against berthctl ps in the guest.
+    let memory = testd
+        .sh("for p in $(pidof sshd); do grep -h '^Rss\\|^Pss' /proc/$p/smaps_rollup; done")
+        .unwrap();
+    const N: u32 = 10;
+    let started = Instant::now();
+    for _ in 0..N {
+        assert!(ssh::run(port, ssh::operator(), &[], "ps").status.success());
+    }
+    let over_ssh = started.elapsed() / N;
+    // /proc/uptime has centiseconds: N runs make it precise enough.
+    let local = testd
+        .sh("read a _ < /proc/uptime; for i in 1 2 3 4 5 6 7 8 9 10; do berthctl ps >/dev/null; done; \
+             read b _ < /proc/uptime; echo \"$a $b\"")
+        .unwrap();
+    let times: Vec<f64> = local
+        .stdout
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let local_ms = match times.as_slice() {
+        [a, b] => (b - a) * 1000.0 / f64::from(N),
+        _ => f64::NAN,
+    };
+    eprintln!(
+        "ssh: idle sshd {}; `ssh HOST ps` {} ms (connection, key exchange, login) against `berthctl ps` in the guest {local_ms:.0} ms",
+        memory.stdout.split_whitespace().collect::<Vec<_>>().join(" "),
+        over_ssh.as_millis(),
+    );
+    // The machine is still up: `ps; poweroff` ran nothing.
+    assert!(testd.sh("true").unwrap().success());
+}
