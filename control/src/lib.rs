@@ -523,6 +523,17 @@ pub trait Runtime {
     fn remove_image(&self, reference: &str) -> Result<Vec<String>, ApiError>;
     /// Reads the declarations again and reconciles.
     fn reload(&self) -> Result<(), ApiError>;
+    /// `berthctl debug`: makes container `name` from `image` (empty: the built-in
+    /// busybox), privileged, in the host's pid, network and ipc namespaces, with the
+    /// host's root read-only at /host and /var read-write at /host/var; created, never
+    /// started, so that commands run in it with `berth-runtime exec`. Not declared, not
+    /// kept: removed by `DebugRemove`, or when process `client` is gone. `who` says who
+    /// asked (an SSH key from sshd's ExposeAuthInfo, and its client's address), for the
+    /// log line every debug session gets.
+    fn debug_create(&self, name: &str, image: &str, who: &str, client: u32)
+        -> Result<(), ApiError>;
+    /// Removes a debug container.
+    fn debug_remove(&self, name: &str) -> Result<(), ApiError>;
 }
 
 /// The most a log read returns at once.

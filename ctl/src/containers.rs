@@ -62,6 +62,15 @@ pub enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
     },
+    /// A privileged shell for emergencies: a throwaway container (the built-in busybox,
+    /// or IMAGE) in the host's pid, network and ipc namespaces, the host's root
+    /// read-only at /host and /var read-write at /host/var; removed when it exits.
+    /// `debug [IMAGE] [-- COMMAND...]`; logged on the console with who asked.
+    Debug {
+        image: Option<String>,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Pull an image.
     Pull { reference: String },
     /// List images.
@@ -279,6 +288,7 @@ pub async fn run(rt: &RuntimeProxy<'_>, cmd: Cmd, json: bool) -> Result<ExitCode
             }
         }
         Cmd::Exec { .. } => return run_local(cmd),
+        Cmd::Debug { image, command } => return debug(rt, image.as_deref(), command).await,
         Cmd::Pull { reference } => pull(rt, &reference, json).await?,
         Cmd::Images => {
             let images = rt.images().await?;
@@ -458,6 +468,51 @@ fn exec(
             .and_then(|c| u8::try_from(c).ok())
             .unwrap_or(255),
     ))
+}
+
+/// `berthctl debug`: the daemon makes the container (created, never started), the
+/// command runs in it as `exec` runs one (a terminal when ours is one), and the
+/// container is removed (by the daemon too, should this process die first).
+async fn debug(
+    rt: &RuntimeProxy<'_>,
+    image: Option<&str>,
+    command: Vec<String>,
+) -> Result<ExitCode, Failure> {
+    let name = format!("debug-{}", std::process::id());
+    rt.debug_create(&name, image.unwrap_or(""), &who(), std::process::id())
+        .await?;
+    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let command = if command.is_empty() {
+        vec!["sh".to_string()]
+    } else {
+        command
+    };
+    let result = exec(&name, tty, &[], None, &command);
+    if let Err(e) = rt.debug_remove(&name).await {
+        eprintln!("berthctl: removing {name}: {}", Failure::from(e).message);
+    }
+    result
+}
+
+/// Who runs this, for the debug session's log line: the SSH key sshd accepted (its
+/// `ExposeAuthInfo` file: `publickey TYPE BASE64`) and the client's address; nothing
+/// on the machine itself. The daemon takes only what parses.
+fn who() -> String {
+    use std::io::Read;
+    let mut who = String::new();
+    if let Some(path) = std::env::var_os("SSH_USER_AUTH") {
+        let mut text = String::new();
+        if let Ok(f) = std::fs::File::open(path) {
+            let _ = f.take(16 * 1024).read_to_string(&mut text);
+        }
+        if let Some(key) = text.lines().find_map(|l| l.strip_prefix("publickey ")) {
+            who += &format!("key {key}\n");
+        }
+    }
+    if let Ok(c) = std::env::var("SSH_CONNECTION") {
+        who += &format!("from {c}\n");
+    }
+    who
 }
 
 pub const RUNTIME_BINARY: &str = "/usr/bin/berth-runtime";

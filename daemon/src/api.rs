@@ -38,6 +38,14 @@ pub enum Request {
         reply: Reply,
     },
     Reload(Reply),
+    DebugCreate {
+        name: String,
+        image: String,
+        who: String,
+        client: u32,
+        reply: Reply,
+    },
+    DebugRemove(String, Reply),
 }
 
 pub type Reply = Sender<Result<(), ApiError>>;
@@ -204,6 +212,26 @@ impl Api {
             declaration,
             reply,
         })
+    }
+
+    async fn debug_create(
+        &self,
+        name: String,
+        image: String,
+        who: String,
+        client: u32,
+    ) -> Result<(), ApiError> {
+        self.change(|reply| Request::DebugCreate {
+            name,
+            image,
+            who,
+            client,
+            reply,
+        })
+    }
+
+    async fn debug_remove(&self, name: String) -> Result<(), ApiError> {
+        self.change(|r| Request::DebugRemove(name, r))
     }
 
     async fn start(&self, name: String) -> Result<(), ApiError> {

@@ -62,6 +62,41 @@ pub fn start(
     notifier: Option<&Notifier>,
 ) -> Result<i32, String> {
     let name = decl.name.as_str();
+    let (run, sources) = prepare(paths, decl, cgroup_parent, netns, |cfg| cfg)?;
+    let started = create_and_start(paths, name, &run.join("bundle"), &run.join("pid"), notifier);
+    drop(sources);
+    started
+}
+
+/// A `berthctl debug` container (supervisor/debug.rs): its bundle, then `create` only.
+pub fn create_debug(
+    paths: &Paths,
+    decl: &Declaration,
+    cgroup_parent: Option<&str>,
+) -> Result<(), String> {
+    let (run, sources) = prepare(
+        paths,
+        decl,
+        cgroup_parent,
+        None,
+        crate::supervisor::debug::host_view,
+    )?;
+    let created = crate::supervisor::debug::create(paths, &decl.name, &run.join("bundle"));
+    drop(sources);
+    created
+}
+
+/// Everything before `berth-runtime create`: the image (pulled when missing), the
+/// rootfs, the /etc files, the volumes (held open until `create` has mounted them: the
+/// second value), and the OCI config (`adjust`ed) in `RUN/bundle`. Returns RUN.
+fn prepare(
+    paths: &Paths,
+    decl: &Declaration,
+    cgroup_parent: Option<&str>,
+    netns: Option<PathBuf>,
+    adjust: fn(serde_json::Value) -> serde_json::Value,
+) -> Result<(PathBuf, crate::volumes::Sources), String> {
+    let name = decl.name.as_str();
     let store = berth_store::store::Store::open(&paths.store, Default::default())
         .map_err(|e| e.to_string())?;
     let _lock = store
@@ -106,7 +141,7 @@ pub fn start(
             .ok()
             .map(|(_, hard)| hard),
     };
-    let cfg = spec::build(decl, &config, &user, &ctx).map_err(|e| e.to_string())?;
+    let cfg = adjust(spec::build(decl, &config, &user, &ctx).map_err(|e| e.to_string())?);
     let bundle = run.join("bundle");
     std::fs::create_dir_all(&bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
     std::fs::write(bundle.join("config.json"), cfg.to_string()).map_err(|e| e.to_string())?;
@@ -115,9 +150,7 @@ pub fn start(
     if berth_runtime::state::dir(&paths.runtime_root, name).exists() {
         delete(paths, name);
     }
-    let started = create_and_start(paths, name, &bundle, &run.join("pid"), notifier);
-    drop(sources);
-    started
+    Ok((run, sources))
 }
 
 /// /etc/hostname, /etc/hosts, /etc/resolv.conf for the container, in `run`.

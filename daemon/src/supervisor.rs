@@ -12,6 +12,7 @@
 //! init, which reaped it, tells it the exit status) and takes the pipes back.
 
 mod adopt;
+pub mod debug;
 mod publish;
 mod reconcile;
 mod requests;
@@ -63,6 +64,8 @@ pub struct Paths {
 }
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a debug session's berthctl is looked for, at most.
+const DEBUG_CHECK: Duration = Duration::from_secs(5);
 /// Editors write a file in steps: a reload waits for the directory to be quiet this long.
 const RELOAD_SETTLE: Duration = Duration::from_millis(300);
 /// Exit code docker reports when a container's status is unknown.
@@ -144,6 +147,8 @@ pub struct Supervisor {
     control: Option<Control>,
     /// Bridge networking, or why there is none (then bridge containers fail with it).
     bridge: Result<crate::network::Bridge, String>,
+    /// `berthctl debug` containers, each with a pidfd of the berthctl that asked.
+    debug: BTreeMap<String, OwnedFd>,
 }
 
 fn say(msg: &str) {
@@ -181,6 +186,7 @@ impl Supervisor {
             init_exits: adopt::InitExits::default(),
             reload_due: None,
             control: None,
+            debug: BTreeMap::new(),
         }
     }
 
@@ -478,6 +484,7 @@ impl Supervisor {
         }
         self.import_builtin();
         self.load();
+        self.remove_stale_debug();
         self.adopt(stored);
         self.apply_rules();
         self.write_status();
@@ -489,11 +496,15 @@ impl Supervisor {
             // pulling) must win over starting anything more.
             if self.handle_signals(&signals) {
                 say("stopping the containers");
+                for name in std::mem::take(&mut self.debug).into_keys() {
+                    self.remove_debug(&name, "ended (the daemon stops)");
+                }
                 self.stop_all();
                 self.write_status();
                 return Ok(());
             }
             self.handle_requests();
+            self.reap_debug();
             if self.reload_due.is_some_and(|t| t <= Instant::now()) {
                 self.reload_due = None;
                 self.reload();
@@ -540,9 +551,13 @@ impl Supervisor {
             })
             .chain(self.reload_due)
             .min();
-        let timeout = due
+        let mut timeout = due
             .map(|t| t.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
+        if !self.debug.is_empty() {
+            // Whether each debug session's berthctl is still there.
+            timeout = timeout.min(DEBUG_CHECK);
+        }
         let mut fds = vec![PollFd::new(signals, PollFlags::IN)];
         if let Some(c) = &self.control {
             fds.push(PollFd::from_borrowed_fd(c.wake_fd(), PollFlags::IN));

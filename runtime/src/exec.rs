@@ -82,12 +82,14 @@ fn load_process(opts: &ExecOptions<'_>, saved: &Saved) -> Result<Process> {
 pub fn exec(opts: &ExecOptions<'_>) -> Result<i32> {
     let saved = Saved::load(opts.root, opts.id)?;
     let status = saved.status(opts.root);
-    if status != Status::Running {
+    // A created container too, as runc allows: its init holds the namespaces and the
+    // root while it waits for `start` (berthctl debug's containers are never started).
+    if status != Status::Running && status != Status::Created {
         return Err(Error::WrongState {
             id: opts.id.into(),
             status: status.as_str(),
             action: "exec",
-            needed: "running",
+            needed: "created or running",
         });
     }
     let process = load_process(opts, &saved)?;

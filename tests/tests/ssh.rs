@@ -3,7 +3,9 @@
 //! (ps, logs, exec with a terminal and its exit code); an unknown key, a password, a
 //! program, a shell metacharacter and remote forwarding are refused; local forwarding
 //! reaches a container's unpublished port but not the metadata address nor the host;
-//! the host key fingerprints on the console are the ones sshd shows. One boot for all.
+//! the host key fingerprints on the console are the ones sshd shows; `debug` sees the
+//! host's files and processes, is logged with the key, and leaves nothing. One boot
+//! for all.
 //! (The keys each cloud's metadata hands out are tried in clouds.rs, on its boots.)
 
 use std::process::Stdio;
@@ -245,6 +247,63 @@ fn the_operator_reaches_the_machine_over_ssh_and_runs_only_berthctl() {
         "",
     );
     assert_eq!(o.status.code(), Some(255), "ssh -R: {}", ssh::text(&o));
+
+    // The break-glass container: the host's files, processes and /var, logged with the
+    // key that opened it, and gone afterwards.
+    let o = ssh::run(
+        port,
+        ssh::operator(),
+        &[],
+        "debug -- cat /host/etc/hostname",
+    );
+    assert!(
+        o.status.success() && stdout(&o).trim() == "reach-me",
+        "debug cat: {}",
+        ssh::text(&o)
+    );
+    let o = ssh::run(port, ssh::operator(), &[], "debug -- ps");
+    assert!(
+        stdout(&o).contains("sshd") && stdout(&o).contains("berth-daemon"),
+        "debug ps shows the host's processes: {}",
+        ssh::text(&o)
+    );
+    let o = ssh::run(
+        port,
+        ssh::operator(),
+        &[],
+        "debug -- sh -c 'touch /host/var/debug-was-here && ! touch /host/usr/nope 2>/dev/null'",
+    );
+    assert!(
+        o.status.success(),
+        "/host/var rw, /host ro: {}",
+        ssh::text(&o)
+    );
+    let left = testd
+        .sh("ls /var/debug-was-here; ls /run/berth/runtime; berthctl ps -a")
+        .unwrap();
+    assert!(left.stdout.contains("/var/debug-was-here"), "{left:?}");
+    assert!(
+        !left.stdout.contains("debug-"),
+        "a debug container is left: {left:?}"
+    );
+    let fp = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(ssh::operator().private.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fp = String::from_utf8_lossy(&fp.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let console = vm.console();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.contains("debug session debug-")
+                && l.contains(&format!("by SSH key {fp} from "))),
+        "no debug session line with {fp}:\n{console}"
+    );
 
     // Measures: sshd's memory when idle, and `ps` over ssh against berthctl ps in the guest.
     let memory = testd

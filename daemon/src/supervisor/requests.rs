@@ -33,6 +33,14 @@ impl Supervisor {
                 self.reload();
                 (reply, Ok(()))
             }
+            Request::DebugCreate {
+                name,
+                image,
+                who,
+                client,
+                reply,
+            } => (reply, self.debug_create(&name, &image, &who, client)),
+            Request::DebugRemove(name, reply) => (reply, self.debug_remove(&name)),
         };
         self.write_status();
         let _ = reply.send(result);
