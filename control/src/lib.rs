@@ -19,6 +19,29 @@ pub const INIT_PATH: &str = "/org/berth/Init";
 /// The virtio-serial port name the host side reaches init's interface through.
 pub const CONTROL_PORT: &str = "org.berth.control";
 
+/// What a host client of the control port sends before its D-Bus hello to talk to the
+/// container daemon (`org.berth.Runtime1`) instead of init: init then bridges the port
+/// to the daemon's socket for that session.
+pub const ROUTE_RUNTIME: &[u8] = b"BERTH-ROUTE runtime\n";
+/// The same, to the config agent (`org.berth.Agent1`).
+pub const ROUTE_AGENT: &[u8] = b"BERTH-ROUTE agent\n";
+
+/// The connection to a VM's control port at `path` (its host socket), routed to the
+/// daemon or the agent when `route` is one of the ROUTE_ lines (empty: init).
+pub async fn vm_client(path: &Path, route: &[u8]) -> zbus::Result<zbus::Connection> {
+    use std::io::Write;
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        zbus::Error::Failure(format!(
+            "connecting to the VM's control port {}: {e}",
+            path.display()
+        ))
+    })?;
+    stream
+        .write_all(route)
+        .map_err(|e| zbus::Error::Failure(format!("{}: {e}", path.display())))?;
+    client(stream).await
+}
+
 /// One service as init sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct ServiceStatus {

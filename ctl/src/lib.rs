@@ -7,11 +7,12 @@
 //! Inside the guest it talks to init on `/run/berth/init.sock`; from the host,
 //! `--vm PATH` talks through the unix socket QEMU made for the VM's virtio-serial port
 //! `org.berth.control` (`-chardev socket,id=ctl,path=PATH,server=on,wait=off -device
-//! virtserialport,chardev=ctl,name=org.berth.control`). Tables by default, `--json` for
-//! scripts.
+//! virtserialport,chardev=ctl,name=org.berth.control`): to init, or, after a
+//! `BERTH-ROUTE` line, to the container daemon or the agent (init bridges the session),
+//! so container verbs and `config` work from a hypervisor without any network. Tables
+//! by default, `--json` for scripts.
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -153,14 +154,11 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let connected = watchdog(Duration::from_secs(cli.timeout), cli.vm.is_some());
     if let Cmd::Config = cli.command {
-        if cli.vm.is_some() {
-            return Err(
-                "config works on the host itself (the VM's control port reaches init only)".into(),
-            );
+        let conn = match &cli.vm {
+            Some(path) => berth_control::vm_client(path, berth_control::ROUTE_AGENT).await,
+            None => berth_control::connect(std::path::Path::new(berth_control::AGENT_SOCKET)).await,
         }
-        let conn = berth_control::connect(std::path::Path::new(berth_control::AGENT_SOCKET))
-            .await
-            .map_err(|e| format!("{e} (is berth-agent running?)"))?;
+        .map_err(|e| format!("{e} (is berth-agent running?)"))?;
         connected.store(true, std::sync::atomic::Ordering::SeqCst);
         let agent = berth_control::AgentProxy::new(&conn)
             .await
@@ -170,9 +168,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
     if let Cmd::Container(cmd) = cli.command {
         let cmd = *cmd;
-        if cli.vm.is_some() {
+        let local_only = matches!(
+            cmd,
+            containers::Cmd::Exec { .. } | containers::Cmd::Debug { .. }
+        );
+        if cli.vm.is_some() && local_only {
             return Err(
-                "container commands work on the host itself (the VM's control port reaches init only)"
+                "exec and debug run berth-runtime on the machine itself: use them there, or \
+                 over SSH (`ssh -t HOST exec -it NAME sh`)"
                     .into(),
             );
         }
@@ -180,11 +183,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         let conn = if matches!(cmd, containers::Cmd::Exec { .. }) {
             None
         } else {
-            Some(
-                berth_control::connect(&cli.runtime_socket)
-                    .await
-                    .map_err(|e| format!("{e} (is berth-daemon running?)"))?,
-            )
+            let conn = match &cli.vm {
+                // Through the VM's control port: init bridges the session to the daemon.
+                Some(path) => berth_control::vm_client(path, berth_control::ROUTE_RUNTIME).await,
+                None => berth_control::connect(&cli.runtime_socket).await,
+            };
+            Some(conn.map_err(|e| format!("{e} (is berth-daemon running?)"))?)
         };
         connected.store(true, std::sync::atomic::Ordering::SeqCst);
         let Some(conn) = conn else {
@@ -194,15 +198,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         return containers::run(&rt, cmd, cli.json).await;
     }
     let conn = match &cli.vm {
-        Some(path) => {
-            let stream = UnixStream::connect(path).map_err(|e| {
-                format!(
-                    "connecting to the VM's control port {}: {e}",
-                    path.display()
-                )
-            })?;
-            berth_control::client(stream).await
-        }
+        Some(path) => berth_control::vm_client(path, b"").await,
         None => berth_control::connect(&cli.socket).await,
     }
     .map_err(|e| e.to_string())?;

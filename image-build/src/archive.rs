@@ -74,6 +74,10 @@ impl Archive {
         self.add_file(path, mode, data)
     }
 
+    pub fn add_dir(&mut self, path: &str, mode: u32) -> Result<()> {
+        self.add(path, Node::Dir { mode })
+    }
+
     pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<()> {
         self.add(
             path,

@@ -303,6 +303,8 @@ fn root_tree(
     root.add_host_file("usr/bin/ssh-keygen", 0o755, &ssh.keygen)?;
     binaries.extend([ssh.sshd.clone(), ssh.keygen.clone()]);
     root.add_symlink("usr/bin/berth-login", "/init")?;
+    // root's home, where sshd starts a session (empty: nothing reads it).
+    root.add_dir("root", 0o700)?;
     initramfs::add_libraries(&mut root, &binaries)?;
     root.add_file(
         "usr/lib/berth/services/berth-daemon.toml",

@@ -1,6 +1,6 @@
 //! Berth's PID 1.
 //!
-//! One binary, three roles: run as process 1 it boots and supervises the machine; run as
+//! One binary, four roles: run as process 1 it boots and supervises the machine; run as
 //! `modprobe` (the kernel's module helper, linked to it) it loads a module; run as
 //! `berthctl` (linked to it too) it is the operator's command line (`berth-ctl`), and
 //! as `berth-login` root's SSH login shell, which runs berthctl's words only.

@@ -79,6 +79,26 @@ berthctl service restart berth-daemon"#,
     );
     assert_eq!(code, 0, "{out}");
 
+    // The container verbs from the host, through the VM's control port (this VM has no
+    // network device at all): init bridges the session to the daemon.
+    wait_for(&mut testd, "web running", |s| {
+        s["web"]["state"] == "running"
+    });
+    let ps = vm.berthctl(&["ps"]).expect("berthctl --vm ps");
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("web") && l.contains("running")),
+        "{ps}"
+    );
+    let logs = vm.berthctl(&["logs", "web"]).expect("berthctl --vm logs");
+    assert!(logs.contains("started"), "{logs}");
+    let config = vm.berthctl(&["config"]).expect("berthctl --vm config");
+    assert!(!config.is_empty());
+    let refused = vm.berthctl_output(&["exec", "web", "true"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("over SSH"),
+        "{refused:?}"
+    );
     let s = wait_for(&mut testd, "web running", |s| {
         s["web"]["state"] == "running"
     });

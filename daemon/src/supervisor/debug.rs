@@ -213,23 +213,26 @@ pub fn host_view(mut cfg: serde_json::Value) -> serde_json::Value {
     cfg
 }
 
-/// `berth-runtime create` for a debug container, its output discarded (it never runs).
+/// `berth-runtime create` for a debug container. Its errors go to a file in the bundle's
+/// directory, not a pipe: the container's init inherits that descriptor and holds it
+/// as long as it waits, so a pipe would never reach its end.
 pub fn create(paths: &super::Paths, name: &str, bundle: &std::path::Path) -> Result<(), String> {
-    let out = crate::launch::runtime(paths)
+    let errors = bundle.join("create.err");
+    let file = std::fs::File::create(&errors).map_err(|e| format!("{}: {e}", errors.display()))?;
+    let status = crate::launch::runtime(paths)
         .arg("create")
         .arg("--bundle")
         .arg(bundle)
         .arg(name)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
+        .stderr(file)
+        .status()
         .map_err(|e| format!("running {}: {e}", paths.runtime.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "berth-runtime create: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+    if !status.success() {
+        let said = std::fs::read(&errors).unwrap_or_default();
+        let said = String::from_utf8_lossy(&said[..said.len().min(4096)]);
+        return Err(format!("berth-runtime create: {}", said.trim()));
     }
     Ok(())
 }

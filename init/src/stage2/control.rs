@@ -227,6 +227,17 @@ fn is_client_hello(data: &[u8]) -> bool {
     data.first() == Some(&0) && (data.len() == 1 || data[1..].starts_with(b"AUTH"))
 }
 
+/// The socket a host client asks for with a `BERTH-ROUTE` line before its D-Bus hello,
+/// and what follows that line in the chunk.
+fn routed(data: &[u8]) -> Option<(&'static str, &[u8])> {
+    [
+        (berth_control::ROUTE_RUNTIME, berth_control::RUNTIME_SOCKET),
+        (berth_control::ROUTE_AGENT, berth_control::AGENT_SOCKET),
+    ]
+    .into_iter()
+    .find_map(|(line, socket)| data.strip_prefix(line).map(|rest| (socket, rest)))
+}
+
 /// Pumps bytes between the port and a socketpair whose other end is served like a local
 /// client. Every host client begins with a D-Bus hello, which starts a new session (and
 /// ends the previous one). A hang-up is not trusted to end a session: virtio-serial can
@@ -271,8 +282,19 @@ fn bridge_once(dev: &Path, api: &Api) -> std::io::Result<()> {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            let data = &buf[..n];
-            if session.is_none() || is_client_hello(data) {
+            let mut data = &buf[..n];
+            if let Some((socket, rest)) = routed(data) {
+                // A session with the daemon or the agent: bridged to its socket as is
+                // (it checks that its peer, init, is root).
+                session = match UnixStream::connect(socket) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        warn!("control port: {socket}: {e}");
+                        None
+                    }
+                };
+                data = rest;
+            } else if session.is_none() || is_client_hello(data) {
                 let (ours, theirs) = UnixStream::pair()?;
                 let server_api = api.clone();
                 spawn_thread("control-vm", move || serve(theirs, server_api));
