@@ -251,6 +251,9 @@ fn bridge_once(dev: &Path, api: &Api) -> std::io::Result<()> {
         .write(true)
         .open(dev)?;
     let mut session: Option<UnixStream> = None;
+    // A routed session whose D-Bus hello has not come yet: that hello is its own, not a
+    // new client's.
+    let mut routed_hello_due = false;
     let mut buf = [0u8; 16 * 1024];
     loop {
         let mut fds = vec![PollFd::new(port.as_fd(), PollFlags::POLLIN)];
@@ -294,6 +297,10 @@ fn bridge_once(dev: &Path, api: &Api) -> std::io::Result<()> {
                     }
                 };
                 data = rest;
+                routed_hello_due = session.is_some() && data.is_empty();
+            } else if routed_hello_due {
+                // The routed client's first bytes after its route line (its hello).
+                routed_hello_due = false;
             } else if session.is_none() || is_client_hello(data) {
                 let (ours, theirs) = UnixStream::pair()?;
                 let server_api = api.clone();
@@ -607,6 +614,16 @@ mod tests {
         assert!(is_client_hello(b"\0AUTH ANONYMOUS\r\n"));
         assert!(!is_client_hello(b"l\x01\0\x01"));
         assert!(!is_client_hello(b"\0\0\0"));
+        assert_eq!(
+            routed(b"BERTH-ROUTE runtime\n\0AUTH"),
+            Some((berth_control::RUNTIME_SOCKET, &b"\0AUTH"[..]))
+        );
+        assert_eq!(
+            routed(b"BERTH-ROUTE agent\n"),
+            Some((berth_control::AGENT_SOCKET, &b""[..]))
+        );
+        assert_eq!(routed(b"BERTH-ROUTE /etc/shadow\n"), None);
+        assert_eq!(routed(b"\0AUTH ANONYMOUS\r\n"), None);
     }
 
     #[test]
