@@ -205,6 +205,36 @@ fn the_operator_reaches_the_machine_over_ssh_and_runs_only_berthctl() {
     assert_eq!(o.status.code(), Some(7), "{}", ssh::text(&o));
     assert!(stdout(&o).contains("/dev/pts/"), "{}", ssh::text(&o));
 
+    // The client's window size reaches the container's terminal: ssh runs under
+    // script(1), whose terminal is 41x103 (ssh's pty request, sshd's pty, berthctl's
+    // copy to the container's terminal).
+    let inner = ssh::command(port, ssh::operator(), &["-tt"], "exec -it web stty size");
+    let argv: Vec<String> = std::iter::once(inner.get_program())
+        .chain(inner.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''")))
+        .collect();
+    // script's input stays open (a pipe held here): at its end script would end too.
+    let mut script = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "stty rows 41 cols 103; {} </dev/tty",
+            argv.join(" ")
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils)");
+    let held = script.stdin.take();
+    let o = script.wait_with_output().unwrap();
+    drop(held);
+    assert!(
+        stdout(&o).lines().any(|l| l.trim() == "41 103"),
+        "stty size through ssh: {}",
+        ssh::text(&o)
+    );
+
     let o = ssh::run(port, ssh::operator(), &[], "logs web");
     assert!(
         o.status.success() && stdout(&o).contains("web is up"),

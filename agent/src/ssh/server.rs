@@ -19,6 +19,8 @@ const KEYGEN: &str = "/usr/bin/ssh-keygen";
 const HOST_KEY_DIR: &str = "/var/lib/berth/ssh";
 /// Written at every start: the bridge's pool may have changed.
 const CONFIG: &str = "/run/berth/ssh/sshd_config";
+/// Where Debian's sshd keeps the last login of each user.
+const LASTLOG: &str = "/var/log/lastlog";
 /// Debian's sshd is built with this privilege separation directory.
 const PRIVSEP_DIR: &str = "/run/sshd";
 /// The host key types made: Ed25519 for every OpenSSH client of the last decade, ECDSA
@@ -77,6 +79,11 @@ pub fn run() -> ExitCode {
 /// Host keys, fingerprints, the forwarding fence, the configuration; its path.
 fn prepare(root: &Root) -> Result<PathBuf, String> {
     std::fs::create_dir_all(PRIVSEP_DIR).map_err(|e| format!("{PRIVSEP_DIR}: {e}"))?;
+    // Debian's sshd records each terminal login there (and complains to the session
+    // when it cannot): the login record, kept on /var.
+    if let Err(e) = root.append(Path::new(LASTLOG), b"", 0o644, None) {
+        say(&format!("{LASTLOG}: {e}"));
+    }
     let mut public = Vec::new();
     for (kind, label) in HOST_KEY_TYPES {
         let path = host_key(root, kind)?;
