@@ -30,11 +30,9 @@
 //! (priority raw), whatever interface but `lo` they arrive on.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 pub use berth_schema::bridge::{load_config, BridgeConfig, Pool};
 
@@ -263,31 +261,9 @@ impl Bridge {
     }
 }
 
-/// Runs `nft -f -` with `script` (one transaction: all of it or nothing).
+/// The rules, in one transaction.
 fn nft(script: &str) -> Result<(), String> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running nft: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| format!("writing to nft: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("running nft: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "nft refused the ruleset: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    berth_netlink::nft::apply(script)
 }
 
 /// The `inet berth` and `bridge berth` tables for these containers (replacing any
@@ -393,6 +369,8 @@ fn port_rules(attached: &BTreeMap<String, Attached>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
 
     #[test]
     fn the_ruleset_publishes_declared_ports_only_and_guards_metadata() {

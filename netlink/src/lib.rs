@@ -9,6 +9,8 @@
 //! A socket works in the network namespace it was opened in: open one inside a
 //! container's namespace (from a thread that entered it) to configure its side.
 
+pub mod nft;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 

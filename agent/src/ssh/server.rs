@@ -242,26 +242,7 @@ fn fence() -> Result<(), String> {
     let pool = berth_schema::bridge::Pool::parse(&bridge.subnet)?;
     let cgroup = own_cgroup()?;
     let rules = fence_rules(&cgroup, &pool);
-    let mut child = Command::new("/usr/sbin/nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running nft: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(rules.as_bytes())
-            .map_err(|e| format!("nft: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
+    berth_netlink::nft::apply(&rules)
 }
 
 /// This process's cgroup v2 path, relative to the hierarchy's root.
