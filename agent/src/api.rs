@@ -26,7 +26,7 @@ pub fn serve(report: String) -> Result<(), String> {
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
-            berth_control::serve_root_clients(listener, AGENT_PATH, "berth-agent", move || {
+            berth_control::serve_root_clients(listener, AGENT_PATH, "berth-agent", move |_| {
                 AgentApi {
                     report: report.clone(),
                 }

@@ -99,9 +99,17 @@ pub fn fingerprint(blob: &[u8]) -> String {
     )
 }
 
+/// The base64 key of an authorized_keys line: the word after its key type (options
+/// the agent itself put before it, `expiry-time=`, skipped).
+fn blob_of(line: &str) -> Option<&str> {
+    let mut words = line.split_whitespace();
+    words.by_ref().find(|w| KEY_TYPES.contains(w))?;
+    words.next()
+}
+
 /// The fingerprint of a checked key line.
 pub fn line_fingerprint(line: &str) -> Option<String> {
-    let encoded = line.split_whitespace().nth(1)?;
+    let encoded = blob_of(line)?;
     let blob = base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()?;
@@ -115,7 +123,7 @@ pub fn authorized_keys(user_data: &[String], metadata: &[String]) -> (String, Ve
     let mut text = String::new();
     let mut dropped = Vec::new();
     for key in user_data.iter().chain(metadata) {
-        let Some(blob) = key.split_whitespace().nth(1) else {
+        let Some(blob) = blob_of(key) else {
             continue;
         };
         if !seen.insert(blob.to_string()) {

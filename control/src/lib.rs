@@ -326,8 +326,9 @@ pub fn serve_one<I: zbus::object_server::Interface>(
 }
 
 /// Accepts clients on `listener` for ever, each on its own thread serving a fresh
-/// interface from `make` at `object_path`; only root peers (SO_PEERCRED) are served,
-/// others are refused and said. `who` names the server in what it says.
+/// interface from `make` (given the peer's pid) at `object_path`; only root peers
+/// (SO_PEERCRED) are served, others are refused and said. `who` names the server in
+/// what it says.
 pub fn serve_root_clients<I, F>(
     listener: std::os::unix::net::UnixListener,
     object_path: &'static str,
@@ -335,7 +336,7 @@ pub fn serve_root_clients<I, F>(
     make: F,
 ) where
     I: zbus::object_server::Interface,
-    F: Fn() -> I,
+    F: Fn(i32) -> I,
 {
     use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
     for stream in listener.incoming() {
@@ -347,8 +348,8 @@ pub fn serve_root_clients<I, F>(
                 continue;
             }
         };
-        match getsockopt(&stream, PeerCredentials) {
-            Ok(c) if c.uid() == 0 => {}
+        let peer = match getsockopt(&stream, PeerCredentials) {
+            Ok(c) if c.uid() == 0 => c.pid(),
             Ok(c) => {
                 eprintln!("{who}: API: uid {} refused (root only)", c.uid());
                 continue;
@@ -357,8 +358,8 @@ pub fn serve_root_clients<I, F>(
                 eprintln!("{who}: API: peer credentials: {e}; refused");
                 continue;
             }
-        }
-        let interface = make();
+        };
+        let interface = make(peer);
         let spawned = std::thread::Builder::new()
             .name("api-conn".into())
             .spawn(move || {

@@ -64,14 +64,13 @@ pub fn exec_with_terminal(
             let _ = termios::tcsetwinsize(&master, size);
         }
     }
-    // SIGWINCH through a signalfd (blocked first: it is no longer delivered as a signal),
-    // polled beside the terminal. Without it, resizes are not passed on; nothing else
-    // changes.
-    let mut winch = SigSet::empty();
-    winch.add(Signal::SIGWINCH);
-    let resizes = winch.thread_block().ok().and_then(|()| {
-        SignalFd::with_flags(&winch, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
-    });
+    // SIGWINCH through a signalfd, polled beside the terminal (blocked in every thread
+    // since `hold_resizes`). Without it, resizes are not passed on; nothing else changes.
+    let resizes = SignalFd::with_flags(
+        &resize_signal(),
+        SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+    )
+    .ok();
     copy_both_ways(&master, resizes.as_ref());
     if let Some(t) = &saved {
         let _ = termios::tcsetattr(&stdin, OptionalActions::Now, t);
@@ -83,6 +82,21 @@ pub fn exec_with_terminal(
             .and_then(|c| u8::try_from(c).ok())
             .unwrap_or(255),
     ))
+}
+
+fn resize_signal() -> SigSet {
+    let mut winch = SigSet::empty();
+    winch.add(Signal::SIGWINCH);
+    winch
+}
+
+/// Blocks SIGWINCH in the calling thread, and so in every thread it starts later. Called
+/// first thing in berthctl: a process-directed signal goes to any thread that does not
+/// block it, and one delivered to a helper thread (the connection watchdog, zbus's
+/// reactor) would be lost to `exec -t`'s signalfd. (Children get an empty mask: std
+/// resets it before exec.)
+pub fn hold_resizes() {
+    let _ = resize_signal().thread_block();
 }
 
 /// Accepts berth-runtime's connection and takes the terminal's master from it.

@@ -452,6 +452,14 @@ fn exec(
     workdir: Option<&str>,
     command: &[String],
 ) -> Result<ExitCode, Failure> {
+    // The name goes before berth-runtime's `--`: one that reads as an option is not
+    // a container's.
+    if name.is_empty() || name.starts_with('-') || name.contains('/') {
+        return Err(Failure {
+            message: format!("{name:?} is not a container name"),
+            code: 5,
+        });
+    }
     if tty {
         return Ok(crate::console::exec_with_terminal(
             name, env, workdir, command,

@@ -141,6 +141,7 @@ impl From<berth_control::ApiError> for Failure {
 
 /// Runs berthctl with these arguments (the first is the program name).
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    console::hold_resizes();
     let cli = Cli::parse_from(args);
     match berth_control::zbus::block_on(run(cli)) {
         Ok(code) => code,

@@ -77,6 +77,9 @@ pub fn split(line: &str) -> Result<Vec<String>, SplitError> {
                         Some('"') => break,
                         Some('\\') => match chars.next() {
                             Some(e @ ('"' | '\\' | '$' | '`')) => word.push(e),
+                            Some(c) if c.is_control() && c != '\t' => {
+                                return Err(SplitError::ControlCharacter)
+                            }
                             Some(other) => {
                                 word.push('\\');
                                 word.push(other);
@@ -206,6 +209,7 @@ mod tests {
             ("logs 'web", SplitError::Unterminated('\'')),
             ("logs \"web", SplitError::Unterminated('"')),
             ("ps\nreboot", SplitError::ControlCharacter),
+            ("logs \"a\\\nb\"", SplitError::ControlCharacter),
         ] {
             assert_eq!(split(line), Err(e), "{line:?}");
         }

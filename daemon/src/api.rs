@@ -117,6 +117,7 @@ pub fn start(socket: &Path, shared: Shared) -> Result<Control, String> {
     let listener =
         berth_control::listen(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     let api = Api {
+        peer: 0,
         tx,
         wake: wake.clone(),
         shared: shared.clone(),
@@ -133,7 +134,10 @@ pub fn start(socket: &Path, shared: Shared) -> Result<Control, String> {
 }
 
 fn accept_loop(listener: UnixListener, api: Api) {
-    berth_control::serve_root_clients(listener, RUNTIME_PATH, "berth-daemon", move || api.clone());
+    berth_control::serve_root_clients(listener, RUNTIME_PATH, "berth-daemon", move |peer| Api {
+        peer,
+        ..api.clone()
+    });
 }
 
 /// How long a change may take before the caller is told it is still going (a stop
@@ -142,6 +146,8 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 struct Api {
+    /// The connected client's pid (SO_PEERCRED).
+    peer: i32,
     tx: Sender<Request>,
     wake: Arc<EventFd>,
     shared: Arc<Shared>,
@@ -221,6 +227,15 @@ impl Api {
         who: String,
         client: u32,
     ) -> Result<(), ApiError> {
+        // The process whose end removes the container must be the caller itself: not
+        // another process's pid, and not init's bridge of the VM control port (whose
+        // clients are on the hypervisor's side, with no process here to watch).
+        if i64::from(client) != i64::from(self.peer) {
+            return Err(ApiError::Invalid(format!(
+                "debug: client {client} is not the caller (pid {}); debug runs on the machine itself or over SSH",
+                self.peer
+            )));
+        }
         self.change(|reply| Request::DebugCreate {
             name,
             image,

@@ -16,9 +16,11 @@ pub fn apply(script: &str) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("running nft: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| format!("writing to nft: {e}"))?;
+        if let Err(e) = stdin.write_all(script.as_bytes()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("writing to nft: {e}"));
+        }
     }
     let out = child
         .wait_with_output()

@@ -195,6 +195,9 @@ pub struct Declaration {
 }
 
 /// A container name: what docker accepts (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), up to 63.
+/// `berthctl debug`'s containers are named so; no declared container may be.
+pub const DEBUG_PREFIX: &str = "debug-";
+
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -359,6 +362,12 @@ impl Declaration {
                 format!(
                     "{name:?} is not a container name (letters, digits, _ . -; from the file name)"
                 ),
+            )));
+        }
+        if name.starts_with(DEBUG_PREFIX) {
+            return Err(invalid((
+                "name",
+                format!("{name:?}: names beginning {DEBUG_PREFIX:?} are `berthctl debug`'s"),
             )));
         }
         let raw: Raw = toml::from_str(text).map_err(|e| DeclarationError::Syntax {
@@ -641,6 +650,9 @@ mod tests {
         }
         let e = Declaration::parse("-bad", "image = \"x\"", Path::new("-bad.toml")).unwrap_err();
         assert!(e.to_string().contains("not a container name"), "{e}");
+        let e = Declaration::parse("debug-7", "image = \"x\"\n", Path::new("debug-7.toml"))
+            .unwrap_err();
+        assert!(e.to_string().contains("berthctl debug"), "{e}");
         let host = parse("image = \"x\"\nnetwork = \"host\"\nallow_metadata = true").unwrap();
         assert_eq!(host.network, Network::Host);
     }

@@ -109,6 +109,20 @@ fn tunnel(port: u16, local: u16, target: &str) -> Tunnel {
     Tunnel(child)
 }
 
+/// Ok when a connection to 127.0.0.1:`local` (a tunnel's end) closes without a byte
+/// after an HTTP request; what came otherwise.
+fn nothing_through(local: u16) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let mut got = Vec::new();
+    match s.read_to_end(&mut got) {
+        Ok(_) | Err(_) if got.is_empty() => Ok(()),
+        _ => Err(String::from_utf8_lossy(&got).into_owned()),
+    }
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -205,19 +219,27 @@ fn the_operator_reaches_the_machine_over_ssh_and_runs_only_berthctl() {
     assert_eq!(o.status.code(), Some(7), "{}", ssh::text(&o));
     assert!(stdout(&o).contains("/dev/pts/"), "{}", ssh::text(&o));
 
-    // The client's window size reaches the container's terminal: ssh runs under
-    // script(1), whose terminal is 41x103 (ssh's pty request, sshd's pty, berthctl's
-    // copy to the container's terminal).
-    let inner = ssh::command(port, ssh::operator(), &["-tt"], "exec -it web stty size");
+    // The client's window size reaches the container's terminal, and so does a resize
+    // (ssh's window-change, sshd's pty, berthctl's SIGWINCH): ssh runs under script(1),
+    // whose terminal is 41x103 at first and 50x120 three seconds later.
+    let inner = ssh::command(
+        port,
+        ssh::operator(),
+        &["-tt"],
+        "exec -it web sh -c 'stty size; sleep 6; stty size'",
+    );
     let argv: Vec<String> = std::iter::once(inner.get_program())
         .chain(inner.get_args())
         .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''")))
         .collect();
-    // script's input stays open (a pipe held here): at its end script would end too.
+    // ssh in the background reads the terminal (not the /dev/null a shell gives a
+    // background job); script's own input stays open (a pipe held here), or script
+    // would end at its end.
     let mut script = std::process::Command::new("script")
         .args(["-qec"])
         .arg(format!(
-            "stty rows 41 cols 103; {} </dev/tty",
+            "stty rows 41 cols 103; {} </dev/tty & sleep 3; stty rows 50 cols 120; \
+             kill -WINCH $!; wait $!",
             argv.join(" ")
         ))
         .arg("/dev/null")
@@ -229,9 +251,16 @@ fn the_operator_reaches_the_machine_over_ssh_and_runs_only_berthctl() {
     let held = script.stdin.take();
     let o = script.wait_with_output().unwrap();
     drop(held);
-    assert!(
-        stdout(&o).lines().any(|l| l.trim() == "41 103"),
-        "stty size through ssh: {}",
+    let out = stdout(&o);
+    let sizes: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| *l == "41 103" || *l == "50 120")
+        .collect();
+    assert_eq!(
+        sizes,
+        ["41 103", "50 120"],
+        "stty size through ssh, before and after a resize: {}",
         ssh::text(&o)
     );
 
@@ -257,11 +286,19 @@ fn the_operator_reaches_the_machine_over_ssh_and_runs_only_berthctl() {
     let body = get(local).unwrap_or_else(|e| panic!("the container's page through ssh -L: {e}"));
     assert_eq!(body.trim(), "hello over ssh");
     drop(web);
-    for target in ["169.254.169.254:80", "10.88.0.1:22"] {
+    // Each of these would say something if reached (a web server on the metadata
+    // address, sshd's banner on the host's addresses): refused, the tunnel's end closes
+    // with nothing read.
+    for target in [
+        "169.254.169.254:80",
+        "10.88.0.1:22",
+        "127.0.0.1:22",
+        "169.254.169.15:22",
+    ] {
         let local = free_port();
         let _t = tunnel(port, local, target);
-        let got = get(local);
-        assert!(got.is_err(), "ssh -L {target} was not refused: {got:?}");
+        let got = nothing_through(local);
+        assert!(got.is_ok(), "ssh -L {target} was not refused: {got:?}");
     }
     // Remote forwarding is refused outright.
     let o = ssh::run(
@@ -301,7 +338,7 @@ fn the_operator_reaches_the_machine_over_ssh_and_runs_only_berthctl() {
         port,
         ssh::operator(),
         &[],
-        "debug -- sh -c 'touch /host/var/debug-was-here && ! touch /host/usr/nope 2>/dev/null'",
+        "debug -- sh -c 'touch /host/var/debug-was-here && ! touch /host/etc/nope 2>/dev/null'",
     );
     assert!(
         o.status.success(),

@@ -37,12 +37,12 @@ pub fn read_tree(root: &Path) -> Result<Fetched, DatasourceError> {
                     for (name, key) in keys.iter().take(crate::ssh::MAX_KEYS) {
                         match key.as_str().map(crate::ssh::check_key) {
                             Some(Ok(k)) => fetched.public_keys.push(k),
-                            Some(Err(e)) => fetched
-                                .problems
-                                .push(format!("meta_data.json public_keys.{name}: {e}; not taken")),
+                            Some(Err(e)) => fetched.problems.push(format!(
+                                "meta_data.json public_keys.{name:?}: {e}; not taken"
+                            )),
                             None => fetched
                                 .problems
-                                .push(format!("meta_data.json public_keys.{name}: not a string")),
+                                .push(format!("meta_data.json public_keys.{name:?}: not a string")),
                         }
                     }
                 }

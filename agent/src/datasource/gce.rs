@@ -46,7 +46,9 @@ pub fn fetch(http: &Http, base: &str) -> Result<Fetched, String> {
 /// GCE's `ssh-keys` lines, `USERNAME:KEY`: every user's key logs in as root (Berth has
 /// one login, berthctl's). A key of the form gcloud and the guest environment write for
 /// temporary access (`... google-ssh {"userName":...,"expireOn":"2026-12-01T10:00:00+0000"}`)
-/// is left out once `now` (seconds since the epoch) is past its expiry.
+/// is left out once `now` (seconds since the epoch) is past its expiry, and otherwise
+/// taken with OpenSSH's `expiry-time` option, so sshd refuses it from then on (the host
+/// keeps UTC); one whose expiry does not read is not taken.
 pub fn ssh_keys(text: &str, source: &str, now: u64) -> (Vec<String>, Vec<String>) {
     let (mut good, mut problems) = (Vec::new(), Vec::new());
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -54,29 +56,50 @@ pub fn ssh_keys(text: &str, source: &str, now: u64) -> (Vec<String>, Vec<String>
             problems.push(format!("{source}: a line without USERNAME: is not taken"));
             continue;
         };
-        if let Some(expiry) = expire_on(key) {
-            if expiry <= now {
-                continue;
+        let expiry = if key.contains("google-ssh") {
+            match expire_on(key) {
+                Some((at, _)) if at <= now => continue,
+                Some((_, stamp)) => Some(stamp),
+                None => {
+                    problems.push(format!(
+                        "{source}: {user:?}'s temporary key: its expireOn does not read \
+                         (YYYY-MM-DDTHH:MM:SS+0000); not taken"
+                    ));
+                    continue;
+                }
             }
-        }
+        } else {
+            None
+        };
         match crate::ssh::check_key(key) {
-            Ok(k) => good.push(k),
-            Err(e) => problems.push(format!("{source}: {user}'s key: {e}; not taken")),
+            Ok(k) => good.push(match expiry {
+                Some(stamp) => format!("expiry-time=\"{stamp}\" {k}"),
+                None => k,
+            }),
+            Err(e) => problems.push(format!("{source}: {user:?}'s key: {e}; not taken")),
         }
     }
     (good, problems)
 }
 
-/// The `expireOn` of a `google-ssh {...}` comment, in seconds since the epoch (UTC; its
-/// seconds and offset as gcloud writes them, `+0000`).
-fn expire_on(key: &str) -> Option<u64> {
+/// The `expireOn` of a `google-ssh {...}` comment: seconds since the epoch, and the
+/// same moment as `expiry-time` takes it (YYYYMMDDHHMMSS). UTC only (`+0000` or `Z`, as
+/// gcloud writes it).
+fn expire_on(key: &str) -> Option<(u64, String)> {
     let json = key.split_once("google-ssh")?.1.trim();
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let t = v.get("expireOn")?.as_str()?;
+    if !matches!(t.get(19..), Some("+0000" | "Z" | "+00:00")) {
+        return None;
+    }
     let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<u64>().ok();
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    Some(days_from_civil(y, mo, d)? * 86400 + h * 3600 + mi * 60 + s)
+    if h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let at = days_from_civil(y, mo, d)? * 86400 + h * 3600 + mi * 60 + s;
+    Some((at, format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")))
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
@@ -119,7 +142,17 @@ mod tests {
         let (good, bad) = ssh_keys(&text, "ssh-keys", before);
         assert_eq!(good.len(), 2, "{good:?}");
         assert_eq!(good[0], format!("{KEY} alice@laptop"));
+        assert!(
+            good[1].starts_with(&format!("expiry-time=\"20261201100000\" {KEY} google-ssh")),
+            "{good:?}"
+        );
         assert_eq!(bad.len(), 1, "{bad:?}");
+        let unreadable = format!("carol:{KEY} google-ssh {{\"expireOn\":\"soon\"}}");
+        let (good, bad) = ssh_keys(&unreadable, "ssh-keys", before);
+        assert!(
+            good.is_empty() && bad[0].contains("does not read"),
+            "{bad:?}"
+        );
         let (good, _) = ssh_keys(&text, "ssh-keys", before + 7200);
         assert_eq!(good.len(), 1, "bob's key expired at 10:00: {good:?}");
     }

@@ -240,8 +240,20 @@ fn config(forwarding: &str) -> String {
 fn fence() -> Result<(), String> {
     let bridge = berth_schema::bridge::load_config(Path::new(berth_schema::bridge::CONFIG_PATH))?;
     let pool = berth_schema::bridge::Pool::parse(&bridge.subnet)?;
+    let name_ok = !bridge.name.is_empty()
+        && bridge.name.len() < 16
+        && bridge
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !name_ok {
+        return Err(format!(
+            "bridge name {:?} is not an interface name",
+            bridge.name
+        ));
+    }
     let cgroup = own_cgroup()?;
-    let rules = fence_rules(&cgroup, &pool);
+    let rules = fence_rules(&cgroup, &pool, &bridge.name);
     berth_netlink::nft::apply(&rules)
 }
 
@@ -258,7 +270,9 @@ fn own_cgroup() -> Result<String, String> {
 
 /// The fence's table, replaced whole. `socket cgroupv2 level N PATH` matches a socket
 /// made by any process under PATH (N its depth), so sshd's session children are in.
-fn fence_rules(cgroup: &str, pool: &berth_schema::bridge::Pool) -> String {
+/// Its input chain keeps the containers on the bridge away from sshd: an operator's
+/// way in is not theirs.
+fn fence_rules(cgroup: &str, pool: &berth_schema::bridge::Pool, bridge: &str) -> String {
     let level = cgroup.split('/').count();
     let matches = format!("ct state new socket cgroupv2 level {level} \"{cgroup}\"");
     format!(
@@ -270,6 +284,10 @@ fn fence_rules(cgroup: &str, pool: &berth_schema::bridge::Pool) -> String {
          \t\t{matches} meta nfproto ipv6 reject\n\
          \t\t{matches} ip daddr != {pool} reject\n\
          \t\t{matches} ip daddr {gateway} reject\n\
+         \t}}\n\
+         \tchain containers_in {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{bridge}\" tcp dport 22 reject with tcp reset\n\
          \t}}\n\
          }}\n",
         pool = pool.text(),
@@ -304,7 +322,7 @@ mod tests {
     #[test]
     fn the_fence_names_the_service_cgroup_and_the_pool() {
         let pool = berth_schema::bridge::Pool::parse("10.88.0.0/16").unwrap();
-        let r = fence_rules("berth/berth-sshd", &pool);
+        let r = fence_rules("berth/berth-sshd", &pool, "berth0");
         assert!(
             r.contains(
                 "socket cgroupv2 level 2 \"berth/berth-sshd\" ip daddr != 10.88.0.0/16 reject"
@@ -313,5 +331,6 @@ mod tests {
         );
         assert!(r.contains("ip daddr 10.88.0.1 reject"), "{r}");
         assert!(r.contains("meta nfproto ipv6 reject"), "{r}");
+        assert!(r.contains("iifname \"berth0\" tcp dport 22 reject"), "{r}");
     }
 }

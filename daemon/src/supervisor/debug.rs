@@ -21,8 +21,9 @@ use super::{remove_leftovers, say, Supervisor};
 
 /// What `berthctl debug` runs when it names no image.
 pub const DEFAULT_IMAGE: &str = "berth.local/busybox:latest";
-/// Debug containers' names begin so (and no declared container's may be one).
-pub const PREFIX: &str = "debug-";
+/// Debug containers' names begin so (and no declared container's may: the declaration
+/// parser refuses them).
+pub const PREFIX: &str = crate::declaration::DEBUG_PREFIX;
 /// The program the never-started init would run: it must exist when the container is
 /// created, in any image, and /host/init (the host's own init) always does.
 const NEVER_RUN: &str = "/host/init";
@@ -60,8 +61,17 @@ impl Supervisor {
              restart = \"no\"\ncommand = [\"{NEVER_RUN}\"]\n",
             serde_json::to_string(image).unwrap_or_default()
         );
-        let decl = Declaration::parse(name, &text, std::path::Path::new("(berthctl debug)"))
+        // Parsed under a plain name (the debug- prefix is refused to declarations), then
+        // given its own.
+        let mut decl = Declaration::parse("debug", &text, std::path::Path::new("(berthctl debug)"))
             .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        decl.name = name.to_string();
+        if !crate::declaration::valid_name(name) {
+            return Err(ApiError::Invalid(format!(
+                "{name:?} is not a container name"
+            )));
+        }
+        self.require_stored(image)?;
         let by = describe(who);
         crate::launch::create_debug(&self.paths, &decl, self.cgroup_parent.as_deref()).map_err(
             |e| {
@@ -74,6 +84,23 @@ impl Supervisor {
         ));
         self.debug.insert(name.to_string(), client_fd);
         Ok(())
+    }
+
+    /// A debug image must be in the store already: a pull here would hold the daemon's
+    /// loop (every restart and stop) for as long as it takes.
+    fn require_stored(&self, image: &str) -> Result<(), ApiError> {
+        let store = berth_store::store::Store::open(&self.paths.store, Default::default())
+            .map_err(|e| ApiError::Failed(e.to_string()))?;
+        let _lock = store
+            .lock(berth_store::store::LockKind::Shared)
+            .map_err(|e| ApiError::Failed(e.to_string()))?;
+        match store.find(image) {
+            Ok(_) => Ok(()),
+            Err(berth_store::store::StoreError::NoSuchImage(_)) => Err(ApiError::NotFound(
+                format!("image {image:?} is not on this machine: `berthctl pull {image}` first"),
+            )),
+            Err(e) => Err(ApiError::Failed(e.to_string())),
+        }
     }
 
     pub(super) fn debug_remove(&mut self, name: &str) -> Result<(), ApiError> {
