@@ -15,6 +15,8 @@ use crate::settings::{Settings, WriteFile};
 const REGISTRIES: &str = "/etc/berth/registries.toml";
 /// init's health watch of a trial boot reads it (its stage2::slots).
 const UPDATE: &str = berth_schema::update::CONFIG_PATH;
+/// The daemon's Prometheus endpoint (0600: it may hold a token and a TLS key).
+const METRICS: &str = berth_schema::metrics::CONFIG_PATH;
 
 /// What became of one item.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -164,6 +166,20 @@ pub fn apply(
                     .map_err(|e| e.to_string())
             });
         out.push(status("berth.update", written.map(|()| UPDATE.to_string())));
+    }
+    if let Some(m) = &s.metrics {
+        let written = toml::to_string(m)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                let body =
+                    format!("# written by berth-agent from user-data's berth.metrics\n{text}");
+                root.replace(Path::new(METRICS), body.as_bytes(), 0o600, None)
+                    .map_err(|e| e.to_string())
+            });
+        out.push(status(
+            "berth.metrics",
+            written.map(|()| METRICS.to_string()),
+        ));
     }
     for (name, text) in &s.containers {
         out.push(status(

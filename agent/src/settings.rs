@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use berth_net::config::{cloud_config, NetworkConfig};
+use berth_schema::metrics::MetricsConfig;
 use berth_schema::update::UpdateConfig;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -34,6 +35,8 @@ pub struct Settings {
     /// `berth.update`: how init judges a trial boot of a new version, and the automatic
     /// updates; written as /etc/berth/update.toml.
     pub update: Option<UpdateConfig>,
+    /// `berth.metrics`: the Prometheus endpoint; written as /etc/berth/metrics.toml.
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// A file to write, its content decoded.
@@ -607,6 +610,8 @@ struct RawBerth {
     registries: Option<Value>,
     #[serde(default)]
     update: Option<Value>,
+    #[serde(default)]
+    metrics: Option<Value>,
 }
 
 fn berth(value: Value, s: &mut Settings, report: &mut Report) {
@@ -680,6 +685,16 @@ fn berth(value: Value, s: &mut Settings, report: &mut Report) {
                 false
             }
         });
+    }
+    if let Some(v) = b.metrics {
+        s.metrics =
+            typed::<MetricsConfig>("berth.metrics", v, report).filter(|m| match m.check() {
+                Ok(()) => true,
+                Err(e) => {
+                    report.error(format!("berth.metrics.{}", e.key), e.why);
+                    false
+                }
+            });
     }
     if let Some(v) = b.registries {
         let checked = toml::to_string(&v)

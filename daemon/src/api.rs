@@ -58,6 +58,12 @@ pub struct Published {
     pub detail: serde_json::Value,
     /// Its cgroup directory (absolute), when it has one.
     pub cgroup: Option<PathBuf>,
+    /// OOM kills in its earlier runs (each run's cgroup is a new one).
+    pub oom_kills: u64,
+    /// When its current or last run started, in seconds since the epoch.
+    pub started_epoch: Option<f64>,
+    /// Its veth pair's host end (a bridge container).
+    pub link: Option<String>,
 }
 
 /// What the API serves from files, and the supervisor's latest snapshot.
@@ -358,6 +364,7 @@ impl Api {
 
 /// Pulls `r` into the store, keeping job `job`'s status current.
 fn pull_job(shared: &Shared, job: u32, r: &berth_store::reference::Reference) {
+    let started = std::time::Instant::now();
     let update = |f: &dyn Fn(&mut PullStatus)| {
         if let Ok(mut p) = shared.pulls.lock() {
             if let Some(s) = p.get_mut(&job) {
@@ -393,6 +400,7 @@ fn pull_job(shared: &Shared, job: u32, r: &berth_store::reference::Reference) {
             berth_store::pull::pull(&store, &client, r, &progress).map_err(|e| e.to_string())?;
         Ok(image.id.to_string())
     })();
+    crate::metrics::PULLS.record(started.elapsed(), result.is_ok());
     update(&|s| {
         s.finished = true;
         match &result {
@@ -405,24 +413,17 @@ fn pull_job(shared: &Shared, job: u32, r: &berth_store::reference::Reference) {
     });
 }
 
-/// A container's resource use from its cgroup's files (zeros where one is missing).
+/// A container's resource use from its cgroup's files (zeros when it has none).
 pub fn cgroup_stats(name: &str, cgroup: Option<&Path>) -> ContainerStats {
-    let read = |file: &str| -> Option<String> { std::fs::read_to_string(cgroup?.join(file)).ok() };
-    let number =
-        |file: &str| -> u64 { read(file).and_then(|t| t.trim().parse().ok()).unwrap_or(0) };
-    let cpu_usec = read("cpu.stat")
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0);
+    let f = cgroup
+        .and_then(crate::metrics::Figures::read)
+        .unwrap_or_default();
     ContainerStats {
         name: name.to_string(),
-        cpu_usec,
-        memory_bytes: number("memory.current"),
-        memory_limit: number("memory.max"),
-        pids: number("pids.current"),
+        cpu_usec: f.cpu_usec,
+        memory_bytes: f.memory,
+        memory_limit: f.limit,
+        pids: f.pids,
     }
 }
 

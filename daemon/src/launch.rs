@@ -111,7 +111,10 @@ fn prepare(
             let config = berth_store::registry::Config::load(&paths.registries)
                 .map_err(|e| e.to_string())?;
             let client = berth_store::registry::Client::new(config).map_err(|e| e.to_string())?;
-            berth_store::pull::pull(&store, &client, &r, &|_| {}).map_err(|e| e.to_string())?
+            let started = std::time::Instant::now();
+            let pulled = berth_store::pull::pull(&store, &client, &r, &|_| {});
+            crate::metrics::PULLS.record(started.elapsed(), pulled.is_ok());
+            pulled.map_err(|e| e.to_string())?
         }
         Err(e) => return Err(e.to_string()),
     };

@@ -3,13 +3,15 @@
 //! declaration and its image (`spec`), bringing a container up (`launch`), logs,
 //! volumes, the restart policy (`restart`), the supervisor's loop (`supervisor`, with
 //! adoption and reconciliation of declarations), what it remembers across its own
-//! restarts (`status`, `fdstore`), and its D-Bus API (`api`).
+//! restarts (`status`, `fdstore`), its D-Bus API (`api`) and its Prometheus endpoint
+//! (`metrics`).
 
 pub mod api;
 pub use berth_schema::{caps, declaration};
 pub mod fdstore;
 pub mod launch;
 pub mod logs;
+pub mod metrics;
 pub mod netns;
 pub mod network;
 pub mod restart;

@@ -45,6 +45,9 @@ struct Cli {
     network_config: PathBuf,
     #[arg(long, default_value = "/run/berth/netns")]
     netns_dir: PathBuf,
+    /// The Prometheus endpoint's settings (user-data's `berth.metrics`); off without.
+    #[arg(long, default_value = berth_schema::metrics::CONFIG_PATH)]
+    metrics_config: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         socket: cli.socket,
         network_config: cli.network_config,
         netns_dir: cli.netns_dir,
+        metrics_config: cli.metrics_config,
     });
     match sup.run(stored) {
         Ok(()) => ExitCode::SUCCESS,

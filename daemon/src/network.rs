@@ -47,7 +47,7 @@ pub const METADATA_V6: &str = "fd00:ec2::254";
 const INSIDE: &str = "eth0";
 
 /// The host end of a container's veth pair: short (IFNAMSIZ is 16) and stable.
-fn host_link(container: &str) -> String {
+pub fn host_link(container: &str) -> String {
     // FNV-1a: a stable, well-spread 32-bit hash of the name.
     let hash = container.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)

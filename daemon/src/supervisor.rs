@@ -61,6 +61,8 @@ pub struct Paths {
     pub network_config: PathBuf,
     /// Bridge containers' network namespaces.
     pub netns_dir: PathBuf,
+    /// The Prometheus endpoint's settings (off when absent).
+    pub metrics_config: PathBuf,
 }
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,6 +98,10 @@ struct Container {
     tally: Tally,
     exit_code: i32,
     started_at: String,
+    /// The same, in seconds since the epoch (for the metrics).
+    started_epoch: Option<f64>,
+    /// OOM kills in its earlier runs' cgroups (each run gets a new cgroup).
+    oom_kills: u64,
     /// An operator stopped it: it stays down until started.
     stopped: bool,
     /// Adopted from an earlier daemon (not our child): readable when the process ends.
@@ -111,6 +117,8 @@ impl Container {
             tally: Tally::default(),
             exit_code: -1,
             started_at: String::new(),
+            started_epoch: None,
+            oom_kills: 0,
             stopped: false,
             pidfd: None,
         }
@@ -155,6 +163,12 @@ fn say(msg: &str) {
     eprintln!("berth-daemon: {msg}");
 }
 
+fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The daemon's own cgroup's parent (init gives a delegated service `NAME/main`): the
 /// containers' cgroups go beside `main`, in `NAME/containers/`.
 fn cgroup_parent() -> Option<String> {
@@ -187,6 +201,23 @@ impl Supervisor {
             reload_due: None,
             control: None,
             debug: BTreeMap::new(),
+        }
+    }
+
+    /// The Prometheus endpoint, when configured; any error is said and the daemon runs
+    /// on without it.
+    fn start_metrics(&self) {
+        let config = match berth_schema::metrics::MetricsConfig::load(&self.paths.metrics_config) {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => return say(&format!("metrics: {e}")),
+        };
+        let Some(control) = &self.control else {
+            return say("metrics: off, as the API is");
+        };
+        match crate::metrics::start(&config, control.shared.clone()) {
+            Ok(at) => say(&format!("metrics: serving on {at}")),
+            Err(e) => say(&format!("metrics: {e}")),
         }
     }
 
@@ -260,6 +291,7 @@ impl Supervisor {
                         since: Instant::now(),
                     };
                     c.started_at = berth_runtime::container::now_rfc3339();
+                    c.started_epoch = Some(epoch_now());
                 }
                 Err(e) => {
                     say(&format!("{name}: {e}"));
@@ -326,6 +358,21 @@ impl Supervisor {
             by_operator: false,
         };
         let decision = c.tally.on_exit(c.decl.restart, exit);
+        // Its cgroup goes with the delete: count its OOM kills first.
+        let cgroup = self
+            .cgroup_parent
+            .as_ref()
+            .map(|p| PathBuf::from(format!("/sys/fs/cgroup{p}/{name}")));
+        let oom = cgroup
+            .as_deref()
+            .and_then(berth_runtime::cgroup::oom_kills)
+            .unwrap_or(0);
+        if oom > 0 {
+            say(&format!(
+                "{name}: killed by the OOM killer ({oom} in this run)"
+            ));
+            c.oom_kills += oom;
+        }
         launch::delete(&self.paths, name);
         if let Some(n) = &self.notifier {
             for fd_name in launch::pipe_names(name) {
@@ -482,6 +529,7 @@ impl Supervisor {
             Ok(c) => self.control = Some(c),
             Err(e) => say(&format!("no API: {e}")),
         }
+        self.start_metrics();
         self.import_builtin();
         self.load();
         self.remove_stale_debug();

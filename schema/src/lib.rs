@@ -6,10 +6,12 @@
 //! - `declaration`: a container declaration, `/etc/berth/containers.d/NAME.toml`;
 //! - `caps`: capability names as declarations use them, and Docker's default set;
 //! - `registries`: the image store's `/etc/berth/registries.toml`;
+//! - `metrics`: `/etc/berth/metrics.toml`, the Prometheus endpoint;
 //! - `update`: `/etc/berth/update.toml`, the trial's health and automatic updates.
 
 pub mod bridge;
 pub mod caps;
 pub mod declaration;
+pub mod metrics;
 pub mod registries;
 pub mod update;

@@ -36,6 +36,9 @@ berth:
       "registry.example.org":
         username: robot
         password: s3cret
+  metrics:
+    listen: 0.0.0.0:9100
+    token: a-secret-of-20-chars
 "#,
     );
     assert!(report.errors.is_empty(), "{report:?}");
@@ -77,6 +80,16 @@ berth:
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "it holds passwords");
+    let metrics =
+        berth_schema::metrics::MetricsConfig::load(&t.path().join("etc/berth/metrics.toml"))
+            .unwrap()
+            .expect("metrics.toml");
+    assert_eq!(metrics.token.as_deref(), Some("a-secret-of-20-chars"));
+    let mode = std::fs::metadata(t.path().join("etc/berth/metrics.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "it holds the token");
 }
 
 /// A root to apply into, and a directory outside it standing for the host's files a

@@ -264,3 +264,32 @@ fn update_health_settings_are_checked() {
         );
     }
 }
+
+#[test]
+fn metrics_settings_are_checked() {
+    let (s, report) = from_cloud_config(
+        "#cloud-config\nberth:\n  metrics:\n    listen: 0.0.0.0:9100\n    token: 0123456789abcdef0123\n",
+    );
+    assert!(report.errors.is_empty(), "{report:?}");
+    let m = s.metrics.expect("metrics");
+    assert_eq!(
+        (m.listen.as_str(), m.token.as_deref()),
+        ("0.0.0.0:9100", Some("0123456789abcdef0123"))
+    );
+    for (doc, at) in [
+        ("listen: 9100", "berth.metrics.listen"),
+        ("port: 9100", "berth.metrics"),
+        (
+            "listen: 0.0.0.0:9100\n    token: short",
+            "berth.metrics.token",
+        ),
+    ] {
+        let (s, report) =
+            from_cloud_config(&format!("#cloud-config\nberth:\n  metrics:\n    {doc}\n"));
+        assert_eq!(s.metrics, None, "{doc}");
+        assert!(
+            report.errors.iter().any(|e| e.to_string().starts_with(at)),
+            "{doc}: {report:?}"
+        );
+    }
+}

@@ -113,6 +113,10 @@ impl Supervisor {
             info,
             detail,
             cgroup,
+            oom_kills: c.oom_kills,
+            started_epoch: c.started_epoch,
+            link: (d.network == crate::declaration::Network::Bridge)
+                .then(|| crate::network::host_link(&d.name)),
         }
     }
 }
