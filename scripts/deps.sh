@@ -24,9 +24,12 @@ set -euo pipefail
 #   minisign                          signs the update payload (run by image-build)
 #   apparmor                          apparmor_parser compiles the AppArmor profile the
 #                                     runtime's guest test loads (never shipped)
+#   prometheus openssl                the metrics test's scraper and promtool, and its
+#                                     test CA (its service is never started here)
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
           cpio zstd busybox-static kmod socat
-          cryptsetup-bin podman bsdutils docker-registry skopeo nftables libwrap0 openssh-client genisoimage apparmor minisign)
+          cryptsetup-bin podman bsdutils docker-registry skopeo nftables libwrap0 openssh-client genisoimage apparmor minisign
+          prometheus openssl)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
@@ -70,9 +73,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   apt-get install -y -qq --allow-downgrades "${args[@]}" >/dev/null
   if [ $own_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-  if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then
-    systemctl disable --now docker-registry >/dev/null 2>&1 || true
-  fi
+  for unit in docker-registry prometheus prometheus-node-exporter; do
+    if command -v systemctl >/dev/null && systemctl is-enabled "$unit" >/dev/null 2>&1; then
+      systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 still=()
