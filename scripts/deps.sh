@@ -26,10 +26,12 @@ set -euo pipefail
 #                                     runtime's guest test loads (never shipped)
 #   prometheus openssl                the metrics test's scraper and promtool, and its
 #                                     test CA (its service is never started here)
+#   rsyslog rsyslog-gnutls            the log forwarding test's receiver (imtcp, TLS);
+#                                     run by the test on 127.0.0.1 only, never as a service
 PACKAGES=(qemu-system-x86 qemu-utils ovmf erofs-utils btrfs-progs mtools dosfstools gdisk
           cpio zstd busybox-static kmod socat
           cryptsetup-bin podman bsdutils docker-registry skopeo nftables libwrap0 openssh-client genisoimage apparmor minisign
-          prometheus openssl)
+          prometheus openssl rsyslog rsyslog-gnutls)
 
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 
@@ -73,7 +75,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   apt-get install -y -qq --allow-downgrades "${args[@]}" >/dev/null
   if [ $own_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-  for unit in docker-registry prometheus prometheus-node-exporter; do
+  for unit in docker-registry prometheus prometheus-node-exporter rsyslog; do
     if command -v systemctl >/dev/null && systemctl is-enabled "$unit" >/dev/null 2>&1; then
       systemctl disable --now "$unit" >/dev/null 2>&1 || true
     fi

@@ -17,6 +17,8 @@ const REGISTRIES: &str = "/etc/berth/registries.toml";
 const UPDATE: &str = berth_schema::update::CONFIG_PATH;
 /// The daemon's Prometheus endpoint (0600: it may hold a token and a TLS key).
 const METRICS: &str = berth_schema::metrics::CONFIG_PATH;
+/// Where berth-logforward ships the logs.
+const LOGS: &str = berth_schema::logs::CONFIG_PATH;
 
 /// What became of one item.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -180,6 +182,16 @@ pub fn apply(
             "berth.metrics",
             written.map(|()| METRICS.to_string()),
         ));
+    }
+    if let Some(l) = &s.logs {
+        let written = toml::to_string(l)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                let body = format!("# written by berth-agent from user-data's berth.logs\n{text}");
+                root.replace(Path::new(LOGS), body.as_bytes(), 0o644, None)
+                    .map_err(|e| e.to_string())
+            });
+        out.push(status("berth.logs", written.map(|()| LOGS.to_string())));
     }
     for (name, text) in &s.containers {
         out.push(status(

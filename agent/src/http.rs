@@ -80,7 +80,7 @@ impl Http {
     }
 }
 
-const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The certificates of the CA bundle (none when it is missing or unreadable: https then
 /// fails, saying the server's certificate is not trusted).

@@ -11,6 +11,7 @@ mod apply;
 mod datasource;
 mod http;
 mod inroot;
+mod logship;
 mod settings;
 mod ssh;
 mod userdata;
@@ -68,9 +69,11 @@ fn main() -> ExitCode {
         }
         // The berth-sshd service (src/ssh/server.rs).
         Some("sshd") => ssh::server::run(),
+        // The berth-logforward service (src/logship/).
+        Some("logforward") => logship::run(),
         Some(other) => {
             say(&format!(
-                "unknown argument {other:?} (only --version, sshd)"
+                "unknown argument {other:?} (only --version, sshd, logforward)"
             ));
             ExitCode::from(2)
         }
@@ -280,7 +283,7 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn wait_for_stop() {
+pub(crate) fn wait_for_stop() {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);

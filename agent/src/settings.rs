@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use berth_net::config::{cloud_config, NetworkConfig};
+use berth_schema::logs::LogsConfig;
 use berth_schema::metrics::MetricsConfig;
 use berth_schema::update::UpdateConfig;
 use serde::de::DeserializeOwned;
@@ -37,6 +38,8 @@ pub struct Settings {
     pub update: Option<UpdateConfig>,
     /// `berth.metrics`: the Prometheus endpoint; written as /etc/berth/metrics.toml.
     pub metrics: Option<MetricsConfig>,
+    /// `berth.logs`: where the logs are forwarded; written as /etc/berth/logs.toml.
+    pub logs: Option<LogsConfig>,
 }
 
 /// A file to write, its content decoded.
@@ -612,6 +615,8 @@ struct RawBerth {
     update: Option<Value>,
     #[serde(default)]
     metrics: Option<Value>,
+    #[serde(default)]
+    logs: Option<Value>,
 }
 
 fn berth(value: Value, s: &mut Settings, report: &mut Report) {
@@ -695,6 +700,15 @@ fn berth(value: Value, s: &mut Settings, report: &mut Report) {
                     false
                 }
             });
+    }
+    if let Some(v) = b.logs {
+        s.logs = typed::<LogsConfig>("berth.logs", v, report).filter(|l| match l.check() {
+            Ok(()) => true,
+            Err(e) => {
+                report.error(format!("berth.logs.forward[{}].{}", e.index, e.key), e.why);
+                false
+            }
+        });
     }
     if let Some(v) = b.registries {
         let checked = toml::to_string(&v)

@@ -14,6 +14,9 @@ use zbus::Type;
 
 pub use zbus;
 
+pub mod events;
+pub use events::Event;
+
 pub const INIT_SOCKET: &str = "/run/berth/init.sock";
 pub const INIT_PATH: &str = "/org/berth/Init";
 /// The virtio-serial port name the host side reaches init's interface through.
@@ -130,6 +133,11 @@ pub trait Init {
     fn update_start(&self, request: &UpdateRequest) -> zbus::Result<u64>;
     /// What the updater is doing or last did (`idle` before any request this boot).
     fn update_status(&self) -> zbus::Result<UpdateStatus>;
+    /// The events init keeps (services', and those Berth's parts record), numbered
+    /// after `after`, oldest first.
+    fn events(&self, after: u64) -> zbus::Result<Vec<Event>>;
+    /// For Berth's own parts (the daemon, the updater): adds an event to init's ring.
+    fn record_event(&self, event: &Event) -> zbus::Result<()>;
 }
 
 /// Where `berth-updater` keeps what an update is doing or last did (tmpfs: a reboot

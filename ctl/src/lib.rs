@@ -23,6 +23,7 @@ use clap::{Parser, Subcommand};
 mod config;
 mod console;
 mod containers;
+mod events;
 pub mod login;
 mod update;
 
@@ -73,6 +74,9 @@ enum Cmd {
     Update(update::Cmd),
     /// What the config agent applied at this boot, from where, and what it skipped.
     Config,
+    /// What happens on the machine: containers, images, services, updates (as
+    /// `docker events`).
+    Events(events::Args),
     #[command(flatten)]
     Container(Box<containers::Cmd>),
 }
@@ -234,6 +238,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Cmd::Update(u) => {
             update::run(&init, u, cli.json).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Events(args) => {
+            events::run(&init, args, cli.json).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Container(_) | Cmd::Config => return Err("unreachable: handled above".into()),

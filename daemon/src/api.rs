@@ -358,7 +358,9 @@ impl Api {
         let _lock = store
             .lock(berth_store::store::LockKind::Exclusive)
             .map_err(store_error)?;
-        store.remove(&reference).map_err(store_error)
+        let removed = store.remove(&reference).map_err(store_error)?;
+        crate::record(berth_control::Event::new("image", "remove", &reference));
+        Ok(removed)
     }
 }
 
@@ -401,6 +403,7 @@ fn pull_job(shared: &Shared, job: u32, r: &berth_store::reference::Reference) {
         Ok(image.id.to_string())
     })();
     crate::metrics::PULLS.record(started.elapsed(), result.is_ok());
+    crate::record(pull_event(&r.to_string(), &result));
     update(&|s| {
         s.finished = true;
         match &result {
@@ -411,6 +414,15 @@ fn pull_job(shared: &Shared, job: u32, r: &berth_store::reference::Reference) {
             Err(e) => s.error = e.clone(),
         }
     });
+}
+
+/// An image pull's event: its ID when it was stored, the error when not.
+pub fn pull_event(reference: &str, result: &Result<String, String>) -> berth_control::Event {
+    let e = berth_control::Event::new("image", "pull", reference);
+    match result {
+        Ok(id) => e.with("id", id),
+        Err(why) => e.with("error", why),
+    }
 }
 
 /// A container's resource use from its cgroup's files (zeros when it has none).

@@ -114,7 +114,13 @@ fn prepare(
             let started = std::time::Instant::now();
             let pulled = berth_store::pull::pull(&store, &client, &r, &|_| {});
             crate::metrics::PULLS.record(started.elapsed(), pulled.is_ok());
-            pulled.map_err(|e| e.to_string())?
+            let pulled = pulled.map_err(|e| e.to_string());
+            let id = pulled
+                .as_ref()
+                .map(|i| i.id.to_string())
+                .map_err(Clone::clone);
+            crate::record(crate::api::pull_event(&decl.image, &id));
+            pulled?
         }
         Err(e) => return Err(e.to_string()),
     };

@@ -20,3 +20,10 @@ pub mod spec;
 pub mod status;
 pub mod supervisor;
 pub mod volumes;
+
+/// Records an event: a line in the daemon's log, and one in init's ring, which
+/// `berthctl events` reads.
+pub fn record(event: berth_control::Event) {
+    eprintln!("berth-daemon: event: {}", event.line());
+    berth_control::events::send(event);
+}

@@ -35,6 +35,7 @@ use crate::fdstore::Notifier;
 use crate::launch;
 use crate::restart::{Decision, Exit, Reason, Tally};
 use crate::status;
+use berth_control::Event;
 
 pub struct Paths {
     /// Declarations written by the agent or an operator.
@@ -292,6 +293,11 @@ impl Supervisor {
                     };
                     c.started_at = berth_runtime::container::now_rfc3339();
                     c.started_epoch = Some(epoch_now());
+                    crate::record(
+                        Event::new("container", "start", &name)
+                            .with("image", &c.decl.image)
+                            .with("pid", pid),
+                    );
                 }
                 Err(e) => {
                     say(&format!("{name}: {e}"));
@@ -381,10 +387,16 @@ impl Supervisor {
         }
         c.state = match decision {
             Decision::RestartAt(at) => {
+                let delay = at.saturating_duration_since(now).as_millis();
                 say(&format!(
-                    "{name}: exited with {code}; restarting in {} ms",
-                    at.saturating_duration_since(now).as_millis()
+                    "{name}: exited with {code}; restarting in {delay} ms"
                 ));
+                crate::record(
+                    Event::new("container", "restart", name)
+                        .with("image", &c.decl.image)
+                        .with("restarts", c.tally.restarts)
+                        .with("delayMs", delay),
+                );
                 State::Waiting(at)
             }
             Decision::StayDown(reason) => {
@@ -451,6 +463,13 @@ impl Supervisor {
         }
         wait(self, &mut left, Instant::now() + Duration::from_secs(5));
         for (name, _) in &running {
+            if let Some(c) = self.containers.get(name) {
+                crate::record(
+                    Event::new("container", "stop", name)
+                        .with("image", &c.decl.image)
+                        .with("exitCode", c.exit_code),
+                );
+            }
             launch::delete(&self.paths, name);
             if let Some(n) = &self.notifier {
                 for fd_name in launch::pipe_names(name) {
@@ -466,7 +485,9 @@ impl Supervisor {
         self.stop_containers(&[name.to_string()]);
         launch::delete(&self.paths, name);
         remove_leftovers(&self.paths, name);
-        self.containers.remove(name);
+        if let Some(c) = self.containers.remove(name) {
+            crate::record(Event::new("container", "remove", name).with("image", &c.decl.image));
+        }
         if let Ok(b) = self.bridge.as_mut() {
             b.detach(name);
         }

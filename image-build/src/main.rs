@@ -327,6 +327,11 @@ fn root_tree(
         SSHD_SERVICE.as_bytes().to_vec(),
     )?;
     root.add_file(
+        "usr/lib/berth/services/berth-logforward.toml",
+        0o644,
+        LOGFORWARD_SERVICE.as_bytes().to_vec(),
+    )?;
+    root.add_file(
         "usr/lib/berth/services/berth-net.toml",
         0o644,
         NET_SERVICE.as_bytes().to_vec(),
@@ -375,6 +380,12 @@ args = [\"auto\"]\nafter = [\"berth-agent\", \"berth-net\"]\nready = \"notify\"\
 /// ready when sshd says so (Debian's sshd speaks sd_notify).
 const SSHD_SERVICE: &str = "name = \"berth-sshd\"\nexec = \"/usr/bin/berth-agent\"\n\
 args = [\"sshd\"]\nafter = [\"berth-agent\", \"berth-net\"]\nready = \"notify\"\nrestart = \"on-failure\"\n";
+
+/// Log forwarding (`berth-agent logforward`) to user-data's syslog receivers: after
+/// the agent wrote its settings and the network is up; done (exited 0) at once when
+/// nothing is to be forwarded.
+const LOGFORWARD_SERVICE: &str = "name = \"berth-logforward\"\nexec = \"/usr/bin/berth-agent\"\n\
+args = [\"logforward\"]\nafter = [\"berth-agent\", \"berth-net\"]\nready = \"notify\"\nrestart = \"on-failure\"\n";
 
 /// Debian's OpenSSH programs, fetched and unpacked into the cache (never installed on
 /// the build machine: no sshd starts there).

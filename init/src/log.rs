@@ -29,21 +29,54 @@ fn write_line(line: &str) {
     let _ = out.flush();
 }
 
+/// Each of init's lines is also kept in the kernel's log buffer, where log forwarding
+/// reads it with the kernel's own messages and in their order: facility user, level
+/// debug (`<15>`), which the console (at its default level) does not print a second
+/// time. Userspace writes to /dev/kmsg are rate-limited unless `printk_devkmsg` is
+/// `on`; init sets it once /proc is there.
+fn mirror(text: &str) {
+    use std::sync::Mutex;
+    static KMSG: Mutex<Option<std::fs::File>> = Mutex::new(None);
+    static UNLIMITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Ok(mut kmsg) = KMSG.lock() else {
+        return;
+    };
+    if kmsg.is_none() {
+        *kmsg = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/kmsg")
+            .ok();
+    }
+    if !UNLIMITED.load(std::sync::atomic::Ordering::Relaxed)
+        && std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n").is_ok()
+    {
+        UNLIMITED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(f) = kmsg.as_mut() {
+        // One record per write; a failed one (the buffer is being torn down at
+        // shutdown) is dropped, as the console line was written already.
+        let _ = f.write_all(format!("<15>init: {text}").as_bytes());
+    }
+}
+
 /// One timestamped console line from init.
 pub fn line(args: fmt::Arguments<'_>) {
     let t = uptime();
+    let text = args.to_string();
     write_line(&format!(
-        "[{:5}.{:06}] init: {}\n",
+        "[{:5}.{:06}] init: {text}\n",
         t.as_secs(),
         t.subsec_micros(),
-        args
     ));
+    mirror(&text);
 }
 
 /// A line without the timestamp prefix, for the few lines tools match from the start of
 /// the line (`berth: ready`, `berth: fatal`).
 pub fn bare(args: fmt::Arguments<'_>) {
-    write_line(&format!("{args}\n"));
+    let text = args.to_string();
+    write_line(&format!("{text}\n"));
+    mirror(&text);
 }
 
 #[macro_export]

@@ -212,29 +212,7 @@ fn join(ns: &LinuxNamespace) -> Result<()> {
 
 /// Now as RFC 3339 UTC with nanoseconds (the OCI state's `created`, as runc writes it).
 pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    // Days to a civil date: the well-known proleptic Gregorian conversion
-    // (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms", civil_from_days).
-    let z = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        now.subsec_nanos()
-    )
+    berth_schema::time::now_rfc3339()
 }
 
 /// `create`: returns the container init's pid once it waits for `start`.

@@ -15,6 +15,7 @@ mod clouds;
 mod daemon;
 mod disk;
 mod harness;
+mod logforward;
 mod metrics;
 mod network;
 mod runtime;

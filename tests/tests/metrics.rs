@@ -4,7 +4,9 @@
 //! `oomer`, which outgrows its 16 MiB limit. Checked: `promtool check metrics` takes a
 //! scrape (but for node_exporter's own camelCase meminfo names), Prometheus sees
 //! `up == 1`, hog's working set rising and oomer's OOM kill, and `/var`'s free space is
-//! df's. A scrape without the token is refused. One boot for all.
+//! df's. A scrape without the token is refused. The same boot has `crasher`, which
+//! exits 3 a moment after each start: `berthctl events` shows its start, die (with the
+//! code) and restart in order, and oomer's OOM kill. One boot for all.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,48 +15,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_running, boot, disk_config, new_disk};
+use crate::common::{assert_running, boot, disk_config, new_disk, pki};
 use berth_tests::http::free_port;
 
 const TOKEN: &str = "metrics-test-token-0123456789";
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// A test CA and a server certificate for 127.0.0.1 signed by it, with openssl.
-fn test_pki(dir: &Path) -> (String, String) {
-    let sh = |script: &str| {
-        let out = Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .expect("sh");
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    sh(
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout ca.key -out ca.pem -days 2 -subj /CN=berth-test-ca 2>/dev/null",
-    );
-    sh(
-        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout server.key -out server.csr -subj /CN=berth-metrics 2>/dev/null",
-    );
-    sh("printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext; \
-        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-        -out server.pem -days 2 -extfile ext 2>/dev/null");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    (read("server.pem"), read("server.key"))
-}
-
-/// `text` as a YAML block scalar's lines, indented by `indent` blanks.
-fn block(text: &str, indent: usize) -> String {
-    text.lines()
-        .map(|l| format!("{:indent$}{l}\n", ""))
-        .collect()
-}
 
 fn user_data(cert: &str, key: &str) -> String {
     format!(
@@ -64,9 +29,11 @@ fn user_data(cert: &str, key: &str) -> String {
          containers:\n    hog:\n      image: berth.local/busybox:latest\n      \
          command: [\"sh\", \"-c\", \"echo hog up; exec sleep 100000\"]\n      restart: always\n    \
          oomer:\n      image: berth.local/busybox:latest\n      memory: 16M\n      restart: \"no\"\n      \
-         command: [\"sh\", \"-c\", \"sleep 5; echo eating; head -c 67108864 /dev/zero | sort > /dev/null; echo survived\"]\n",
-        block(cert, 8),
-        block(key, 8),
+         command: [\"sh\", \"-c\", \"sleep 5; echo eating; x=$(head -c 67108864 /dev/zero | tr '\\\\0' a); echo survived\"]\n    \
+         crasher:\n      image: berth.local/busybox:latest\n      restart: on-failure\n      \
+         command: [\"sh\", \"-c\", \"sleep 1; exit 3\"]\n",
+        pki::yaml_block(cert, 8),
+        pki::yaml_block(key, 8),
     )
 }
 
@@ -251,7 +218,7 @@ fn promtool_complaints(scrape: &str, dir: &Path) -> Vec<String> {
 #[test]
 fn prometheus_scrapes_host_services_and_containers() {
     let t = tempfile::tempdir().unwrap();
-    let (cert, key) = test_pki(t.path());
+    let (cert, key) = pki::make(t.path(), "127.0.0.1");
     let ud = t.path().join("user-data");
     std::fs::write(&ud, user_data(&cert, &key)).unwrap();
     let port = free_port();
@@ -365,6 +332,50 @@ fn prometheus_scrapes_host_services_and_containers() {
         oom.is_some_and(|v| v >= 1.0),
         "oom events {oom:?}\n{}",
         vm.console()
+    );
+
+    // berthctl events: crasher's start, die (code 3) and restart, in order, then its
+    // next start; oomer's OOM kill.
+    let events = testd
+        .sh("berthctl events --since 10m --until now")
+        .expect("berthctl events");
+    assert!(events.success(), "{} {}", events.stdout, events.stderr);
+    let crasher: Vec<&str> = events
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once(" container ").map(|(_, e)| e))
+        .filter(|e| e.split(' ').nth(1) == Some("crasher"))
+        .collect();
+    let actions: Vec<&str> = crasher.iter().filter_map(|e| e.split(' ').next()).collect();
+    assert!(
+        actions.len() >= 4 && actions[..4] == ["start", "die", "restart", "start"],
+        "{}",
+        events.stdout
+    );
+    assert!(crasher[1].contains("exitCode=3"), "{}", events.stdout);
+    assert!(
+        events.stdout.contains(" container oom oomer ("),
+        "{}",
+        events.stdout
+    );
+    let json = testd
+        .sh("berthctl events --json --since 10m --until now")
+        .expect("berthctl events --json");
+    let first: serde_json::Value =
+        serde_json::from_str(json.stdout.lines().next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}: {}", json.stdout));
+    assert!(
+        first["Type"].is_string() && first["Actor"]["ID"].is_string() && first["timeNano"].is_u64(),
+        "{first}"
+    );
+    // --since takes only a time.
+    let bad = testd
+        .sh("berthctl events --since yesterday")
+        .expect("berthctl");
+    assert!(
+        !bad.success() && bad.stderr.contains("is not a time"),
+        "{}",
+        bad.stderr
     );
 
     // What a scrape costs: the daemon's CPU time over 20 scrapes, its memory after.

@@ -111,7 +111,10 @@ struct Checked {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    // The last update events on their way to init's ring.
+    berth_control::events::flush(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth-updater: {e}");

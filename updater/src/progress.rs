@@ -24,6 +24,8 @@ pub struct Progress {
     halt_at: Option<String>,
     last_write: Option<Instant>,
     halted_half: bool,
+    /// The state and step of the last event recorded (`berthctl events`).
+    last_event: (String, String),
 }
 
 impl Progress {
@@ -34,6 +36,7 @@ impl Progress {
             halt_at: std::env::var(HALT_ENV).ok().filter(|s| !s.is_empty()),
             last_write: None,
             halted_half: false,
+            last_event: Default::default(),
         }
     }
 
@@ -117,6 +120,31 @@ impl Progress {
         if let Err(e) = written {
             eprintln!("berth-updater: {}: {e}", path.display());
         }
+        self.record_event();
+    }
+
+    /// An event in init's ring when the state or the step changed (not for each
+    /// block written).
+    fn record_event(&mut self) {
+        let now = (self.status.state.clone(), self.status.step.clone());
+        if now == self.last_event {
+            return;
+        }
+        let s = &self.status;
+        let mut e = berth_control::Event::new("update", &s.state, &s.version);
+        for (key, value) in [
+            ("step", &s.step),
+            ("slot", &s.slot),
+            ("source", &s.source),
+            ("error", &s.error),
+        ] {
+            if !value.is_empty() {
+                e = e.with(key, value);
+            }
+        }
+        eprintln!("berth-updater: event: {}", e.line());
+        berth_control::events::send(e);
+        self.last_event = now;
     }
 
     fn halt_if(&mut self, here: &str) {

@@ -98,23 +98,8 @@ fn expire_on(key: &str) -> Option<(u64, String)> {
     if h > 23 || mi > 59 || s > 60 {
         return None;
     }
-    let at = days_from_civil(y, mo, d)? * 86400 + h * 3600 + mi * 60 + s;
+    let at = berth_schema::time::days_from_civil(y, mo, d)? * 86400 + h * 3600 + mi * 60 + s;
     Some((at, format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")))
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// days_from_civil algorithm); None before 1970 or for a month out of range.
-fn days_from_civil(y: u64, m: u64, d: u64) -> Option<u64> {
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
-        return None;
-    }
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
 }
 
 fn now() -> u64 {
@@ -127,6 +112,7 @@ fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_schema::time::days_from_civil;
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFEUKdzI6b2WCWo+iCT/FMefnoKrOglxS4fywEozLIdc";

@@ -146,6 +146,10 @@ impl Supervisor {
                 }
                 Action::Add(decl, source) => {
                     say(&format!("{}: declared", decl.name));
+                    crate::record(
+                        berth_control::Event::new("container", "create", &decl.name)
+                            .with("image", &decl.image),
+                    );
                     self.containers
                         .insert(decl.name.clone(), Container::new(decl, source));
                 }

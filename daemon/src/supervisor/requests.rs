@@ -70,6 +70,9 @@ impl Supervisor {
         berth_persist::write_file(&path, text.as_bytes(), 0o600)
             .map_err(|e| ApiError::Failed(e.to_string()))?;
         say(&format!("{name}: declared through the API"));
+        crate::record(
+            berth_control::Event::new("container", "create", name).with("image", &decl.image),
+        );
         self.containers
             .insert(name.to_string(), Container::new(decl, path));
         Ok(())

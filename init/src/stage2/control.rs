@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use berth_control::{
-    BootPhase, ExitRecord, LogChunk, ServiceStatus, SlotStatus, UpdateRequest, UpdateStatus,
+    BootPhase, Event, ExitRecord, LogChunk, ServiceStatus, SlotStatus, UpdateRequest, UpdateStatus,
     CONTROL_PORT, INIT_PATH, UPDATER_SERVICE, UPDATE_REQUEST, UPDATE_STATUS,
 };
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -50,6 +50,9 @@ pub struct Snapshot {
     pub log_dir: PathBuf,
     /// `berth: ready` was printed.
     pub ready: bool,
+    /// `berthctl events`: services' restarts and failures, and what the daemon and the
+    /// updater record.
+    pub events: berth_control::events::Ring,
 }
 
 /// The loop's end: requests to handle, and the eventfd that says some are waiting.
@@ -95,6 +98,10 @@ impl Control {
 
     pub fn publish(&self, services: Vec<ServiceStatus>, timeline: Vec<BootPhase>, ready: bool) {
         if let Ok(mut s) = self.snapshot.lock() {
+            for event in service_events(&s.services, &services) {
+                info!("event: {}", event.line());
+                s.events.push(event);
+            }
             s.services = services;
             s.timeline = timeline;
             s.ready = ready;
@@ -472,6 +479,22 @@ impl Api {
         read_update_status(Path::new(UPDATE_STATUS)).map_err(fdo::Error::Failed)
     }
 
+    async fn events(&self, after: u64) -> fdo::Result<Vec<Event>> {
+        self.snapshot
+            .lock()
+            .map(|s| s.events.after(after))
+            .map_err(|_| fdo::Error::Failed("state unavailable".into()))
+    }
+
+    async fn record_event(&self, event: Event) -> fdo::Result<()> {
+        let mut snap = self
+            .snapshot
+            .lock()
+            .map_err(|_| fdo::Error::Failed("state unavailable".into()))?;
+        snap.events.push(event);
+        Ok(())
+    }
+
     async fn rollback(&self) -> fdo::Result<()> {
         let slots = self.booted_slots()?;
         let next = slots.roll_back().map_err(slot_error)?;
@@ -481,6 +504,28 @@ impl Api {
         );
         self.send(Request::Shutdown(Action::Reboot))
     }
+}
+
+/// What changed between two snapshots of the services that an operator watches for:
+/// a restart (the count went up) and a failure (the state became `failed`).
+fn service_events(before: &[ServiceStatus], now: &[ServiceStatus]) -> Vec<Event> {
+    let mut events = Vec::new();
+    for s in now {
+        let Some(old) = before.iter().find(|o| o.name == s.name) else {
+            continue;
+        };
+        if s.restarts > old.restarts {
+            events.push(
+                Event::new("service", "restart", &s.name)
+                    .with("restarts", s.restarts)
+                    .with("lastExit", &s.last_exit),
+            );
+        }
+        if s.state == "failed" && old.state != "failed" {
+            events.push(Event::new("service", "failure", &s.name).with("lastExit", &s.last_exit));
+        }
+    }
+    events
 }
 
 /// A request's words, before anything starts: a known action and a source that is a
@@ -648,6 +693,21 @@ mod tests {
             vec![],
             true,
         );
+        let failed = ServiceStatus {
+            name: "svc".into(),
+            state: "failed".into(),
+            pid: 0,
+            restarts: 3,
+            last_exit: "exited with status 1".into(),
+            status: String::new(),
+            since_ms: 2,
+            autostart: true,
+            delegate: false,
+            stored_fds: 0,
+            pending_exits: 0,
+        };
+        control.publish(vec![failed.clone()], vec![], true);
+        control.publish(vec![failed], vec![], true);
         std::fs::write(dir.path().join("svc.log"), "hello\n").unwrap();
         // The test runs as root in CI and here; a non-root run is refused by design.
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -675,10 +735,29 @@ mod tests {
             let init = berth_control::InitProxy::new(&conn).await.unwrap();
             let list = init.services().await.unwrap();
             assert_eq!(list[0].name, "svc");
-            assert_eq!(list[0].restarts, 2);
+            assert_eq!(list[0].restarts, 3);
             assert_eq!(init.read_log("svc", 0, 0).await.unwrap().text, "hello\n");
             assert!(init.read_log("../etc/x", 0, 0).await.is_err());
             init.restart("svc").await.unwrap();
+            // A restart and a failure (once each), then what a peer records.
+            init.record_event(&Event::new("container", "start", "web"))
+                .await
+                .unwrap();
+            let events = init.events(0).await.unwrap();
+            let seen: Vec<(&str, &str)> = events
+                .iter()
+                .map(|e| (e.kind.as_str(), e.action.as_str()))
+                .collect();
+            assert_eq!(
+                seen,
+                [
+                    ("service", "restart"),
+                    ("service", "failure"),
+                    ("container", "start")
+                ]
+            );
+            assert_eq!(events[1].attributes["lastExit"], "exited with status 1");
+            assert_eq!(init.events(events[1].seq).await.unwrap().len(), 1);
             // The test process is in no service's cgroup.
             assert!(init.take_exit_statuses().await.is_err());
         });

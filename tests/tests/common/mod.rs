@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod metadata;
+pub mod pki;
 pub mod ssh;
 
 use std::path::PathBuf;
