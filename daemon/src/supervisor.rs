@@ -374,11 +374,18 @@ impl Supervisor {
             .and_then(berth_runtime::cgroup::oom_kills)
             .unwrap_or(0);
         if oom > 0 {
-            say(&format!(
-                "{name}: killed by the OOM killer ({oom} in this run)"
-            ));
             c.oom_kills += oom;
+            crate::record(
+                Event::new("container", "oom", name)
+                    .with("image", &c.decl.image)
+                    .with("kills", oom),
+            );
         }
+        crate::record(
+            Event::new("container", "die", name)
+                .with("image", &c.decl.image)
+                .with("exitCode", code),
+        );
         launch::delete(&self.paths, name);
         if let Some(n) = &self.notifier {
             for fd_name in launch::pipe_names(name) {

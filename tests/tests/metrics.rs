@@ -29,7 +29,7 @@ fn user_data(cert: &str, key: &str) -> String {
          containers:\n    hog:\n      image: berth.local/busybox:latest\n      \
          command: [\"sh\", \"-c\", \"echo hog up; exec sleep 100000\"]\n      restart: always\n    \
          oomer:\n      image: berth.local/busybox:latest\n      memory: 16M\n      restart: \"no\"\n      \
-         command: [\"sh\", \"-c\", \"sleep 5; echo eating; x=$(head -c 67108864 /dev/zero | tr '\\\\0' a); echo survived\"]\n    \
+         command: [\"sh\", \"-c\", \"sleep 5; echo eating; dd if=/dev/zero of=/dev/null bs=64M count=1; echo survived\"]\n    \
          crasher:\n      image: berth.local/busybox:latest\n      restart: on-failure\n      \
          command: [\"sh\", \"-c\", \"sleep 1; exit 3\"]\n",
         pki::yaml_block(cert, 8),
@@ -328,11 +328,18 @@ fn prometheus_scrapes_host_services_and_containers() {
         Duration::from_secs(90),
         |v| v >= 1.0,
     );
-    assert!(
-        oom.is_some_and(|v| v >= 1.0),
-        "oom events {oom:?}\n{}",
-        vm.console()
-    );
+    if !oom.is_some_and(|v| v >= 1.0) {
+        let why = testd
+            .sh(
+                "berthctl ps -a; berthctl logs oomer; berthctl inspect oomer; \
+                 cat /sys/fs/cgroup/berth/berth-daemon/containers/oomer/memory.events \
+                 /sys/fs/cgroup/berth/berth-daemon/containers/oomer/memory.max; \
+                 berthctl service logs berth-daemon -n 80",
+            )
+            .map(|o| format!("{}{}", o.stdout, o.stderr))
+            .unwrap_or_default();
+        panic!("oom events {oom:?}\n{why}");
+    }
 
     // berthctl events: crasher's start, die (code 3) and restart, in order, then its
     // next start; oomer's OOM kill.

@@ -145,9 +145,10 @@ impl Conn {
         }
     }
 
-    /// False once the receiver closed or reset the connection. Receivers never send
-    /// anything on a syslog stream, so anything readable is its end (or a TLS alert).
-    pub fn alive(&self) -> bool {
+    /// False once the receiver closed or reset the connection. Receivers send nothing
+    /// on a syslog stream but TLS's own records (a TLS 1.3 server's session tickets),
+    /// which are taken in here; an end of stream, an error or a close alert means gone.
+    pub fn alive(&mut self) -> bool {
         let Some(s) = self.socket() else {
             return true;
         };
@@ -156,9 +157,29 @@ impl Conn {
             PollFlags::IN | PollFlags::RDHUP | PollFlags::ERR | PollFlags::HUP,
         )];
         match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(_) => false,
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        let revents = fds[0].revents();
+        if revents.intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::RDHUP) {
+            return false;
+        }
+        match self {
+            Conn::Tcp(s) => {
+                // Readable: an end of stream, or bytes a receiver should not send
+                // (read and dropped).
+                let mut buf = [0u8; 4096];
+                matches!(std::io::Read::read(s, &mut buf), Ok(n) if n > 0)
+            }
+            Conn::Tls(t) => match t.conn.read_tls(&mut t.sock) {
+                Ok(0) | Err(_) => false,
+                Ok(_) => t
+                    .conn
+                    .process_new_packets()
+                    .is_ok_and(|state| !state.peer_has_closed()),
+            },
+            Conn::Udp(_) => true,
         }
     }
 

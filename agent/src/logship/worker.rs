@@ -207,11 +207,15 @@ impl Worker {
         }
         let mut busy = false;
         if self.conn.is_some() {
-            match self.ship() {
-                Ok(more) => busy = more,
-                Err(e) => self.broken(&e),
-            }
+            // Judged before sending more: the last round's bytes had this round's pause
+            // to be acknowledged.
             self.settle();
+            if self.conn.is_some() {
+                match self.ship() {
+                    Ok(more) => busy = more,
+                    Err(e) => self.broken(&e),
+                }
+            }
         } else {
             self.watch_gaps();
         }
@@ -274,7 +278,7 @@ impl Worker {
 
     /// Sends one round from every source; true when some source has more.
     fn ship(&mut self) -> Result<bool, String> {
-        let Some(conn) = self.conn.as_ref() else {
+        let Some(conn) = self.conn.as_mut() else {
             return Ok(false);
         };
         if !conn.alive() {
@@ -329,7 +333,7 @@ impl Worker {
     /// Keeps the cursors of batches that settled: sent long enough ago, on a
     /// connection still up, every byte acknowledged.
     fn settle(&mut self) {
-        let Some(conn) = self.conn.as_ref() else {
+        let Some(conn) = self.conn.as_mut() else {
             return;
         };
         if !conn.alive() {
