@@ -218,7 +218,10 @@ fn logs_reach_rsyslog_through_an_outage_and_a_reboot() {
 
     // The forwarder's memory, mid-stream.
     let rss = testd
-        .sh("for p in /proc/[0-9]*; do grep -q logforward $p/cmdline 2>/dev/null && grep -E 'VmRSS|RssAnon' $p/status; done")
+        .sh(
+            "for p in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" in \
+             *berth-agent\\ logforward*) grep -E 'VmRSS|RssAnon' $p/status;; esac; done",
+        )
         .map(|o| o.stdout.split_whitespace().collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
     eprintln!("measure: logforward: forwarder {rss}");
@@ -244,6 +247,12 @@ fn logs_reach_rsyslog_through_an_outage_and_a_reboot() {
             missing.len()
         );
         assert!(missing.is_empty(), "{which}: missing {missing:?}");
+        if duplicates > LAST / 10 {
+            let log = vm.berthctl(&["service", "logs", "berth-logforward", "-n", "60"]);
+            eprintln!("{which}: many duplicates; the forwarder's log:\n{log:?}");
+            let _ = std::fs::copy(t.path().join("rsyslogd.out"), "/tmp/lf-rsyslogd.out");
+            let _ = std::fs::copy(t.path().join("plain.log"), "/tmp/lf-plain.log");
+        }
     }
 
     // What a message carries.

@@ -145,41 +145,52 @@ impl Conn {
         }
     }
 
-    /// False once the receiver closed or reset the connection. Receivers send nothing
-    /// on a syslog stream but TLS's own records (a TLS 1.3 server's session tickets),
-    /// which are taken in here; an end of stream, an error or a close alert means gone.
-    pub fn alive(&mut self) -> bool {
-        let Some(s) = self.socket() else {
-            return true;
-        };
+    /// Why the connection is over, if it is: the receiver closed or reset it.
+    /// Receivers send nothing on a syslog stream but TLS's own records (a TLS 1.3
+    /// server's session tickets), which are taken in here; an end of stream, an error
+    /// or a close alert means gone.
+    pub fn ended(&mut self) -> Option<String> {
+        let s = self.socket()?;
         let mut fds = [PollFd::new(
             s,
             PollFlags::IN | PollFlags::RDHUP | PollFlags::ERR | PollFlags::HUP,
         )];
         match rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())) {
-            Ok(0) => return true,
+            Ok(0) => return None,
             Ok(_) => {}
-            Err(_) => return false,
+            Err(e) => return Some(format!("poll: {e}")),
         }
         let revents = fds[0].revents();
-        if revents.intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::RDHUP) {
-            return false;
+        if revents.intersects(PollFlags::ERR | PollFlags::HUP) {
+            let error = s.take_error().ok().flatten();
+            return Some(match error {
+                Some(e) => format!("the connection failed: {e}"),
+                None => "the connection hung up".into(),
+            });
         }
         match self {
             Conn::Tcp(s) => {
                 // Readable: an end of stream, or bytes a receiver should not send
                 // (read and dropped).
                 let mut buf = [0u8; 4096];
-                matches!(std::io::Read::read(s, &mut buf), Ok(n) if n > 0)
+                match std::io::Read::read(s, &mut buf) {
+                    Ok(0) => Some("the receiver closed the connection".into()),
+                    Ok(_) => None,
+                    Err(e) => Some(format!("the connection failed: {e}")),
+                }
             }
             Conn::Tls(t) => match t.conn.read_tls(&mut t.sock) {
-                Ok(0) | Err(_) => false,
-                Ok(_) => t
-                    .conn
-                    .process_new_packets()
-                    .is_ok_and(|state| !state.peer_has_closed()),
+                Ok(0) => Some("the receiver closed the connection".into()),
+                Err(e) => Some(format!("the connection failed: {e}")),
+                Ok(_) => match t.conn.process_new_packets() {
+                    Err(e) => Some(format!("TLS: {e}")),
+                    Ok(state) if state.peer_has_closed() => {
+                        Some("the receiver closed the TLS session".into())
+                    }
+                    Ok(_) => None,
+                },
             },
-            Conn::Udp(_) => true,
+            Conn::Udp(_) => None,
         }
     }
 

@@ -72,6 +72,9 @@ pub struct Worker {
     saved: Instant,
     /// Said once per outage.
     down_said: bool,
+    /// When the connection was made, and the bytes sent on it (for the log).
+    connected_at: Option<Instant>,
+    sent_bytes: u64,
 }
 
 /// What every message carries from the machine.
@@ -178,6 +181,8 @@ impl Worker {
             refreshed: None,
             saved: Instant::now(),
             down_said: false,
+            connected_at: None,
+            sent_bytes: 0,
         })
     }
 
@@ -245,6 +250,8 @@ impl Worker {
             Ok(c) => {
                 eprintln!("berth-logforward: {}: connected", self.target);
                 self.conn = Some(c);
+                self.connected_at = Some(Instant::now());
+                self.sent_bytes = 0;
                 self.retry = RETRY_MIN;
                 self.down_said = false;
             }
@@ -263,9 +270,11 @@ impl Worker {
     /// known delivered.
     fn broken(&mut self, why: &str) {
         if !self.down_said {
+            let lasted = self.connected_at.map_or(0, |t| t.elapsed().as_millis());
             eprintln!(
-                "berth-logforward: {}: {why}; resending from the last delivered line",
-                self.target
+                "berth-logforward: {}: {why} (after {lasted} ms and {} bytes); resending \
+                 from the last delivered line",
+                self.target, self.sent_bytes
             );
             self.down_said = true;
         }
@@ -281,8 +290,8 @@ impl Worker {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(false);
         };
-        if !conn.alive() {
-            return Err("the receiver closed the connection".into());
+        if let Some(why) = conn.ended() {
+            return Err(why);
         }
         let mut messages = Vec::new();
         for notice in std::mem::take(&mut self.notices) {
@@ -321,6 +330,7 @@ impl Worker {
         }
         let conn = self.conn.as_mut().ok_or("no connection")?;
         conn.send(&messages).map_err(|e| e.to_string())?;
+        self.sent_bytes += messages.iter().map(|m| m.len() as u64).sum::<u64>();
         if conn.acknowledged() {
             self.in_flight
                 .push_back((Instant::now(), self.sent.clone()));
@@ -336,8 +346,8 @@ impl Worker {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        if !conn.alive() {
-            return self.broken("the receiver closed the connection");
+        if let Some(why) = conn.ended() {
+            return self.broken(&why);
         }
         let all_acked = conn.unacknowledged() == 0;
         while let Some((at, _)) = self.in_flight.front() {

@@ -9,6 +9,8 @@
 //! process is kept in memory for it. The HTTP it speaks is the small part of HTTP/1.1
 //! a scraper uses (one GET, then close), written here rather than linking a server.
 
+#[cfg(test)]
+mod alloc_count;
 mod containers;
 mod exposition;
 mod host;

@@ -602,6 +602,14 @@ fn bench_daemon(
     let out = testd.sh("for i in $(seq 100); do grep -q '{' /run/berth/containers/status.json 2>/dev/null && break; sleep 0.2; done; sleep 2")?;
     anyhow::ensure!(out.exit_code == Some(0), "daemon not up: {}", out.stderr);
     let (idle_kb, idle_threads) = daemon_memory(&mut testd)?;
+    // The Prometheus endpoint on (the daemon reads its settings when it starts), for
+    // the cost of a scrape with every container running.
+    let out = testd.sh(
+        "set -e; printf 'listen = \"127.0.0.1:9100\"\n' > /etc/berth/metrics.toml; \
+         berthctl service restart berth-daemon >/dev/null; \
+         for i in $(seq 100); do wget -q -O /dev/null http://127.0.0.1:9100/metrics && break; sleep 0.2; done",
+    )?;
+    anyhow::ensure!(out.exit_code == Some(0), "metrics endpoint: {}", out.stderr);
     // The declarations staged, then moved in at once and the daemon told (SIGHUP):
     // timed in the guest, until status.json says all run.
     let script = format!(
@@ -627,6 +635,30 @@ fn bench_daemon(
     let start_s = berth_tests::testd::uptime_span(&out.stdout, "timing")?;
     std::thread::sleep(Duration::from_secs(3));
     let (busy_kb, busy_threads) = daemon_memory(&mut testd)?;
+    // 20 scrapes of everything: the wall time each, and the daemon's CPU time (its
+    // utime + stime, in 10 ms ticks) over all of them.
+    let scrape_script = "set -e; pid=$(head -1 /sys/fs/cgroup/berth/berth-daemon/main/cgroup.procs); \
+         cpu() { awk '{print $14+$15}' /proc/$pid/stat; }; \
+         wget -q -O /tmp/scrape http://127.0.0.1:9100/metrics; c0=$(cpu); t0=$(cut -d' ' -f1 /proc/uptime); \
+         for i in $(seq 20); do wget -q -O /dev/null http://127.0.0.1:9100/metrics; done; \
+         t1=$(cut -d' ' -f1 /proc/uptime); c1=$(cpu); \
+         echo $t0 $t1 $c0 $c1 $(wc -c < /tmp/scrape) $(grep -c '^container_cpu_usage_seconds_total' /tmp/scrape)";
+    let out = testd.sh(scrape_script)?;
+    anyhow::ensure!(
+        out.exit_code == Some(0),
+        "scrapes: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let figures: Vec<f64> = out
+        .stdout
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    anyhow::ensure!(figures.len() == 6, "scrape figures: {}", out.stdout);
+    let scrape_ms = (figures[1] - figures[0]) * 1000.0 / 20.0;
+    let scrape_cpu_ms = (figures[3] - figures[2]) * 10.0 / 20.0;
+    let (scrape_bytes, scraped) = (figures[4], figures[5]);
     // The floor: the same number of `berth-runtime create` + `start` of busybox sleep from
     // one prepared bundle, in a shell loop: no image store, no rootfs per container, no
     // config to build, no logs.
@@ -684,10 +716,17 @@ fn bench_daemon(
         "  floor (berth-runtime create + start in a shell loop): {floor_s:.2} s; daemon/floor {:.2}x",
         start_s / floor_s
     );
+    println!(
+        "  a metrics scrape with {count}:  {scrape_ms:.1} ms wall, {scrape_cpu_ms:.1} ms of the daemon's CPU, \
+         {scrape_bytes:.0} bytes, {scraped:.0} containers in it"
+    );
     if let Some(path) = json {
         let report = serde_json::json!({
             "accel": vm.accel.name(),
             "containers": count,
+            "scrape_ms": scrape_ms,
+            "scrape_cpu_ms": scrape_cpu_ms,
+            "scrape_bytes": scrape_bytes,
             "floor_seconds": floor_s,
             "idle_rss_kb": idle_kb,
             "idle_threads": idle_threads,
