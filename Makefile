@@ -62,6 +62,7 @@ bench: image image-test floor
 	$(BIN)/berth-vm bench-runtimes --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
 		--runs 50 --writable --json $(OUT)/bench-runtimes-writable.json
 	$(BIN)/berth-store-bench --runs 5 --json $(OUT)/bench-pull.json
+	$(BIN)/berth-vm bench-logforward --json $(OUT)/bench-logforward.json
 	$(BIN)/berth-vm bench-daemon --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
 		--disk $(OUT)/test/berth.raw --containers 100 --json $(OUT)/bench-daemon.json
 	# A newer build of the same tree (only its version differs) to update to.

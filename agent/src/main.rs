@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         // The berth-sshd service (src/ssh/server.rs).
         Some("sshd") => ssh::server::run(),
         // The berth-logforward service (src/logship/).
-        Some("logforward") => logship::run(),
+        Some("logforward") => logship::run(&args[1..]),
         Some(other) => {
             say(&format!(
                 "unknown argument {other:?} (only --version, sshd, logforward)"

@@ -7,6 +7,7 @@ pub mod console;
 pub mod frames;
 pub mod http;
 pub mod lock;
+pub mod logforward_bench;
 pub mod qmp;
 pub mod testd;
 pub mod update_bench;

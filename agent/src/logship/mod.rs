@@ -16,7 +16,7 @@ mod sys;
 pub mod syslog;
 mod worker;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,12 +26,46 @@ use berth_schema::logs::LogsConfig;
 /// Where the cursors are kept.
 pub const STATE_DIR: &str = "/var/lib/berth/logforward";
 
+/// Where the forwarder reads and keeps things: the machine's paths, or the same under
+/// another root (`--root DIR`, for benchmarks on a build machine: no kernel log then).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub config: PathBuf,
+    pub state: PathBuf,
+    pub service_logs: PathBuf,
+    pub container_logs: PathBuf,
+    /// Whether /dev/kmsg is a source.
+    pub kernel: bool,
+}
+
+impl Paths {
+    pub fn under(root: &Path) -> Paths {
+        let at = |p: &str| root.join(p.trim_start_matches('/'));
+        Paths {
+            config: at(berth_schema::logs::CONFIG_PATH),
+            state: at(STATE_DIR),
+            service_logs: at(sources::SERVICE_LOGS),
+            container_logs: at(sources::CONTAINER_LOGS),
+            kernel: root == Path::new("/"),
+        }
+    }
+}
+
 fn say(msg: &str) {
     eprintln!("berth-logforward: {msg}");
 }
 
-pub fn run() -> ExitCode {
-    let config = match LogsConfig::load(Path::new(berth_schema::logs::CONFIG_PATH)) {
+pub fn run(args: &[String]) -> ExitCode {
+    let root = match args {
+        [] => PathBuf::from("/"),
+        [flag, dir] if flag == "--root" => PathBuf::from(dir),
+        _ => {
+            say("usage: berth-agent logforward [--root DIR]");
+            return ExitCode::from(2);
+        }
+    };
+    let paths = Paths::under(&root);
+    let config = match LogsConfig::load(&paths.config) {
         Ok(Some(c)) if !c.forward.is_empty() => c,
         Ok(_) => {
             say("off (no berth.logs.forward in user-data)");
@@ -42,14 +76,14 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = std::fs::create_dir_all(STATE_DIR) {
-        say(&format!("{STATE_DIR}: {e}"));
+    if let Err(e) = std::fs::create_dir_all(&paths.state) {
+        say(&format!("{}: {e}", paths.state.display()));
         return ExitCode::FAILURE;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for forward in &config.forward {
-        let mut worker = match worker::Worker::new(forward, Path::new(STATE_DIR)) {
+        let mut worker = match worker::Worker::new(forward, &paths) {
             Ok(w) => w,
             Err(e) => {
                 say(&format!("{}: {e}", forward.url));

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 pub const SERVICE_LOGS: &str = "/var/log/berth";
 /// Where the daemon keeps the containers'.
 pub const CONTAINER_LOGS: &str = "/var/log/berth/containers";
+/// A line longer than this is taken in pieces (the writers cut lines at 64 KiB of
+/// text; only an escaped JSON line gets longer). A smaller budget waits for a larger.
+pub const LONGEST: usize = 64 * 1024;
 /// Sources followed at most (files; the kernel's is one more).
 pub const MAX_SOURCES: usize = 512;
 
@@ -188,9 +191,9 @@ impl FileSource {
         }
         let rest = n - used;
         let finished_file = current != Some(at.ino) && at.offset + rest as u64 >= size;
-        if rest > 0 && (rest == budget || finished_file) {
-            // A line without its newline: longer than the budget, or the last of a file
-            // that will not grow any more.
+        if rest > 0 && ((rest == budget && budget >= LONGEST) || finished_file) {
+            // A line without its newline: longer than any line a writer makes (shipped
+            // in pieces), or the last of a file that will not grow any more.
             at.offset += rest as u64;
             taken.lines.push((buf[used..].to_vec(), at));
         }
@@ -239,9 +242,9 @@ fn count_lines(file: &File, offset: u64) -> u64 {
 }
 
 /// Every log file to follow now: services' and containers', by path.
-pub fn discover() -> Vec<(PathBuf, Origin)> {
+pub fn discover(service_logs: &Path, container_logs: &Path) -> Vec<(PathBuf, Origin)> {
     let mut found = Vec::new();
-    for (dir, container) in [(SERVICE_LOGS, false), (CONTAINER_LOGS, true)] {
+    for (dir, container) in [(service_logs, false), (container_logs, true)] {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
@@ -431,7 +434,7 @@ mod tests {
         let log = d.path().join("web.log");
         append(&log, "a\nb\nc\n");
         let mut s = FileSource::new(log.clone(), Origin::Container("web".into()));
-        let t = s.take(Position::default(), 2); // "a" only
+        let t = s.take(Position::default(), 2); // "a" only: "b" does not fit
         assert_eq!(texts(&t), ["a"]);
         let at = t.at;
         // Two rotations: the file being read is deleted.
@@ -445,6 +448,26 @@ mod tests {
         assert_eq!(texts(&t), ["d"]);
         let t = s.take(t.at, 1024);
         assert_eq!(texts(&t), ["e"]);
+    }
+
+    #[test]
+    fn a_small_budget_never_splits_a_line() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("web.log");
+        append(&log, "abcdef\nxy\n");
+        let mut s = FileSource::new(log.clone(), Origin::Container("web".into()));
+        let t = s.take(Position::default(), 3);
+        assert!(t.lines.is_empty() && t.more, "{:?}", texts(&t));
+        let t = s.take(t.at, 1024);
+        assert_eq!(texts(&t), ["abcdef", "xy"]);
+        let long = "x".repeat(LONGEST + 10);
+        append(&log, &format!("{long}\n"));
+        let t = s.take(t.at, LONGEST);
+        assert_eq!(
+            t.lines.len(),
+            1,
+            "a line past the longest is taken in pieces"
+        );
     }
 
     #[test]

@@ -25,10 +25,12 @@ use super::syslog::{Facility, Message};
 const SETTLE: Duration = Duration::from_secs(3);
 /// The pause between rounds when everything was sent.
 const IDLE: Duration = Duration::from_millis(250);
-/// What one source may send in one round.
-const BATCH: usize = 128 * 1024;
+/// What one round reads from the files, all sources together: one write of about this
+/// much, then the next round at once while there is more (a big burst after a
+/// reconnect is sent in steps, and memory stays bounded).
+const ROUND: usize = 64 * 1024;
 /// Kernel records per round.
-const KMSG_BATCH: usize = 256;
+const KMSG_BATCH: usize = 128;
 /// Cursors are written at most this often.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Sources and host facts are looked for again this often.
@@ -64,6 +66,9 @@ pub struct Worker {
     retry_at: Instant,
     retry: Duration,
     sources: BTreeMap<PathBuf, FileSource>,
+    /// Where the last round began among the sources.
+    first_source: usize,
+    paths: super::Paths,
     kmsg: Kmsg,
     /// Gaps to tell the receiver about, when it is back.
     notices: Vec<String>,
@@ -141,7 +146,7 @@ fn rfc3339_us(us: u64) -> String {
 }
 
 impl Worker {
-    pub fn new(forward: &Forward, state_dir: &std::path::Path) -> Result<Worker, String> {
+    pub fn new(forward: &Forward, paths: &super::Paths) -> Result<Worker, String> {
         let target = forward.target()?;
         let tls = match target.transport {
             Transport::Tls => Some(super::conn::tls_config(forward.ca.as_deref())?),
@@ -153,7 +158,7 @@ impl Worker {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
-        let state = state_dir.join(format!("{key}.json"));
+        let state = paths.state.join(format!("{key}.json"));
         let mut kept: Cursors = std::fs::read(&state)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -175,6 +180,8 @@ impl Worker {
             retry_at: Instant::now(),
             retry: RETRY_MIN,
             sources: BTreeMap::new(),
+            first_source: 0,
+            paths: paths.clone(),
             kmsg: Kmsg::new(),
             notices: Vec::new(),
             host: Host::default(),
@@ -230,7 +237,7 @@ impl Worker {
 
     fn refresh(&mut self) {
         self.host = Host::read();
-        let found = super::sources::discover();
+        let found = super::sources::discover(&self.paths.service_logs, &self.paths.container_logs);
         for (path, origin) in found {
             self.sources
                 .entry(path.clone())
@@ -298,7 +305,11 @@ impl Worker {
             messages.push(self.notice(&notice));
         }
         let mut more = false;
-        let (records, lost) = self.kmsg.take(self.sent.kmsg, KMSG_BATCH);
+        let (records, lost) = if self.paths.kernel {
+            self.kmsg.take(self.sent.kmsg, KMSG_BATCH)
+        } else {
+            (Vec::new(), 0)
+        };
         if lost > 0 && self.sent.kmsg > 0 {
             let text = format!("{lost} kernel messages were overwritten before they were shipped");
             messages.push(self.notice(&text));
@@ -308,13 +319,29 @@ impl Worker {
             messages.push(self.kernel_message(r));
             self.sent.kmsg = r.seq;
         }
-        let paths: Vec<PathBuf> = self.sources.keys().cloned().collect();
+        // Each round starts with the next source, so a busy one cannot starve the rest.
+        let mut paths: Vec<PathBuf> = self.sources.keys().cloned().collect();
+        if !paths.is_empty() {
+            self.first_source = (self.first_source + 1) % paths.len();
+            paths.rotate_left(self.first_source);
+        }
+        let mut budget = ROUND;
         for path in paths {
+            if budget == 0 {
+                more = true;
+                break;
+            }
             let at = self.sent.files.get(&path).copied().unwrap_or_default();
             let Some(source) = self.sources.get_mut(&path) else {
                 continue;
             };
-            let taken = source.take(at, BATCH);
+            let taken = source.take(at, budget);
+            budget -= taken
+                .lines
+                .iter()
+                .map(|(l, _)| l.len() + 1)
+                .sum::<usize>()
+                .min(budget);
             let origin = source.origin.clone();
             if let Some(lost) = taken.lost {
                 messages.push(self.notice(&gap_text(&origin, lost)));

@@ -88,6 +88,14 @@ enum Cmd {
     },
     /// An OS update on the test image's disk: berth-updater apply against dd of the
     /// same root, the reboot's downtime, the payload's size.
+    /// Log forwarding's throughput on this machine: berth-logforward against rsyslog's
+    /// imfile, each shipping the same container log to one rsyslog receiver.
+    BenchLogforward {
+        #[arg(long, default_value_t = 200_000)]
+        lines: u64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     BenchUpdate {
         #[arg(long)]
         kernel: PathBuf,
@@ -224,6 +232,14 @@ fn main() -> ExitCode {
             containers,
             json,
         } => bench_daemon(kernel, initrd, &disk, containers.max(1), json.as_deref()),
+        Cmd::BenchLogforward { lines, json } => {
+            let exe = std::env::current_exe().unwrap_or_default();
+            berth_tests::logforward_bench::run(
+                &berth_tests::logforward_bench::agent_beside(&exe),
+                lines.max(1),
+                json.as_deref(),
+            )
+        }
         Cmd::BenchUpdate {
             kernel,
             initrd,
