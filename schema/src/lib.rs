@@ -19,3 +19,24 @@ pub mod metrics;
 pub mod registries;
 pub mod time;
 pub mod update;
+
+/// A key of a user-data `berth.SECTION` that says something wrong: which, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("berth.{section}.{key}: {why}")]
+pub struct Invalid {
+    pub section: &'static str,
+    pub key: &'static str,
+    pub why: String,
+}
+
+/// A settings file the agent wrote (a few KiB; past `max` bytes it is not ours):
+/// its text, or None when it is absent (the feature is off).
+pub fn read_settings(path: &std::path::Path, max: u64) -> Result<Option<String>, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    match std::fs::File::open(path).and_then(|f| f.take(max).read_to_string(&mut text)) {
+        Ok(_) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}

@@ -133,19 +133,13 @@ impl LogsConfig {
 
     /// None when the file is absent (forwarding off).
     pub fn load(path: &Path) -> Result<Option<LogsConfig>, String> {
-        use std::io::Read;
-        let mut text = String::new();
-        let read = std::fs::File::open(path).and_then(|f| {
-            f.take((MAX_FORWARDS * (MAX_PEM + 1024)) as u64)
-                .read_to_string(&mut text)
-        });
-        match read {
-            Ok(_) => LogsConfig::parse(&text)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        let Some(text) = crate::read_settings(path, (MAX_FORWARDS * (MAX_PEM + 1024)) as u64)?
+        else {
+            return Ok(None);
+        };
+        LogsConfig::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Every forward well formed; the first that is not, named.

@@ -40,16 +40,11 @@ pub struct Tls {
     pub key: String,
 }
 
-/// A key that says something wrong: the key (under `berth.metrics`) and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("berth.metrics.{key}: {why}")]
-pub struct Invalid {
-    pub key: &'static str,
-    pub why: String,
-}
+pub use crate::Invalid;
 
 fn invalid(key: &'static str, why: impl Into<String>) -> Invalid {
     Invalid {
+        section: "metrics",
         key,
         why: why.into(),
     }
@@ -64,17 +59,12 @@ impl MetricsConfig {
 
     /// None when the file is absent (metrics off).
     pub fn load(path: &Path) -> Result<Option<MetricsConfig>, String> {
-        use std::io::Read;
-        let mut text = String::new();
-        let read = std::fs::File::open(path)
-            .and_then(|f| f.take(4 * MAX_PEM as u64).read_to_string(&mut text));
-        match read {
-            Ok(_) => MetricsConfig::parse(&text)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        let Some(text) = crate::read_settings(path, 4 * MAX_PEM as u64)? else {
+            return Ok(None);
+        };
+        MetricsConfig::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn address(&self) -> Result<SocketAddr, Invalid> {

@@ -69,16 +69,11 @@ pub enum Policy {
     Never,
 }
 
-/// A key that says something wrong: the key (under `berth.update`) and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("berth.update.{key}: {why}")]
-pub struct Invalid {
-    pub key: &'static str,
-    pub why: String,
-}
+pub use crate::Invalid;
 
 fn invalid(key: &'static str, why: impl Into<String>) -> Invalid {
     Invalid {
+        section: "update",
         key,
         why: why.into(),
     }
@@ -92,18 +87,12 @@ impl UpdateConfig {
     }
 
     pub fn load(path: &Path) -> Result<Option<UpdateConfig>, String> {
-        use std::io::Read;
-        let mut text = String::new();
-        // The agent writes a few hundred bytes; anything past 64 KiB is not ours.
-        let read =
-            std::fs::File::open(path).and_then(|f| f.take(64 * 1024).read_to_string(&mut text));
-        match read {
-            Ok(_) => UpdateConfig::parse(&text)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        let Some(text) = crate::read_settings(path, 64 * 1024)? else {
+            return Ok(None);
+        };
+        UpdateConfig::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Every value in bounds; the first that is not, named.

@@ -31,6 +31,8 @@ const IDLE: Duration = Duration::from_millis(250);
 const ROUND: usize = 64 * 1024;
 /// Kernel records per round.
 const KMSG_BATCH: usize = 128;
+/// The status line's period.
+const STATUS_EVERY: Duration = Duration::from_secs(20);
 /// Cursors are written at most this often.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Sources and host facts are looked for again this often.
@@ -80,6 +82,11 @@ pub struct Worker {
     /// When the connection was made, and the bytes sent on it (for the log).
     connected_at: Option<Instant>,
     sent_bytes: u64,
+    /// For the periodic status line: when it was said, and messages sent and batches
+    /// judged delivered since.
+    said_at: Instant,
+    messages: u64,
+    delivered: u64,
 }
 
 /// What every message carries from the machine.
@@ -190,6 +197,9 @@ impl Worker {
             down_said: false,
             connected_at: None,
             sent_bytes: 0,
+            said_at: Instant::now(),
+            messages: 0,
+            delivered: 0,
         })
     }
 
@@ -232,7 +242,29 @@ impl Worker {
             self.watch_gaps();
         }
         self.save(false);
+        self.status();
         busy
+    }
+
+    /// Every few minutes, a line on what was shipped (and when the receiver is slow to
+    /// acknowledge, how much waits).
+    fn status(&mut self) {
+        if self.said_at.elapsed() < STATUS_EVERY || self.messages == 0 {
+            return;
+        }
+        let unacked = self.conn.as_ref().map_or(0, Conn::unacknowledged);
+        eprintln!(
+            "berth-logforward: {}: {} messages sent, {} batches delivered in {} s; {} batches \
+             in flight, {unacked} bytes unacknowledged",
+            self.target,
+            self.messages,
+            self.delivered,
+            self.said_at.elapsed().as_secs(),
+            self.in_flight.len()
+        );
+        self.said_at = Instant::now();
+        self.messages = 0;
+        self.delivered = 0;
     }
 
     fn refresh(&mut self) {
@@ -358,6 +390,7 @@ impl Worker {
         let conn = self.conn.as_mut().ok_or("no connection")?;
         conn.send(&messages).map_err(|e| e.to_string())?;
         self.sent_bytes += messages.iter().map(|m| m.len() as u64).sum::<u64>();
+        self.messages += messages.len() as u64;
         if conn.acknowledged() {
             self.in_flight
                 .push_back((Instant::now(), self.sent.clone()));
@@ -383,6 +416,7 @@ impl Worker {
             }
             if let Some((_, cursors)) = self.in_flight.pop_front() {
                 self.kept = cursors;
+                self.delivered += 1;
             }
         }
         self.release();
