@@ -215,6 +215,13 @@ impl Worker {
                 std::thread::sleep(IDLE);
             }
         }
+        // Asked to stop (a reboot, say): what is in flight gets its chance to settle,
+        // so the next start does not send it again.
+        let deadline = Instant::now() + SETTLE + Duration::from_secs(1);
+        while !self.in_flight.is_empty() && self.conn.is_some() && Instant::now() < deadline {
+            self.settle();
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.save(true);
     }
 
