@@ -88,25 +88,37 @@ pub async fn run(init: &InitProxy<'_>, args: Args, json: bool) -> Result<(), Str
     let err = |e: berth_control::zbus::Error| format!("init's events: {e}");
     let backlog = init.events(0).await.map_err(err)?;
     let mut last = backlog.last().map_or(0, |e| e.seq);
-    if let Some(since) = since {
-        for e in backlog.iter().filter(|e| e.time_ms >= since) {
-            if until.is_some_and(|u| e.time_ms > u) {
-                return Ok(());
-            }
+    let shown =
+        |e: &Event| since.is_none_or(|s| e.time_ms >= s) && until.is_none_or(|u| e.time_ms <= u);
+    if since.is_some() {
+        for e in backlog.iter().filter(|e| shown(e)) {
             print(e, json);
         }
     }
     loop {
-        if until.is_some_and(|u| now_ms() > u) {
-            return Ok(());
+        // Past `until`: one last look (an event stamped before it may arrive a moment
+        // later), then done.
+        let done = until.is_some_and(|u| now_ms() > u);
+        if !done {
+            std::thread::sleep(POLL);
         }
-        std::thread::sleep(POLL);
-        for e in init.events(last).await.map_err(err)? {
-            last = e.seq;
-            if until.is_some_and(|u| e.time_ms > u) {
-                return Ok(());
+        let batch = init.events(last).await.map_err(err)?;
+        if let Some(first) = batch.first() {
+            if first.seq > last + 1 {
+                eprintln!(
+                    "berthctl: {} events went out of init's ring before they were read",
+                    first.seq - last - 1
+                );
             }
-            print(&e, json);
+        }
+        for e in &batch {
+            last = e.seq;
+            if until.is_none_or(|u| e.time_ms <= u) {
+                print(e, json);
+            }
+        }
+        if done {
+            return Ok(());
         }
     }
 }

@@ -30,7 +30,11 @@ fn tcp(target: &Target) -> Result<TcpStream, String> {
     for a in addrs {
         match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
             Ok(s) => {
+                // Reads happen only in the TLS handshake and when the socket is
+                // readable; the timeout keeps a peer that never answers a handshake from
+                // holding the forward.
                 s.set_write_timeout(Some(WRITE_TIMEOUT))
+                    .and_then(|()| s.set_read_timeout(Some(WRITE_TIMEOUT)))
                     .map_err(|e| e.to_string())?;
                 let _ = s.set_nodelay(true);
                 return Ok(s);

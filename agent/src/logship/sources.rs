@@ -157,6 +157,15 @@ impl FileSource {
         let current = ino_of(&self.path);
         let log_exists = self.exists();
         let Some(file) = self.file(at.ino) else {
+            // A file that cannot be opened now (out of descriptors, say) is no gap:
+            // tried again next round.
+            let unreadable = [self.path.clone(), rotated(&self.path)]
+                .iter()
+                .any(|p| matches!(File::open(p), Err(e) if e.kind() != ErrorKind::NotFound));
+            if unreadable {
+                taken.at = at;
+                return taken;
+            }
             // Not open and not found: rotated away while nobody held it.
             taken.lost = Some(None);
             taken.at = self.next(at.ino);
@@ -274,7 +283,7 @@ pub fn discover(service_logs: &Path, container_logs: &Path) -> Vec<(PathBuf, Ori
 /// valid for one boot.
 pub struct Kmsg {
     file: Option<File>,
-    /// The last sequence number read from `file`.
+    /// The number after the last record read from `file`.
     read_seq: u64,
 }
 
@@ -297,11 +306,11 @@ impl Kmsg {
         }
     }
 
-    /// Records after `after`, at most `max`; and how many were lost before them (the
-    /// ring buffer overwrote them).
-    pub fn take(&mut self, after: u64, max: usize) -> (Vec<Record>, u64) {
+    /// Records from number `next` on, at most `max`; and how many were lost before them
+    /// (the ring buffer overwrote them).
+    pub fn take(&mut self, next: u64, max: usize) -> (Vec<Record>, u64) {
         use std::os::unix::fs::OpenOptionsExt;
-        if self.file.is_none() || self.read_seq > after {
+        if self.file.is_none() || self.read_seq > next {
             // A rewind: read from the oldest record again.
             self.file = std::fs::OpenOptions::new()
                 .read(true)
@@ -315,7 +324,7 @@ impl Kmsg {
         };
         let mut records: Vec<Record> = Vec::new();
         let mut lost = 0;
-        let mut last = after;
+        let mut want = next;
         let mut buf = vec![0u8; 16 * 1024];
         while records.len() < max {
             match file.read(&mut buf) {
@@ -324,16 +333,17 @@ impl Kmsg {
                     let Some(r) = parse_record(&buf[..n]) else {
                         continue;
                     };
-                    self.read_seq = r.seq;
-                    if r.seq <= after {
+                    // The number after the last one read from this file.
+                    self.read_seq = r.seq + 1;
+                    if r.seq < want {
                         continue;
                     }
                     // Numbers skipped were overwritten before we read them (the first
                     // read of a boot starts wherever the buffer starts: no gap then).
-                    if last > 0 && r.seq > last + 1 {
-                        lost += r.seq - last - 1;
+                    if want > 0 && r.seq > want {
+                        lost += r.seq - want;
                     }
-                    last = r.seq;
+                    want = r.seq + 1;
                     records.push(r);
                 }
                 // EPIPE: records were overwritten under us; the next read goes on from

@@ -31,6 +31,10 @@ const IDLE: Duration = Duration::from_millis(250);
 const ROUND: usize = 64 * 1024;
 /// Kernel records per round.
 const KMSG_BATCH: usize = 128;
+/// Batches sent within this of the last one in flight join it.
+const MERGE_WITHIN: Duration = Duration::from_millis(500);
+/// Batches in flight at most (past it, the last one takes the new cursors).
+const MAX_IN_FLIGHT: usize = 16;
 /// The status line's period.
 const STATUS_EVERY: Duration = Duration::from_secs(20);
 /// Cursors are written at most this often.
@@ -48,6 +52,7 @@ pub struct Cursors {
     /// The boot the kernel's sequence number belongs to.
     #[serde(default)]
     pub boot_id: String,
+    /// The kernel record to send next.
     #[serde(default)]
     pub kmsg: u64,
     #[serde(default)]
@@ -144,14 +149,27 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
-/// RFC 3339 from microseconds since the epoch.
+/// RFC 3339 from microseconds since the epoch, as RFC 5424 takes it (at most six
+/// digits of fraction).
 fn rfc3339_us(us: u64) -> String {
-    berth_schema::time::rfc3339(
+    syslog_time(&berth_schema::time::rfc3339(
         us / 1_000_000,
         u32::try_from(us % 1_000_000).unwrap_or(0) * 1000,
-    )
+    ))
 }
 
+/// An RFC 3339 time with its fraction cut to the six digits RFC 5424 allows
+/// (`TIME-SECFRAC = "." 1*6DIGIT`); other text is left as it is.
+fn syslog_time(t: &str) -> String {
+    let Some((whole, rest)) = t.split_once('.') else {
+        return t.to_string();
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits <= 6 {
+        return t.to_string();
+    }
+    format!("{whole}.{}{}", &rest[..6], &rest[digits..])
+}
 impl Worker {
     pub fn new(forward: &Forward, paths: &super::Paths) -> Result<Worker, String> {
         let target = forward.target()?;
@@ -160,10 +178,18 @@ impl Worker {
             _ => None,
         };
         // One cursor file per target: a changed URL starts afresh, as it should.
+        // Every byte but letters and digits written as _XX: distinct targets, distinct
+        // files.
         let key: String = target
             .to_string()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("_{b:02x}")
+                }
+            })
             .collect();
         let state = paths.state.join(format!("{key}.json"));
         let mut kept: Cursors = std::fs::read(&state)
@@ -340,8 +366,10 @@ impl Worker {
             return Err(why);
         }
         let mut messages = Vec::new();
-        for notice in std::mem::take(&mut self.notices) {
-            messages.push(self.notice(&notice));
+        // Kept until sent: a break before then tells them on the next connection.
+        let notices = std::mem::take(&mut self.notices);
+        for notice in &notices {
+            messages.push(self.notice(notice));
         }
         let mut more = false;
         let (records, lost) = if self.paths.kernel {
@@ -356,7 +384,7 @@ impl Worker {
         more |= records.len() == KMSG_BATCH;
         for r in &records {
             messages.push(self.kernel_message(r));
-            self.sent.kmsg = r.seq;
+            self.sent.kmsg = r.seq + 1;
         }
         // Each round starts with the next source, so a busy one cannot starve the rest.
         let mut paths: Vec<PathBuf> = self.sources.keys().cloned().collect();
@@ -395,12 +423,25 @@ impl Worker {
             return Ok(more);
         }
         let conn = self.conn.as_mut().ok_or("no connection")?;
-        conn.send(&messages).map_err(|e| e.to_string())?;
+        if let Err(e) = conn.send(&messages) {
+            self.notices = notices;
+            return Err(e.to_string());
+        }
         self.sent_bytes += messages.iter().map(|m| m.len() as u64).sum::<u64>();
         self.messages += messages.len() as u64;
         if conn.acknowledged() {
-            self.in_flight
-                .push_back((Instant::now(), self.sent.clone()));
+            // Batches sent close together are judged together: the list stays short
+            // however busy the sending is.
+            let full = self.in_flight.len() >= MAX_IN_FLIGHT;
+            match self.in_flight.back_mut() {
+                Some((at, cursors)) if at.elapsed() < MERGE_WITHIN || full => {
+                    *at = Instant::now();
+                    *cursors = self.sent.clone();
+                }
+                _ => self
+                    .in_flight
+                    .push_back((Instant::now(), self.sent.clone())),
+            }
         } else {
             self.kept = self.sent.clone();
         }
@@ -506,14 +547,22 @@ impl Worker {
     fn kernel_message(&self, r: &Record) -> Vec<u8> {
         let ts = rfc3339_us(self.host.boot_epoch_us + r.usec);
         // init's lines are mirrored into the kernel's buffer as the user facility.
-        let (facility, app) = if r.facility == 0 {
-            (Facility::Kernel, "kernel")
+        // init's lines are mirrored at level debug (so the console does not print them
+        // twice): they are notices, and its warnings warnings.
+        let (facility, app, severity) = if r.facility == 0 {
+            (Facility::Kernel, "kernel", r.severity)
+        } else if r.text.starts_with("init: warning:") {
+            (Facility::User, "init", 4)
         } else {
-            (Facility::User, r.text.split(':').next().unwrap_or("init"))
+            (
+                Facility::User,
+                r.text.split(':').next().unwrap_or("init"),
+                5.min(r.severity),
+            )
         };
         Message {
             facility,
-            severity: r.severity,
+            severity,
             timestamp: &ts,
             hostname: &self.host.hostname,
             app,
@@ -529,6 +578,7 @@ impl Worker {
         match origin {
             Origin::Container(name) => {
                 let (time, stream, log) = parse_container_line(&text);
+                let time = syslog_time(&time);
                 let image = self.host.images.get(name).map_or("", String::as_str);
                 Message {
                     facility: Facility::User,
@@ -544,10 +594,11 @@ impl Worker {
             }
             Origin::Service(name) => {
                 let (time, stream, log) = parse_service_line(&text);
+                let time = syslog_time(time);
                 Message {
                     facility: Facility::Daemon,
                     severity: if stream == "stderr" { 3 } else { 6 },
-                    timestamp: time,
+                    timestamp: &time,
                     hostname: &self.host.hostname,
                     app: name,
                     msgid: stream,
@@ -618,5 +669,14 @@ mod tests {
             ("2026-11-25T11:41:55.123Z", "stderr", "it broke")
         );
         assert_eq!(parse_service_line("plain").2, "plain");
+        assert_eq!(
+            syslog_time("2026-12-01T01:00:00.123456789Z"),
+            "2026-12-01T01:00:00.123456Z"
+        );
+        assert_eq!(
+            syslog_time("2026-12-01T01:00:00.5Z"),
+            "2026-12-01T01:00:00.5Z"
+        );
+        assert_eq!(syslog_time(""), "");
     }
 }

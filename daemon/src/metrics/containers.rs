@@ -3,7 +3,6 @@
 //! the daemon knows (`berth_container_*`: state, restarts, last exit), the image
 //! store's size and the pulls.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::exposition::{Exposition, Kind};
@@ -115,8 +114,37 @@ impl Figures {
     }
 }
 
+/// What a scrape needs of a container, copied out of the supervisor's snapshot.
+pub struct Seen {
+    name: String,
+    image: String,
+    state: String,
+    restarts: u32,
+    exit_code: i32,
+    cgroup: Option<std::path::PathBuf>,
+    link: Option<String>,
+    oom_kills: u64,
+    started_epoch: Option<f64>,
+}
+
+impl Seen {
+    pub fn of(p: &Published) -> Seen {
+        Seen {
+            name: p.info.name.clone(),
+            image: p.info.image.clone(),
+            state: p.info.state.clone(),
+            restarts: p.info.restarts,
+            exit_code: p.info.exit_code,
+            cgroup: p.cgroup.clone(),
+            link: p.link.clone(),
+            oom_kills: p.oom_kills,
+            started_epoch: p.started_epoch,
+        }
+    }
+}
+
 struct Row<'a> {
-    p: &'a Published,
+    p: &'a Seen,
     figures: Option<Figures>,
     /// Its veth pair's host end's counters (a bridge container).
     net: Option<&'a [u64]>,
@@ -124,10 +152,10 @@ struct Row<'a> {
 
 type Pick = fn(&Figures) -> f64;
 
-pub fn write(e: &mut Exposition, containers: &BTreeMap<String, Published>, net: &NetDev) {
+pub fn write(e: &mut Exposition, containers: &[Seen], net: &NetDev) {
     let mut reader = Reader::default();
     let rows: Vec<Row> = containers
-        .values()
+        .iter()
         .map(|p| Row {
             p,
             figures: p
@@ -266,7 +294,7 @@ pub fn write(e: &mut Exposition, containers: &BTreeMap<String, Published>, net: 
         e.family(name, Kind::Counter, help);
         for r in &rows {
             if let Some(values) = r.net {
-                let [n, i] = [r.p.info.name.as_str(), r.p.info.image.as_str()];
+                let [n, i] = [r.p.name.as_str(), r.p.image.as_str()];
                 e.sample(
                     name,
                     &[("name", n), ("image", i), ("interface", "eth0")],
@@ -288,8 +316,8 @@ pub fn write(e: &mut Exposition, containers: &BTreeMap<String, Published>, net: 
     berth_rows(e, &rows);
 }
 
-fn labels(p: &Published) -> [(&'static str, &str); 2] {
-    [("name", &p.info.name), ("image", &p.info.image)]
+fn labels(p: &Seen) -> [(&'static str, &str); 2] {
+    [("name", &p.name), ("image", &p.image)]
 }
 
 /// What only the daemon knows: state, restarts, the last exit code.
@@ -303,8 +331,8 @@ fn berth_rows(e: &mut Exposition, rows: &[Row]) {
         for s in STATES {
             e.sample(
                 "berth_container_state",
-                &[("name", &r.p.info.name), ("state", s)],
-                u64::from(r.p.info.state == s),
+                &[("name", &r.p.name), ("state", s)],
+                u64::from(r.p.state == s),
             );
         }
     }
@@ -316,8 +344,8 @@ fn berth_rows(e: &mut Exposition, rows: &[Row]) {
     for r in rows {
         e.sample(
             "berth_container_restarts_total",
-            &[("name", &r.p.info.name)],
-            u64::from(r.p.info.restarts),
+            &[("name", &r.p.name)],
+            u64::from(r.p.restarts),
         );
     }
     e.family(
@@ -328,8 +356,8 @@ fn berth_rows(e: &mut Exposition, rows: &[Row]) {
     for r in rows {
         e.sample(
             "berth_container_last_exit_code",
-            &[("name", &r.p.info.name)],
-            i64::from(r.p.info.exit_code),
+            &[("name", &r.p.name)],
+            i64::from(r.p.exit_code),
         );
     }
 }
@@ -384,6 +412,7 @@ mod tests {
 mod cost {
     use super::*;
     use crate::metrics::alloc_count;
+    use std::collections::BTreeMap;
 
     /// 100 containers' cgroup files, as a scrape reads them.
     fn containers(dir: &Path, n: usize) -> BTreeMap<String, Published> {
@@ -442,9 +471,10 @@ mod cost {
         let net: NetDev = (0..100)
             .map(|i| (format!("vb{i:08x}"), vec![7; 16]))
             .collect();
+        let seen: Vec<Seen> = map.values().map(Seen::of).collect();
         let mut e = Exposition::with_capacity(256 * 1024);
         let before = alloc_count::now();
-        write(&mut e, &map, &net);
+        write(&mut e, &seen, &net);
         let allocations = alloc_count::now() - before;
         let text = e.finish();
         eprintln!(

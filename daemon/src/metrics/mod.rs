@@ -137,15 +137,15 @@ fn accept_loop(listener: &TcpListener, endpoint: &Arc<Endpoint>) {
             endpoint.busy.fetch_sub(1, Ordering::SeqCst);
             continue; // dropped: closed at once
         }
-        let endpoint = endpoint.clone();
+        let serving = endpoint.clone();
         let spawned = std::thread::Builder::new()
             .name("scrape".into())
             .spawn(move || {
-                endpoint.connection(stream);
-                endpoint.busy.fetch_sub(1, Ordering::SeqCst);
+                serving.connection(stream);
+                serving.busy.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
-            // The closure (and its count) went with the failed spawn.
+            endpoint.busy.fetch_sub(1, Ordering::SeqCst);
             eprintln!("berth-daemon: metrics: cannot start a thread for a scrape");
         }
     }
@@ -223,9 +223,13 @@ impl Endpoint {
             .unwrap_or_default();
         host::write(&mut e, &links);
         system::write(&mut e);
-        if let Ok(containers) = self.shared.containers.lock() {
-            containers::write(&mut e, &containers, &links);
-        }
+        // What the rows need, copied out: the supervisor's publish never waits on a
+        // scrape's file reads.
+        let snapshot: Vec<containers::Seen> = match self.shared.containers.lock() {
+            Ok(c) => c.values().map(containers::Seen::of).collect(),
+            Err(_) => Vec::new(),
+        };
+        containers::write(&mut e, &snapshot, &links);
         self.store_rows(&mut e);
         pull_rows(&mut e);
         process_rows(&mut e);
@@ -360,7 +364,13 @@ enum Refusal {
 fn read_head(io: &mut impl Read) -> Result<Head, Refusal> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    // The whole head within IO_TIMEOUT (each read has it too): a client trickling a
+    // byte at a time cannot hold a slot.
+    let deadline = Instant::now() + IO_TIMEOUT;
     loop {
+        if Instant::now() > deadline {
+            return Err(Refusal::Io);
+        }
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             buf.truncate(end);
             break;

@@ -24,15 +24,37 @@ const STATES: [&str; 8] = [
 /// boot), and not at all when init was unreachable.
 static BOOTED: OnceLock<(String, String, String)> = OnceLock::new();
 
-fn ask_init(want_slots: bool) -> zbus::Result<(Vec<ServiceStatus>, Vec<SlotStatus>)> {
+fn unknown_slot() -> (String, String, String) {
+    (
+        env!("CARGO_PKG_VERSION").to_string(),
+        String::new(),
+        String::new(),
+    )
+}
+
+static UNKNOWN: std::sync::LazyLock<(String, String, String)> =
+    std::sync::LazyLock::new(unknown_slot);
+
+/// init's services, and its slots when asked (None when it could not say: not yet
+/// read, or no slots on this boot; `NotSupported` means none, kept as empty).
+fn ask_init(want_slots: bool) -> zbus::Result<(Vec<ServiceStatus>, Option<Vec<SlotStatus>>)> {
     zbus::block_on(async {
         let conn = berth_control::connect(Path::new(berth_control::INIT_SOCKET)).await?;
         let init = berth_control::InitProxy::new(&conn).await?;
         let services = init.services().await?;
         let slots = if want_slots {
-            init.slots().await.unwrap_or_default()
+            match init.slots().await {
+                Ok(s) => Some(s),
+                // Booted without the slots' bootloader: there are none to wait for.
+                Err(zbus::Error::MethodError(name, _, _))
+                    if name.as_str() == "org.freedesktop.DBus.Error.NotSupported" =>
+                {
+                    Some(Vec::new())
+                }
+                Err(_) => None,
+            }
         } else {
-            Vec::new()
+            None
         };
         Ok((services, slots))
     })
@@ -46,19 +68,18 @@ pub fn write(e: &mut Exposition) {
             return;
         }
     };
-    let booted = BOOTED.get_or_init(|| {
-        slots
-            .iter()
-            .find(|s| s.booted)
-            .map(|s| (s.version.clone(), s.build_id.clone(), s.slot.clone()))
-            .unwrap_or_else(|| {
-                (
-                    env!("CARGO_PKG_VERSION").to_string(),
-                    String::new(),
-                    String::new(),
-                )
-            })
-    });
+    // Kept once init answered about the slots (a machine without them has none to
+    // tell); until then the package's version, asked again at the next scrape.
+    let booted = match slots {
+        Some(slots) => BOOTED.get_or_init(|| {
+            slots
+                .iter()
+                .find(|s| s.booted)
+                .map(|s| (s.version.clone(), s.build_id.clone(), s.slot.clone()))
+                .unwrap_or_else(unknown_slot)
+        }),
+        None => BOOTED.get().unwrap_or(&UNKNOWN),
+    };
     e.family(
         "berth_info",
         Kind::Gauge,
