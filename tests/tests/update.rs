@@ -951,11 +951,12 @@ fn automatic_update_waits_for_the_fleet_lock_then_reboots_into_the_new_version()
     assert!(seen.line.contains("berth 0.3.0 "), "{}", seen.line);
     vm.wait_for_line_count("berth: ready", readies + 1, crate::common::BOOT_TIMEOUT)
         .expect("0.2.0 ready again");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    // The whole log (its checks every 10 s add lines), and time for a slow machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
     loop {
         let log = vm
-            .berthctl(&["service", "logs", "berth-autoupdate"])
-            .unwrap_or_default();
+            .berthctl(&["service", "logs", "berth-autoupdate", "-n", "1000"])
+            .unwrap_or_else(|e| format!("berthctl: {e}"));
         if log.contains("berth 0.3.0 lost its trial here") {
             break;
         }
