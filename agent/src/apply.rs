@@ -51,6 +51,27 @@ impl Targets {
     }
 }
 
+/// A checked `berth.NAME` section written as the TOML file its reader loads.
+fn section(
+    root: &Root,
+    name: &str,
+    value: &impl serde::Serialize,
+    path: &Path,
+    mode: u32,
+) -> Status {
+    let written = toml::to_string(value)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            let body = format!("# written by berth-agent from user-data's berth.{name}\n{text}");
+            root.replace(path, body.as_bytes(), mode, None)
+                .map_err(|e| e.to_string())
+        });
+    status(
+        format!("berth.{name}"),
+        written.map(|()| path.display().to_string()),
+    )
+}
+
 fn status(item: impl Into<String>, result: Result<String, String>) -> Status {
     match result {
         Ok(detail) => Status {
@@ -159,39 +180,14 @@ pub fn apply(
         ));
     }
     if let Some(u) = &s.update {
-        let written = toml::to_string(u)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                let body =
-                    format!("# written by berth-agent from user-data's berth.update\n{text}");
-                root.replace(Path::new(UPDATE), body.as_bytes(), 0o644, None)
-                    .map_err(|e| e.to_string())
-            });
-        out.push(status("berth.update", written.map(|()| UPDATE.to_string())));
+        out.push(section(&root, "update", u, Path::new(UPDATE), 0o644));
     }
     if let Some(m) = &s.metrics {
-        let written = toml::to_string(m)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                let body =
-                    format!("# written by berth-agent from user-data's berth.metrics\n{text}");
-                root.replace(Path::new(METRICS), body.as_bytes(), 0o600, None)
-                    .map_err(|e| e.to_string())
-            });
-        out.push(status(
-            "berth.metrics",
-            written.map(|()| METRICS.to_string()),
-        ));
+        // 0600: it may hold the token and the TLS key.
+        out.push(section(&root, "metrics", m, Path::new(METRICS), 0o600));
     }
     if let Some(l) = &s.logs {
-        let written = toml::to_string(l)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                let body = format!("# written by berth-agent from user-data's berth.logs\n{text}");
-                root.replace(Path::new(LOGS), body.as_bytes(), 0o644, None)
-                    .map_err(|e| e.to_string())
-            });
-        out.push(status("berth.logs", written.map(|()| LOGS.to_string())));
+        out.push(section(&root, "logs", l, Path::new(LOGS), 0o644));
     }
     for (name, text) in &s.containers {
         out.push(status(

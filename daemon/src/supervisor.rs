@@ -164,6 +164,11 @@ fn say(msg: &str) {
     eprintln!("berth-daemon: {msg}");
 }
 
+/// A container's cgroup directory, beside the daemon's own (see `cgroup_parent`).
+fn container_cgroup(parent: Option<&str>, name: &str) -> Option<PathBuf> {
+    parent.map(|p| PathBuf::from(format!("/sys/fs/cgroup{p}/{name}")))
+}
+
 fn epoch_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -365,11 +370,7 @@ impl Supervisor {
         };
         let decision = c.tally.on_exit(c.decl.restart, exit);
         // Its cgroup goes with the delete: count its OOM kills first.
-        let cgroup = self
-            .cgroup_parent
-            .as_ref()
-            .map(|p| PathBuf::from(format!("/sys/fs/cgroup{p}/{name}")));
-        let oom = cgroup
+        let oom = container_cgroup(self.cgroup_parent.as_deref(), name)
             .as_deref()
             .and_then(berth_runtime::cgroup::oom_kills)
             .unwrap_or(0);

@@ -53,10 +53,7 @@ impl Supervisor {
     fn published(&self, c: &Container) -> Published {
         let d = &c.decl;
         let ports: Vec<String> = d.ports.iter().map(port_text).collect();
-        let cgroup = self
-            .cgroup_parent
-            .as_ref()
-            .map(|p| PathBuf::from(format!("/sys/fs/cgroup{p}/{}", d.name)));
+        let cgroup = super::container_cgroup(self.cgroup_parent.as_deref(), &d.name);
         let error = match &c.state {
             State::Failed(e) => e.clone(),
             _ => String::new(),
