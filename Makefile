@@ -49,14 +49,26 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Unit and host tests, then the QEMU tests against the real test image.
+# Each QEMU test's VM time is printed at the end, pass or fail.
 test: lint image-test floor
+	rm -f $(OUT)/qemu-times.tsv
 	BERTH_TEST_IMAGE=$(CURDIR)/$(OUT)/test BERTH_KERNEL=$(CURDIR)/$(OUT)/test/vmlinuz \
-		$(CARGO) test --release --workspace
+		BERTH_TEST_TIMES=$(CURDIR)/$(OUT)/qemu-times.tsv \
+		$(CARGO) test --release --workspace; status=$$?; \
+		scripts/test-times.sh $(OUT)/qemu-times.tsv; exit $$status
 
+# Every goal of docs/benchmarks.md, each against a floor measured in the same run; the
+# table at the end (bench-summary) says which are met. Each JSON file records the commit.
+bench: export BERTH_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)
 bench: image image-test floor
 	$(BIN)/berth-vm bench --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img \
 		--floor-initrd $(OUT)/floor/initrd.img --disk $(OUT)/berth.raw \
-		--floor-disk $(OUT)/floor/floor.raw --firmware $(FIRMWARE) --runs 3 --json $(OUT)/bench.json
+		--floor-disk $(OUT)/floor/floor.raw --firmware uefi --runs 3 --json $(OUT)/bench.json
+	$(BIN)/berth-vm bench --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img \
+		--floor-initrd $(OUT)/floor/initrd.img --disk $(OUT)/berth.raw \
+		--floor-disk $(OUT)/floor/floor.raw --firmware bios --runs 3 --json $(OUT)/bench-bios.json
+	$(BIN)/berth-vm bench-demo --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img \
+		--disk $(OUT)/berth.raw --user-data demo/user-data.yaml --json $(OUT)/bench-demo.json
 	$(BIN)/berth-vm bench-runtimes --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
 		--runs 50 --json $(OUT)/bench-runtimes.json
 	$(BIN)/berth-vm bench-runtimes --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
@@ -69,6 +81,7 @@ bench: image image-test floor
 	$(BIN)/image-build image --variant test --out $(OUT)/test-newer --version 999.0.0 $(SIGN)
 	$(BIN)/berth-vm bench-update --kernel $(OUT)/test/vmlinuz --initrd $(OUT)/test/initrd.img \
 		--disk $(OUT)/test/berth.raw --newer $(OUT)/test-newer --json $(OUT)/bench-update.json
+	$(BIN)/berth-vm bench-summary --dir $(OUT)
 
 clean:
 	rm -rf $(OUT)

@@ -160,9 +160,20 @@ pub fn flush(patience: Duration) {
     }
 }
 
+/// The most events one `RecordEvents` call carries (init refuses more).
+pub const MAX_BATCH: usize = 64;
+
 fn deliver(rx: &Receiver<Event>) {
     let mut conn: Option<zbus::Connection> = None;
-    while let Ok(event) = rx.recv() {
+    while let Ok(first) = rx.recv() {
+        // What queued up meanwhile goes along: one call per burst, not per event.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
         // Two tries: the first call may race init's socket, or find an old connection.
         for _ in 0..2 {
             let sent = zbus::block_on(async {
@@ -172,7 +183,7 @@ fn deliver(rx: &Receiver<Event>) {
                 };
                 crate::InitProxy::new(&c)
                     .await?
-                    .record_event(&event)
+                    .record_events(&batch)
                     .await?;
                 conn = Some(c);
                 Ok::<(), zbus::Error>(())
@@ -181,7 +192,7 @@ fn deliver(rx: &Receiver<Event>) {
                 break;
             }
         }
-        PENDING.fetch_sub(1, Ordering::SeqCst);
+        PENDING.fetch_sub(batch.len(), Ordering::SeqCst);
     }
 }
 

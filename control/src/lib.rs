@@ -80,6 +80,19 @@ pub struct ExitRecord {
     pub at_ms: u64,
 }
 
+/// One of Berth's own processes and what it holds in memory (`berthctl memory`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct ProcessMemory {
+    /// The service it runs in, or `init`.
+    pub service: String,
+    pub pid: u32,
+    pub command: String,
+    /// Resident, counting shared pages whole.
+    pub rss_kb: u64,
+    /// Resident, each shared page divided among the processes mapping it: these add up.
+    pub pss_kb: u64,
+}
+
 /// One step of the boot: its name and when it ended, in milliseconds since the kernel
 /// started (so the steps are the differences).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
@@ -136,8 +149,13 @@ pub trait Init {
     /// The events init keeps (services', and those Berth's parts record), numbered
     /// after `after`, oldest first.
     fn events(&self, after: u64) -> zbus::Result<Vec<Event>>;
-    /// For Berth's own parts (the daemon, the updater): adds an event to init's ring.
-    fn record_event(&self, event: &Event) -> zbus::Result<()>;
+    /// For Berth's own parts (the daemon, the updater): adds events to init's ring, in
+    /// order (a batch per call: a hundred containers starting make one call, not two
+    /// hundred).
+    fn record_events(&self, events: &[Event]) -> zbus::Result<()>;
+    /// Init's and every service's processes, with their RSS and PSS (containers left
+    /// out).
+    fn memory(&self) -> zbus::Result<Vec<ProcessMemory>>;
 }
 
 /// Where `berth-updater` keeps what an update is doing or last did (tmpfs: a reboot

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use berth_control::{BootPhase, InitProxy, RuntimeProxy, ServiceStatus, SlotStatus};
+use berth_control::{BootPhase, InitProxy, ProcessMemory, RuntimeProxy, ServiceStatus, SlotStatus};
 use clap::{Parser, Subcommand};
 
 mod config;
@@ -62,6 +62,8 @@ enum Cmd {
     Poweroff,
     /// How long each boot phase took.
     BootTime,
+    /// What init and each service's processes hold in memory (RSS and PSS), and the sum.
+    Memory,
     /// The boot slots: each one's version, root hash, state and tries left, and which
     /// one booted.
     Slots,
@@ -224,6 +226,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Cmd::BootTime => {
             let phases = init.boot_timeline().await.map_err(err)?;
             print_timeline(&phases, cli.json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Memory => {
+            let rows = init.memory().await.map_err(err)?;
+            print_memory(&rows, cli.json);
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Slots => {
@@ -406,6 +413,34 @@ fn print_services(list: &[ServiceStatus], json: bool) {
         &["NAME", "STATE", "PID", "RESTARTS", "LAST EXIT", "STATUS"],
         &rows,
     );
+}
+
+fn print_memory(rows: &[ProcessMemory], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows).unwrap_or_default());
+        return;
+    }
+    let kb = |v: u64| format!("{v} KB");
+    let mut table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.service.clone(),
+                r.pid.to_string(),
+                r.command.clone(),
+                kb(r.rss_kb),
+                kb(r.pss_kb),
+            ]
+        })
+        .collect();
+    table.push(vec![
+        "total".into(),
+        String::new(),
+        format!("{} processes", rows.len()),
+        kb(rows.iter().map(|r| r.rss_kb).sum()),
+        kb(rows.iter().map(|r| r.pss_kb).sum()),
+    ]);
+    print_table(&["SERVICE", "PID", "COMMAND", "RSS", "PSS"], &table);
 }
 
 fn print_slots(slots: &[SlotStatus], json: bool) {

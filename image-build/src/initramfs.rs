@@ -56,9 +56,19 @@ const MERGED_USR: &[(&str, &str)] = &[
     ("lib64", "usr/lib64"),
 ];
 
-pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
+/// Which of kernel-config's modules an initramfs carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Modules {
+    /// All of them: the tree that is also the root.
+    All,
+    /// Those marked `stage1`: what finds and verifies the root.
+    Stage1,
+}
+
+/// The skeleton every initramfs starts from: merged /usr, the console, the mount points,
+/// init (also the kernel's module helper).
+fn skeleton(init: &Path) -> Result<Archive> {
     let mut a = Archive::default();
-    let mut contents = Contents::default();
     for (link, target) in MERGED_USR {
         a.add_symlink(link, target)?;
         a.add(target, Node::Dir { mode: 0o755 })?;
@@ -67,11 +77,34 @@ pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
     for dir in ["proc", "sys", "run", "tmp", "etc", "var"] {
         a.add(dir, Node::Dir { mode: 0o755 })?;
     }
-
-    add_etc_defaults(&mut a)?;
-    let init = inputs.bin_dir.join("init");
-    a.add_host_file("init", 0o755, &init)?;
+    a.add_host_file("init", 0o755, init)?;
     a.add_symlink("usr/sbin/modprobe", "/init")?;
+    Ok(a)
+}
+
+/// The initramfs a disk boots (the ESP's, and each update's): init, the libraries it
+/// loads, and the modules marked `stage1`. Stage 1 needs nothing else to find, verify
+/// and switch to the root; stage 2 loads the other modules from the root's full set. The
+/// firmware and the kernel read and unpack a fraction of the whole tree.
+pub fn stage1(kernel: &Kernel, bin_dir: &Path) -> Result<(Archive, Contents)> {
+    let init = bin_dir.join("init");
+    let mut a = skeleton(&init)?;
+    let mut contents = Contents {
+        libraries: add_libraries(&mut a, &[init])?,
+        ..Contents::default()
+    };
+    let (modules, early) = add_modules(&mut a, kernel, Modules::Stage1)?;
+    contents.modules = modules;
+    contents.early_modules = early;
+    contents.uncompressed_bytes = a.content_bytes();
+    Ok((a, contents))
+}
+
+pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
+    let init = inputs.bin_dir.join("init");
+    let mut a = skeleton(&init)?;
+    let mut contents = Contents::default();
+    add_etc_defaults(&mut a)?;
     a.add_host_file("usr/sbin/mkfs.btrfs", 0o755, &inputs.mkfs_btrfs)?;
     a.add_symlink("usr/bin/berthctl", "/init")?;
     let mut binaries = vec![init, inputs.mkfs_btrfs.clone()];
@@ -81,7 +114,7 @@ pub fn build(kernel: &Kernel, inputs: &Inputs) -> Result<(Archive, Contents)> {
     }
     check_services(&a)?;
     contents.libraries = add_libraries(&mut a, &binaries)?;
-    let (modules, early) = add_modules(&mut a, kernel)?;
+    let (modules, early) = add_modules(&mut a, kernel, Modules::All)?;
     contents.modules = modules;
     contents.early_modules = early;
     contents.uncompressed_bytes = a.content_bytes();
@@ -301,7 +334,11 @@ fn image_path_in_usr(path: &str) -> String {
 
 /// Checks the kernel config against kernel-config/, then carries the listed modules and
 /// everything they need, with an index restricted to them and the early list.
-fn add_modules(a: &mut Archive, kernel: &Kernel) -> Result<(Vec<String>, Vec<String>)> {
+fn add_modules(
+    a: &mut Archive,
+    kernel: &Kernel,
+    which: Modules,
+) -> Result<(Vec<String>, Vec<String>)> {
     let config = kernel_config::KernelConfig::load(&kernel.config())
         .with_context(|| format!("reading {}", kernel.config().display()))?;
     let report = kernel_config::check(&kernel_config::fragment(), &config);
@@ -316,8 +353,12 @@ fn add_modules(a: &mut Archive, kernel: &Kernel) -> Result<(Vec<String>, Vec<Str
     let dir = kernel.modules_dir();
     let index = ModuleIndex::load(&dir)
         .with_context(|| format!("reading the module index in {}", dir.display()))?;
+    let wanted = match which {
+        Modules::All => &report.modules,
+        Modules::Stage1 => &report.stage1,
+    };
     let closure = index
-        .closure(&report.modules)
+        .closure(wanted)
         .context("closing the module list over its dependencies")?;
     let keep: BTreeSet<String> = closure.iter().cloned().collect();
     let base = format!("usr/lib/modules/{}", kernel.release);

@@ -1,8 +1,9 @@
 //! `image-build`: makes Berth's boot artifacts from Debian packages and the workspace's
 //! binaries, without root, loop devices or mounts.
 //!
-//! `image-build image` writes into the output directory `vmlinuz`, `initrd.img` (for
-//! `-kernel` boots), `berth.raw` (the GPT disk: ESP with BIOS and UEFI boot, verified erofs
+//! `image-build image` writes into the output directory `vmlinuz`, `initrd.img` (the
+//! whole tree, the root of `-kernel` boots), `initrd-stage1.img` (what the disk boots:
+//! only what finds and verifies the root), `berth.raw` (the GPT disk: ESP with BIOS and UEFI boot, verified erofs
 //! root in slot A, empty slot B), `berth.qcow2`, `berth-gce.tar.gz` and `manifest.json`;
 //! `image-build floor` writes the kernel-only floor initramfs `make bench` compares with.
 
@@ -26,6 +27,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use initramfs::{Inputs, Variant};
+
+/// The initramfs on the ESP and in the update payload: stage 1 only.
+pub const DISK_INITRD: &str = "initrd-stage1.img";
 
 /// zstd level for the initramfs: 19 is slow to build (seconds) and fast to unpack.
 const ZSTD_LEVEL: i32 = 19;
@@ -191,6 +195,9 @@ fn build_image(
         .with_context(|| format!("reading {}", kernel.vmlinuz().display()))?;
     write(&out.join("vmlinuz"), &vmlinuz)?;
     write(&out.join("initrd.img"), &initrd)?;
+    let (stage1, stage1_contents) = initramfs::stage1(&kernel, &inputs.bin_dir)?;
+    let stage1 = stage1.to_zstd(ZSTD_LEVEL)?;
+    write(&out.join(DISK_INITRD), &stage1)?;
     // The kernel's config beside it, for kernel-config-check and for operators.
     let config = std::fs::read(kernel.config())
         .with_context(|| format!("reading {}", kernel.config().display()))?;
@@ -213,6 +220,14 @@ fn build_image(
             "early_modules": contents.early_modules,
             "libraries": contents.libraries,
         },
+        "disk_initramfs": {
+            "file": DISK_INITRD,
+            "bytes": stage1.len(),
+            "uncompressed_content_bytes": stage1_contents.uncompressed_bytes,
+            "modules": stage1_contents.modules,
+            "early_modules": stage1_contents.early_modules,
+            "libraries": stage1_contents.libraries,
+        },
     });
     let ssh = OpenSsh::fetch(cache)?;
     let mut root_tree = root_tree(&archive, &inputs.bin_dir, &busybox_bin, &ssh)?;
@@ -229,7 +244,7 @@ fn build_image(
     let disk = build_disk(
         &root_tree,
         &kernel.vmlinuz(),
-        &out.join("initrd.img"),
+        &out.join(DISK_INITRD),
         &grub,
         out,
         version,
@@ -240,7 +255,7 @@ fn build_image(
         &update::Parts {
             root: &disk.root,
             vmlinuz: &out.join("vmlinuz"),
-            initrd: &out.join("initrd.img"),
+            initrd: &out.join(DISK_INITRD),
             cmdline: BASE_CMDLINE,
             version,
             build_id: &disk.build_id,
@@ -253,12 +268,14 @@ fn build_image(
     let text = serde_json::to_string_pretty(&manifest).context("rendering manifest.json")?;
     write(&out.join("manifest.json"), text.as_bytes())?;
     eprintln!(
-        "image-build: {} variant: kernel {} ({} KiB), initramfs {} KiB ({} modules) in {}",
+        "image-build: {} variant: kernel {} ({} KiB), initramfs {} KiB ({} modules), the disk's stage-1 initramfs {} KiB ({} modules) in {}",
         format!("{variant:?}").to_lowercase(),
         kernel.release,
         vmlinuz.len() / 1024,
         initrd.len() / 1024,
         contents.modules.len(),
+        stage1.len() / 1024,
+        stage1_contents.modules.len(),
         out.display()
     );
     Ok(())

@@ -20,7 +20,7 @@ use crate::debs::run;
 pub struct Request<'a> {
     /// The disk image to change (raw).
     pub disk: &'a Path,
-    /// A build's output directory: vmlinuz, initrd.img, manifest.json, .build/root.img.
+    /// A build's output directory: vmlinuz, initrd-stage1.img, manifest.json, .build/root.img.
     pub from: &'a Path,
     pub slot: Slot,
     /// The version `slot.json` records (default: the build's).
@@ -96,7 +96,10 @@ pub fn write(req: &Request<'_>) -> Result<()> {
     let _ = mtools(&esp_at, "mmd", &[&dir]);
     for (name, bytes) in [
         ("vmlinuz", std::fs::read(req.from.join("vmlinuz"))?),
-        ("initrd.img", std::fs::read(req.from.join("initrd.img"))?),
+        (
+            "initrd.img",
+            std::fs::read(req.from.join(crate::DISK_INITRD))?,
+        ),
         (script::SLOT_CONFIG, boot_cfg.into_bytes()),
         (slotinfo::FILE, info.to_bytes()?),
     ] {

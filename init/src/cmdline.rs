@@ -23,6 +23,10 @@ pub struct Cmdline {
     pub slot: Option<String>,
     /// `berth.trial`: GRUB booted the slot on trial, having spent one of its tries.
     pub trial: bool,
+    /// The kernel's own `panic=SECONDS` (positive: reboot after that long). A fatal
+    /// stage 1 on a trial waits the same before its reboot, so one setting says how long
+    /// a failed boot stays on the console.
+    pub panic_seconds: Option<u64>,
 }
 
 impl Cmdline {
@@ -51,6 +55,7 @@ impl Cmdline {
                 "berth.verity.salt" => cmdline.verity_salt = value(v),
                 // A malformed number is kept as None; stage 1 then says what is missing.
                 "berth.verity.blocks" => cmdline.verity_blocks = v.parse().ok(),
+                "panic" => cmdline.panic_seconds = v.parse().ok().filter(|s| *s > 0),
                 "berth.start" => cmdline
                     .start
                     .extend(v.split(',').filter(|n| !n.is_empty()).map(String::from)),
@@ -91,6 +96,16 @@ mod tests {
         let c = Cmdline::parse("berth.slot=a berth.trials");
         assert_eq!(c.slot.as_deref(), Some("a"));
         assert!(!c.trial);
+    }
+
+    #[test]
+    fn reads_the_kernels_panic_timeout_last_one_wins() {
+        let c = Cmdline::parse("panic=10 berth.slot=b panic=1");
+        assert_eq!(c.panic_seconds, Some(1));
+        // 0 (wait forever) and -1 (at once) are not waits a trial reboot takes.
+        assert_eq!(Cmdline::parse("panic=0").panic_seconds, None);
+        assert_eq!(Cmdline::parse("panic=-1").panic_seconds, None);
+        assert_eq!(Cmdline::parse("quiet").panic_seconds, None);
     }
 
     #[test]

@@ -101,19 +101,25 @@ fn signal_fd() -> nix::Result<SignalFd> {
 /// slot's next try, and once they are spent GRUB boots the other slot. (Read from
 /// /proc/cmdline directly: a failure may come before anything else was read.)
 fn trial_reboot() {
-    let trial = cmdline::Cmdline::read(Path::new("/proc/cmdline")).is_ok_and(|c| c.trial);
-    if !trial {
+    let Ok(cmdline) = cmdline::Cmdline::read(Path::new("/proc/cmdline")) else {
+        return;
+    };
+    if !cmdline.trial {
         return;
     }
+    let delay = cmdline
+        .panic_seconds
+        .map_or(TRIAL_REBOOT_DELAY, |s| Duration::from_secs(s.min(300)));
     log::bare(format_args!(
         "berth: this was a trial boot: rebooting in {} s to try again or fall back",
-        TRIAL_REBOOT_DELAY.as_secs()
+        delay.as_secs()
     ));
-    std::thread::sleep(TRIAL_REBOOT_DELAY);
+    std::thread::sleep(delay);
     shutdown::finish(shutdown::Action::Reboot)
 }
 
-/// As the kernel's `panic=10`: long enough to read the error on a console.
+/// Without `panic=` on the command line: long enough to read the error on a console
+/// (the image's own command line says `panic=10`).
 const TRIAL_REBOOT_DELAY: Duration = Duration::from_secs(10);
 
 /// Prints the fatal line and returns a supervisor with nothing to supervise, so the

@@ -39,6 +39,9 @@ pub struct Requirement {
     pub want: Want,
     pub module: Option<String>,
     pub early: bool,
+    /// Stage 1 needs it to find and verify the root: it goes into the small initramfs a
+    /// disk boots (the others come from the root, once stage 2 runs). `early` implies it.
+    pub stage1: bool,
     /// The `## ` heading it sits under.
     pub section: String,
     pub line: usize,
@@ -56,12 +59,19 @@ pub struct FragmentError {
     pub reason: String,
 }
 
+/// A `# module:` line's flags.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags {
+    early: bool,
+    stage1: bool,
+}
+
 /// Parses a fragment. A `# module:` line must be followed directly by an `=m` option.
 pub fn parse_fragment(text: &str) -> Result<Fragment, FragmentError> {
     let mut fragment = Fragment::default();
     let mut section = String::new();
-    // (module, early, line) waiting for its option.
-    let mut pending: Option<(String, bool, usize)> = None;
+    // (module, flags, line) waiting for its option.
+    let mut pending: Option<(String, Flags, usize)> = None;
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = raw.trim();
@@ -77,12 +87,16 @@ pub fn parse_fragment(text: &str) -> Result<Fragment, FragmentError> {
             let name = words
                 .next()
                 .ok_or_else(|| err("`# module:` without a name".into()))?;
-            let early = match words.next() {
-                None => false,
-                Some("early") => true,
-                Some(other) => return Err(err(format!("unknown module flag {other:?}"))),
-            };
-            pending = Some((name.to_string(), early, line_no));
+            let mut flags = Flags::default();
+            for word in words {
+                match word {
+                    "early" => flags.early = true,
+                    "stage1" => flags.stage1 = true,
+                    other => return Err(err(format!("unknown module flag {other:?}"))),
+                }
+            }
+            flags.stage1 |= flags.early;
+            pending = Some((name.to_string(), flags, line_no));
             continue;
         }
         let parsed = parse_option_line(line).map_err(err)?;
@@ -97,21 +111,22 @@ pub fn parse_fragment(text: &str) -> Result<Fragment, FragmentError> {
             }
             continue;
         };
-        let (module, early) = match pending.take() {
-            Some((m, early, _)) if want == Want::ModuleOrBuiltIn => (Some(m), early),
+        let (module, flags) = match pending.take() {
+            Some((m, flags, _)) if want == Want::ModuleOrBuiltIn => (Some(m), flags),
             Some((m, _, at)) => {
                 return Err(FragmentError {
                     line: at,
                     reason: format!("module {m} annotates CONFIG_{option}, which is not =m"),
                 })
             }
-            None => (None, false),
+            None => (None, Flags::default()),
         };
         fragment.requirements.push(Requirement {
             option,
             want,
             module,
-            early,
+            early: flags.early,
+            stage1: flags.stage1,
             section: section.clone(),
             line: line_no,
         });
@@ -231,6 +246,8 @@ pub struct Report {
     pub modules: Vec<String>,
     /// Of those, the ones PID 1 loads at boot.
     pub early: Vec<String>,
+    /// Of those, the ones stage 1 needs to find and verify the root.
+    pub stage1: Vec<String>,
 }
 
 pub fn check(fragment: &Fragment, config: &KernelConfig) -> Report {
@@ -257,6 +274,9 @@ pub fn check(fragment: &Fragment, config: &KernelConfig) -> Report {
             report.modules.push(module.clone());
             if req.early {
                 report.early.push(module.clone());
+            }
+            if req.stage1 {
+                report.stage1.push(module.clone());
             }
         }
     }

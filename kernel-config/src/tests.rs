@@ -103,3 +103,47 @@ fn debian_kernel_passes_if_present() {
         assert!(index.contains(m), "{m} is not a module of this kernel");
     }
 }
+
+#[test]
+fn stage1_flag_and_early_implying_it() {
+    let f = parse_fragment(
+        "## S\n# module: a early\nCONFIG_A=m\n# module: b stage1\nCONFIG_B=m\n# module: c\nCONFIG_C=m\n# module: d stage1 early\nCONFIG_D=m\n",
+    )
+    .unwrap();
+    let flags: Vec<(bool, bool)> = f.requirements.iter().map(|r| (r.early, r.stage1)).collect();
+    assert_eq!(
+        flags,
+        [(true, true), (false, true), (false, false), (true, true)]
+    );
+    let r = check(
+        &f,
+        &KernelConfig::parse("CONFIG_A=m\nCONFIG_B=m\nCONFIG_C=m\nCONFIG_D=y\n"),
+    );
+    // D is built in: nothing to carry in either initramfs.
+    assert_eq!(r.stage1, ["a", "b"]);
+    assert_eq!(r.early, ["a"]);
+}
+
+#[test]
+fn the_shipped_stage1_set_finds_and_verifies_a_root() {
+    let f = parse_fragment(FRAGMENT).unwrap();
+    let stage1: Vec<&str> = f
+        .requirements
+        .iter()
+        .filter(|r| r.stage1)
+        .filter_map(|r| r.module.as_deref())
+        .collect();
+    for needed in [
+        "erofs",
+        "dm_mod",
+        "dm_verity",
+        "virtio_blk",
+        "virtio_scsi",
+        "nvme",
+    ] {
+        assert!(stage1.contains(&needed), "{needed} missing from {stage1:?}");
+    }
+    for later in ["btrfs", "virtio_net", "nf_tables", "vfat"] {
+        assert!(!stage1.contains(&later), "{later} is stage 2's");
+    }
+}

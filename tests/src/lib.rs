@@ -3,7 +3,9 @@
 //! on a unix socket, and (for the test image) berth-testd on a virtio-serial port.
 
 pub mod accel;
+pub mod bench_report;
 pub mod console;
+pub mod demo_bench;
 pub mod frames;
 pub mod http;
 pub mod lock;

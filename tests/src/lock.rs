@@ -2,7 +2,9 @@
 //! parallel threads or processes would only slow each other into timeouts.
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, Flock, FlockArg};
@@ -13,6 +15,42 @@ pub const DEFAULT_LOCK: &str = "/tmp/berth-vm.lock";
 pub struct VmLock {
     lock: Flock<File>,
     pub path: PathBuf,
+    taken: Instant,
+}
+
+/// Where each VM's time is appended when set (`make test` prints the sum per test).
+pub const TIMES_ENV: &str = "BERTH_TEST_TIMES";
+
+impl Drop for VmLock {
+    /// One line per VM, `test-name<TAB>seconds`: libtest names each test's thread after
+    /// the test, so a test that boots three machines gets three lines under one name.
+    /// The wait for the lock is not counted, only the time the VM held the machine.
+    fn drop(&mut self) {
+        let Some(path) = std::env::var_os(TIMES_ENV) else {
+            return;
+        };
+        let thread = std::thread::current();
+        // A tool's main thread (berth-vm run by a test) is named after the tool.
+        let name = match thread.name() {
+            Some("main") | None => std::env::current_exe()
+                .ok()
+                .and_then(|e| e.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .map_or("a process of its own".into(), |n| {
+                    format!("{n} (its own process)")
+                }),
+            Some(test) => test.to_string(),
+        };
+        let line = format!("{name}\t{:.1}\n", self.taken.elapsed().as_secs_f64());
+        // One write with O_APPEND: lines of concurrent processes never interleave.
+        let written = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("recording the VM's time in {}: {e}", path.to_string_lossy());
+        }
+    }
 }
 
 impl VmLock {
@@ -46,6 +84,7 @@ pub fn lock_file(path: &Path) -> Result<VmLock> {
     Ok(VmLock {
         lock,
         path: path.to_path_buf(),
+        taken: Instant::now(),
     })
 }
 

@@ -168,8 +168,7 @@ pub fn run(agent: &Path, lines: u64, json: Option<&Path>) -> Result<()> {
             "berth_lines_per_second": berth_rate,
             "imfile_lines_per_second": floor_rate,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::bench_report::write(path, report)?;
     }
     Ok(())
 }

@@ -124,8 +124,7 @@ pub fn run(i: &Inputs<'_>, json: Option<&Path>) -> Result<()> {
             "archive_bytes": archive,
             "blob_bytes": blobs,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::bench_report::write(path, report)?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::{
-    boot, config, disk_cmdline, image_dir, manifest, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT,
+    boot, config, direct_disk_boot, image_dir, manifest, BOOT_TIMEOUT, SHUTDOWN_TIMEOUT,
 };
 use berth_tests::testd::TestdClient;
 use berth_tests::vm::{DiskBus, Firmware, Vm, VmConfig};
@@ -23,10 +23,8 @@ fn firmware_config(name: &str, firmware: Firmware) -> VmConfig {
 }
 
 fn direct_disk_config(name: &str, bus: DiskBus) -> VmConfig {
-    let mut cfg = config(name);
-    cfg.disk = Some(raw_disk());
+    let mut cfg = direct_disk_boot(name, &raw_disk());
     cfg.disk_bus = bus;
-    cfg.append = disk_cmdline();
     cfg
 }
 
@@ -241,6 +239,28 @@ fn image_sizes_are_in_bounds() {
     let m = manifest();
     let qcow2 = m["disk"]["qcow2_bytes"].as_u64().unwrap();
     assert!(qcow2 < 100 * 1024 * 1024, "qcow2 is {qcow2} bytes");
+    // The disk boots the stage-1 initramfs: the root's finders only, a fraction of the
+    // whole tree; every disk boot in these tests goes through it.
+    let full = m["initramfs"]["bytes"].as_u64().unwrap();
+    let stage1 = &m["disk_initramfs"];
+    let bytes = stage1["bytes"].as_u64().unwrap();
+    assert!(bytes * 2 < full, "stage 1 {bytes} bytes against {full}");
+    let modules: Vec<&str> = stage1["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for needed in ["dm_verity", "erofs", "virtio_blk", "nvme", "virtio_scsi"] {
+        assert!(modules.contains(&needed), "{needed}: {modules:?}");
+    }
+    assert!(!modules.contains(&"btrfs"), "{modules:?}");
+    assert_eq!(
+        std::fs::metadata(image_dir().join("initrd-stage1.img"))
+            .unwrap()
+            .len(),
+        bytes
+    );
     let gce = std::fs::metadata(image_dir().join("berth-gce.tar.gz"))
         .unwrap()
         .len();

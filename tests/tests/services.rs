@@ -48,8 +48,9 @@ fn log_of(vm: &Vm, name: &str) -> String {
 #[test]
 fn supervises_restarts_fd_store_exit_forwarding_and_crash_loops() {
     let mut cfg = config("services");
-    cfg.append = "berth.start=test-notify,test-crash,test-after-crash,test-delegate".into();
-    let vm = boot(cfg);
+    cfg.append =
+        "berth.start=test-notify,test-crash,test-after-crash,test-delegate,test-ignore-term".into();
+    let mut vm = boot(cfg);
     let console = vm.console();
     let ready = console
         .lines()
@@ -232,19 +233,18 @@ fn supervises_restarts_fd_store_exit_forwarding_and_crash_loops() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no-such"));
+
+    // Last, on the same machine: the power-off with a service that ignores SIGTERM.
+    a_service_that_ignores_sigterm_is_killed_and_shutdown_completes(&mut vm);
 }
 
-#[test]
-fn a_service_that_ignores_sigterm_is_killed_and_shutdown_completes() {
-    let mut cfg = config("services-term");
-    cfg.append = "berth.start=test-ignore-term".into();
-    let mut vm = boot(cfg);
-    let s = wait_for(&vm, "test-ignore-term", "ready", BOOT_TIMEOUT, |s| {
+fn a_service_that_ignores_sigterm_is_killed_and_shutdown_completes(vm: &mut Vm) {
+    let s = wait_for(vm, "test-ignore-term", "ready", BOOT_TIMEOUT, |s| {
         s["state"] == "ready"
     });
     assert!(s["pid"].as_u64() > Some(0));
     // The service's output is in its log, not on the console.
-    assert!(log_of(&vm, "test-ignore-term").contains("stdout ignoring SIGTERM"));
+    assert!(log_of(vm, "test-ignore-term").contains("stdout ignoring SIGTERM"));
     vm.berthctl(&["poweroff"]).expect("berthctl poweroff");
     let exit = vm.wait_exit(SHUTDOWN_TIMEOUT).expect("the VM powers off");
     assert!(exit.status.success(), "{exit:?}");
@@ -284,4 +284,9 @@ fn a_shutdown_during_startup_completes() {
         "{console}"
     );
     assert!(!console.contains("berth: ready"), "{console}");
+    // ctrl-alt-del reaches init as SIGINT and means a reboot (the guest reset above).
+    assert!(
+        console.contains("shutdown: reboot: stopping services"),
+        "{console}"
+    );
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{boot, config, disk_cmdline, image_dir, SHUTDOWN_TIMEOUT};
+use crate::common::{boot, direct_disk_boot, image_dir, SHUTDOWN_TIMEOUT};
 use berth_tests::testd::TestdClient;
 use berth_tests::vm::{create_overlay, Vm, VmConfig};
 
@@ -17,10 +17,8 @@ fn fresh_disk(dir: &Path) -> PathBuf {
 }
 
 fn disk_config(name: &str, disk: &Path) -> VmConfig {
-    let mut cfg = config(name);
-    cfg.disk = Some(disk.to_path_buf());
+    let mut cfg = direct_disk_boot(name, disk);
     cfg.disk_persistent = true;
-    cfg.append = disk_cmdline();
     cfg
 }
 

@@ -103,7 +103,10 @@ fn the_payload_is_a_signed_oci_artifact_whose_parts_are_what_the_manifest_names(
     }
     let root = [data, tree].concat();
     assert_eq!(kernel, std::fs::read(out.join("vmlinuz")).unwrap());
-    assert_eq!(initrd, std::fs::read(out.join("initrd.img")).unwrap());
+    assert_eq!(
+        initrd,
+        std::fs::read(out.join("initrd-stage1.img")).unwrap()
+    );
     let image: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(

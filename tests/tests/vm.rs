@@ -80,29 +80,6 @@ fn boots_to_ready_reaps_orphans_loads_drivers_and_powers_off_on_acpi_powerdown()
     assert!(!console.contains("Kernel panic"), "{console}");
 }
 
-#[test]
-fn ctrl_alt_del_reboots() {
-    let mut cfg = config("ctrl-alt-del");
-    // A guest reset then ends QEMU, with the reset recorded as the reason.
-    cfg.no_reboot = true;
-    let mut vm = boot(cfg);
-    vm.send_ctrl_alt_del().expect("send-key ctrl-alt-delete");
-    let exit = vm
-        .wait_exit(SHUTDOWN_TIMEOUT)
-        .expect("QEMU exits after the guest reboots");
-    let console = vm.console();
-    assert!(
-        console.contains("shutdown: reboot: stopping services"),
-        "{console}"
-    );
-    assert!(console.contains("shutdown: rebooting"), "{console}");
-    assert!(
-        exit.shutdown_reasons.iter().any(|r| r == "guest-reset"),
-        "expected a guest reset, saw {:?}",
-        exit.shutdown_reasons
-    );
-}
-
 fn orphaned_zombies_are_reaped_by_init(testd: &mut TestdClient) {
     // The shell exits at once; its background child is re-parented to PID 1 and exits
     // two seconds later. Unreaped, it would stay in /proc as a zombie (state Z). Its

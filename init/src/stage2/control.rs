@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use berth_control::{
-    BootPhase, Event, ExitRecord, LogChunk, ServiceStatus, SlotStatus, UpdateRequest, UpdateStatus,
-    CONTROL_PORT, INIT_PATH, UPDATER_SERVICE, UPDATE_REQUEST, UPDATE_STATUS,
+    BootPhase, Event, ExitRecord, LogChunk, ProcessMemory, ServiceStatus, SlotStatus,
+    UpdateRequest, UpdateStatus, CONTROL_PORT, INIT_PATH, UPDATER_SERVICE, UPDATE_REQUEST,
+    UPDATE_STATUS,
 };
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -486,12 +487,37 @@ impl Api {
             .map_err(|_| fdo::Error::Failed("state unavailable".into()))
     }
 
-    async fn record_event(&self, event: Event) -> fdo::Result<()> {
+    async fn memory(&self) -> fdo::Result<Vec<ProcessMemory>> {
+        let running: Vec<(String, u32)> = self
+            .snapshot
+            .lock()
+            .map_err(|_| fdo::Error::Failed("state unavailable".into()))?
+            .services
+            .iter()
+            .filter(|s| s.pid != 0)
+            .map(|s| (s.name.clone(), s.pid))
+            .collect();
+        // Read outside the lock: the main loop never waits on /proc.
+        Ok(super::memory::report(
+            running.iter().map(|(n, p)| (n.as_str(), *p)),
+        ))
+    }
+
+    async fn record_events(&self, events: Vec<Event>) -> fdo::Result<()> {
+        if events.len() > berth_control::events::MAX_BATCH {
+            return Err(fdo::Error::InvalidArgs(format!(
+                "{} events in one call; at most {}",
+                events.len(),
+                berth_control::events::MAX_BATCH
+            )));
+        }
         let mut snap = self
             .snapshot
             .lock()
             .map_err(|_| fdo::Error::Failed("state unavailable".into()))?;
-        snap.events.push(event);
+        for event in events {
+            snap.events.push(event);
+        }
         Ok(())
     }
 
@@ -740,9 +766,11 @@ mod tests {
             assert!(init.read_log("../etc/x", 0, 0).await.is_err());
             init.restart("svc").await.unwrap();
             // A restart and a failure (once each), then what a peer records.
-            init.record_event(&Event::new("container", "start", "web"))
+            init.record_events(&[Event::new("container", "start", "web")])
                 .await
                 .unwrap();
+            let too_many = vec![Event::new("container", "start", "x"); 65];
+            assert!(init.record_events(&too_many).await.is_err());
             let events = init.events(0).await.unwrap();
             let seen: Vec<(&str, &str)> = events
                 .iter()

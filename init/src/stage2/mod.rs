@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod etc;
+pub mod memory;
 pub mod power_button;
 pub mod services;
 pub mod slots;

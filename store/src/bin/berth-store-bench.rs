@@ -334,7 +334,13 @@ fn bench(runs: usize, json: Option<&Path>) -> Result<()> {
                 .enumerate()
                 .map(|(i, n)| serde_json::json!({"tool": n, "median_ms": medians[i], "runs_ms": times[i], "peak_rss_kb": rss[i]}))
                 .collect();
-            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            // The commit `make bench` measured (it sets BERTH_COMMIT for every bench).
+            let doc = serde_json::json!({
+                "commit": std::env::var("BERTH_COMMIT").unwrap_or_else(|_| "unknown".into()),
+                "date": berth_schema::time::now_rfc3339(),
+                "results": report,
+            });
+            std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
         }
         Ok(())
     })();

@@ -2,6 +2,11 @@
 //! bundle with berth-runtime, crun and runc, interleaved, and prints JSON (median and
 //! minimum milliseconds, peak RSS of each runtime's processes). `make bench` runs it
 //! through testd in a cgroup-v2 guest.
+//!
+//! Beside them, the namespace floor: busybox `unshare` into the same five namespaces the
+//! bundle asks for (mount, UTS, IPC, network, PID), `chroot` into its rootfs and exec of
+//! `/bin/true`. What the kernel charges for isolation alone, without a runtime's mounts,
+//! cgroup, capabilities, seccomp or state.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -12,6 +17,8 @@ use nix::unistd::Pid;
 
 struct Runtime {
     name: &'static str,
+    /// The floor is no OCI runtime: it runs once, with the arguments the bundle gives.
+    floor: bool,
     bin: &'static str,
     /// The guest's root is an initramfs, where pivot_root cannot work: crun and runc
     /// need telling; berth-runtime notices by itself.
@@ -31,6 +38,7 @@ fn main() -> ExitCode {
     let mut runtimes = vec![
         Runtime {
             name: "berth-runtime",
+            floor: false,
             bin: "/usr/bin/berth-runtime",
             create_extra: &[],
             times: Vec::new(),
@@ -38,6 +46,7 @@ fn main() -> ExitCode {
         },
         Runtime {
             name: "crun",
+            floor: false,
             bin: "/usr/bin/crun",
             create_extra: &["--no-pivot"],
             times: Vec::new(),
@@ -45,8 +54,17 @@ fn main() -> ExitCode {
         },
         Runtime {
             name: "runc",
+            floor: false,
             bin: "/usr/sbin/runc",
             create_extra: &["--no-pivot"],
+            times: Vec::new(),
+            peak_rss_kb: 0,
+        },
+        Runtime {
+            name: "namespace floor",
+            floor: true,
+            bin: "/usr/bin/busybox",
+            create_extra: &[],
             times: Vec::new(),
             peak_rss_kb: 0,
         },
@@ -118,7 +136,34 @@ fn invoke(rt: &mut Runtime, args: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// `unshare -m -u -i -n -p -f` (it forks into the new PID namespace and waits), then
+/// `chroot ROOTFS /bin/true`.
+fn floor_once(rt: &mut Runtime, bundle: &Path) -> Result<Duration, String> {
+    let rootfs = bundle.join("rootfs").to_string_lossy().into_owned();
+    let t0 = Instant::now();
+    invoke(
+        rt,
+        &[
+            "unshare",
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-f",
+            "/usr/bin/busybox",
+            "chroot",
+            &rootfs,
+            "/bin/true",
+        ],
+    )?;
+    Ok(t0.elapsed())
+}
+
 fn once(rt: &mut Runtime, bundle: &Path, i: usize) -> Result<Duration, String> {
+    if rt.floor {
+        return floor_once(rt, bundle);
+    }
     let root = format!("/run/bench-{}", rt.name);
     let id = format!("b{i}");
     let pid_file = format!("/tmp/bench-{}.pid", rt.name);

@@ -96,6 +96,27 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The demo machine on the production disk: the smallest memory size that serves
+    /// its page (256 MiB first, then smaller), and Berth's own processes' memory there.
+    BenchDemo {
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initrd: PathBuf,
+        /// The production image's raw disk.
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        user_data: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Every performance goal, its figure from the JSON files `make bench` wrote in DIR,
+    /// and its bound, as one table.
+    BenchSummary {
+        #[arg(long, default_value = "out")]
+        dir: PathBuf,
+    },
     BenchUpdate {
         #[arg(long)]
         kernel: PathBuf,
@@ -239,6 +260,26 @@ fn main() -> ExitCode {
                 lines.max(1),
                 json.as_deref(),
             )
+        }
+        Cmd::BenchDemo {
+            kernel,
+            initrd,
+            disk,
+            user_data,
+            json,
+        } => berth_tests::demo_bench::run(
+            &berth_tests::demo_bench::Inputs {
+                kernel: &kernel,
+                initrd: &initrd,
+                disk: &disk,
+                user_data: &user_data,
+            },
+            json.as_deref(),
+        ),
+        Cmd::BenchSummary { dir } => {
+            let missed = berth_tests::bench_report::summary(&dir);
+            println!("  goals missed: {missed}");
+            Ok(())
         }
         Cmd::BenchUpdate {
             kernel,
@@ -445,8 +486,7 @@ fn bench(b: &Bench, runs: usize, json: Option<&Path>) -> Result<()> {
             "initramfs_bytes": size(&b.initrd),
             "floor_initramfs_bytes": size(&b.floor_initrd),
         });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        berth_tests::bench_report::write(path, doc)?;
     }
     Ok(())
 }
@@ -563,9 +603,12 @@ fn bench_runtimes(
         ours / median("crun"),
         ours / median("runc")
     );
+    println!(
+        "  ratio berth-runtime/namespace floor (unshare + chroot + exec): {:.2}x",
+        ours / median("namespace floor")
+    );
     if let Some(path) = json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        berth_tests::bench_report::write(path, serde_json::Value::Array(report))?;
     }
     Ok(())
 }
@@ -750,8 +793,7 @@ fn bench_daemon(
             "busy_threads": busy_threads,
             "start_seconds": start_s,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        berth_tests::bench_report::write(path, report)?;
     }
     Ok(())
 }

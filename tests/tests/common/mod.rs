@@ -98,9 +98,18 @@ pub fn boot_disk_again(name: &str, dir: &std::path::Path) -> Vm {
 /// The config [`boot_disk_again`] boots, for tests that add to it (a network, say);
 /// the disk must exist (see [`new_disk`]).
 pub fn disk_config(name: &str, dir: &std::path::Path) -> VmConfig {
-    let mut cfg = config(name);
-    cfg.disk = Some(dir.join("disk.qcow2"));
+    let mut cfg = direct_disk_boot(name, &dir.join("disk.qcow2"));
     cfg.disk_persistent = true;
+    cfg
+}
+
+/// The kernel loaded directly with the initramfs a disk boots (stage 1 only, as the
+/// ESP's), the bootloader's command line, and `disk` (through a throwaway overlay unless
+/// the caller makes it persistent).
+pub fn direct_disk_boot(name: &str, disk: &std::path::Path) -> VmConfig {
+    let mut cfg = config(name);
+    cfg.initrd = image_dir().join("initrd-stage1.img");
+    cfg.disk = Some(disk.to_path_buf());
     cfg.append = disk_cmdline();
     cfg
 }
