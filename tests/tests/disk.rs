@@ -251,7 +251,14 @@ fn image_sizes_are_in_bounds() {
         .iter()
         .filter_map(|v| v.as_str())
         .collect();
-    for needed in ["dm_verity", "erofs", "virtio_blk", "nvme", "virtio_scsi"] {
+    for needed in [
+        "dm_verity",
+        "sha256_ssse3",
+        "erofs",
+        "virtio_blk",
+        "nvme",
+        "virtio_scsi",
+    ] {
         assert!(modules.contains(&needed), "{needed}: {modules:?}");
     }
     assert!(!modules.contains(&"btrfs"), "{modules:?}");
