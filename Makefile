@@ -61,10 +61,10 @@ test: lint image-test floor
 # table at the end (bench-summary) says which are met. Each JSON file records the commit.
 bench: export BERTH_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null)$(shell git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)
 bench: image image-test floor
-	$(BIN)/berth-vm bench --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img \
+	$(BIN)/berth-vm bench --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd-stage1.img \
 		--floor-initrd $(OUT)/floor/initrd.img --disk $(OUT)/berth.raw \
 		--floor-disk $(OUT)/floor/floor.raw --firmware uefi --runs 3 --json $(OUT)/bench.json
-	$(BIN)/berth-vm bench --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img \
+	$(BIN)/berth-vm bench --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd-stage1.img \
 		--floor-initrd $(OUT)/floor/initrd.img --disk $(OUT)/berth.raw \
 		--floor-disk $(OUT)/floor/floor.raw --firmware bios --runs 3 --json $(OUT)/bench-bios.json
 	$(BIN)/berth-vm bench-demo --kernel $(OUT)/vmlinuz --initrd $(OUT)/initrd.img \

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 /// The commit of the tree in the current directory (`-dirty` when it has changes), or
 /// `BERTH_COMMIT` when set (a build outside a clone).
 pub fn commit() -> String {
-    if let Ok(c) = std::env::var("BERTH_COMMIT") {
+    if let Some(c) = std::env::var("BERTH_COMMIT").ok().filter(|c| !c.is_empty()) {
         return c;
     }
     let git = |args: &[&str]| {
@@ -126,13 +126,13 @@ pub fn summary(dir: &Path) -> usize {
         ),
         goal(
             "Berth's processes idle, RSS sum",
-            field(&demo, "rss_kb_total").map(|k| k / 1000.0),
+            field(&demo, "rss_kb_total").map(|k| k * 1024.0 / 1e6),
             " MB",
             12.0,
         ),
         goal(
             "Berth's processes idle, PSS sum",
-            field(&demo, "pss_kb_total").map(|k| k / 1000.0),
+            field(&demo, "pss_kb_total").map(|k| k * 1024.0 / 1e6),
             " MB",
             12.0,
         ),

@@ -140,11 +140,12 @@ pub fn run(i: &Inputs<'_>, json: Option<&Path>) -> Result<()> {
             r.service, r.command, r.rss_kb, r.pss_kb
         );
     }
+    // smaps counts in KiB ("kB").
     println!(
         "  total, {} processes: {rss} KB RSS ({:.1} MB), {pss} KB PSS ({:.1} MB)",
         rows.len(),
-        rss as f64 / 1000.0,
-        pss as f64 / 1000.0
+        rss as f64 * 1024.0 / 1e6,
+        pss as f64 * 1024.0 / 1e6
     );
     if let Some(path) = json {
         let smallest_any = [smallest(Firmware::Uefi), smallest(Firmware::Bios)]

@@ -29,6 +29,10 @@ impl Drop for VmLock {
         let Some(path) = std::env::var_os(TIMES_ENV) else {
             return;
         };
+        // Only the machine-wide lock is a VM's (this module's tests take others).
+        if self.path != Path::new(DEFAULT_LOCK) {
+            return;
+        }
         let thread = std::thread::current();
         // A tool's main thread (berth-vm run by a test) is named after the tool.
         let name = match thread.name() {

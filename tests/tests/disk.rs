@@ -165,7 +165,7 @@ fn a_flipped_byte_in_root_a_stops_the_boot_naming_dm_verity() {
     let mut cfg = direct_disk_config("verity-corrupt", DiskBus::Virtio);
     cfg.disk = Some(copy);
     cfg.testd = false;
-    let vm = Vm::boot(cfg).unwrap();
+    let mut vm = Vm::boot(cfg).unwrap();
     let fatal = vm
         .wait_for_line("berth: fatal:", BOOT_TIMEOUT)
         .expect("a fatal line for the corrupted root");
@@ -185,6 +185,17 @@ fn a_flipped_byte_in_root_a_stops_the_boot_naming_dm_verity() {
     assert!(
         console.contains("device-mapper: verity"),
         "the kernel did not report the corruption:\n{console}"
+    );
+    // Stopped in stage 1, the machine still answers the power button (a cloud's stop):
+    // the stage-1 initramfs carries the ACPI button's driver.
+    vm.powerdown().unwrap();
+    let exit = vm
+        .wait_exit(SHUTDOWN_TIMEOUT)
+        .expect("the power button ends the emergency");
+    assert!(
+        exit.shutdown_reasons.iter().any(|r| r == "guest-shutdown"),
+        "{exit:?}\n{}",
+        vm.console()
     );
 }
 

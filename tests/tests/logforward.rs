@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use crate::common::{assert_running, boot, disk_config, new_disk, pki, power_off};
 use berth_tests::http::free_port;
 
-/// The numbers the container prints (20 ms apart: the stream lasts 32 s of guest time,
-/// long enough to span the outage and still be running at the reboot).
-const LAST: u32 = 1600;
+/// The numbers the container prints (20 ms apart or more: the stream lasts 40 s of guest
+/// time or more, long enough to span the outage, a late reconnect after it, and still be
+/// running at the reboot).
+const LAST: u32 = 2000;
 
 /// rsyslog with two imtcp inputs (plain and TLS), each written to its own file as
 /// `HOST APP MSGID SD MSG`.

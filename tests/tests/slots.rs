@@ -18,7 +18,8 @@ use berth_tests::vm::{Firmware, Vm, VmConfig};
 /// The settle time and the health timeout the tests' user-data sets.
 pub(crate) const HEALTHY: &str =
     "#cloud-config\nberth:\n  update:\n    health_seconds: 3\n    health_timeout_seconds: 10\n";
-/// A boot that goes through one reboot (a panic or a fatal stage 1 waits 10 s).
+/// A boot that goes through one reboot (a panic or a fatal stage 1 waits `panic=`: the
+/// image says 10 s, the panic and dm-verity trials here 1 s).
 const TWO_BOOTS: Duration = Duration::from_secs(240);
 
 pub(crate) struct SlotDisk {
@@ -183,7 +184,7 @@ fn good_version_survives_a_power_cut_then_berthctl_rollback(disk: &SlotDisk) {
     off(vm);
 }
 
-/// No init: the kernel finds nothing to run and panics; panic=10 reboots it.
+/// No init: the kernel finds nothing to run and panics; `panic=1` reboots it.
 fn a_panicking_kernel_returns_to_a(disk: &SlotDisk) {
     // panic=1: the kernel reboots a second after its panic, not the image's ten.
     disk.write_b("0.1.2-panics", "rdinit=/nonexistent panic=1", 1);

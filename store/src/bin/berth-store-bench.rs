@@ -336,7 +336,10 @@ fn bench(runs: usize, json: Option<&Path>) -> Result<()> {
                 .collect();
             // The commit `make bench` measured (it sets BERTH_COMMIT for every bench).
             let doc = serde_json::json!({
-                "commit": std::env::var("BERTH_COMMIT").unwrap_or_else(|_| "unknown".into()),
+                "commit": std::env::var("BERTH_COMMIT")
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or_else(|| "unknown".into()),
                 "date": berth_schema::time::now_rfc3339(),
                 "results": report,
             });
