@@ -62,6 +62,29 @@ pub fn config(name: &str) -> VmConfig {
     }
 }
 
+/// Whether a `berth: ready` line says every wanted service is ready, and at least
+/// `least` of them (the agent, the network, testd and the daemon in the test image). The
+/// count itself varies: sshd, log forwarding and the autoupdater start and, with nothing
+/// to do, exit at about the moment the line is printed.
+pub fn all_services_ready(ready: &str, least: u32) -> bool {
+    let Some(counts) = ready
+        .split("services ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+    else {
+        return false;
+    };
+    match counts
+        .split_once('/')
+        .map(|(a, b)| (a.parse::<u32>(), b.parse::<u32>()))
+    {
+        Some((Ok(up), Ok(wanted))) => {
+            up == wanted && up >= least && ready.contains(&format!("{up}/{wanted} ready)"))
+        }
+        _ => false,
+    }
+}
+
 pub fn boot(cfg: VmConfig) -> Vm {
     let vm = Vm::boot(cfg).expect("starting QEMU");
     vm.wait_for_line("berth: ready", BOOT_TIMEOUT)
@@ -156,4 +179,19 @@ pub fn assert_running(testd: &mut berth_tests::testd::TestdClient, name: &str) {
         std::thread::sleep(Duration::from_millis(500));
     }
     panic!("{name} is not running:\n{ps}");
+}
+
+#[test]
+fn all_services_ready_reads_the_ready_line() {
+    let line = |s: &str| {
+        format!("berth: ready (berth 0.1.0, boot 8887 ms, hostname typed, addresses none, {s})")
+    };
+    assert!(all_services_ready(&line("services 4/4 ready"), 4));
+    assert!(all_services_ready(&line("services 5/5 ready"), 4));
+    assert!(!all_services_ready(&line("services 3/3 ready"), 4));
+    assert!(!all_services_ready(
+        &line("services 3/4 ready; not ready: berth-net"),
+        4
+    ));
+    assert!(!all_services_ready("berth: ready (no count)", 4));
 }
