@@ -234,24 +234,20 @@ fn ready_or_failure(vm: &Vm) -> Result<(), String> {
         if console.contains("berth: ready") {
             return Ok(());
         }
-        if let Some(line) = console
-            .lines()
-            .find(|l| FAILURES.iter().any(|f| l.contains(f)))
+        let lines: Vec<&str> = console.lines().collect();
+        if let Some(at) = lines
+            .iter()
+            .position(|l| FAILURES.iter().any(|f| l.contains(f)))
         {
-            let before = console
-                .lines()
-                .take_while(|l| !FAILURES.iter().any(|f| l.contains(f)))
-                .find_map(|l| l.find("error").map(|at| &l[at..]))
-                .unwrap_or("");
-            return Err(format!(
-                "{}{}",
-                before.trim(),
-                if before.is_empty() {
-                    line.trim().to_string()
-                } else {
-                    format!(" / {}", line.trim())
-                }
-            ));
+            // The bootloader's own error before it gave up says why (ANSI codes cut).
+            let why = lines[..at]
+                .iter()
+                .find_map(|l| l.find("error").map(|i| &l[i..]));
+            let failure = lines[at].trim();
+            return Err(match why {
+                Some(why) => format!("{} / {failure}", why.trim()),
+                None => failure.to_string(),
+            });
         }
         if Instant::now() > deadline {
             let last = console

@@ -6,7 +6,6 @@
 //! the processes that map it (glibc, one binary run twice), so PSS adds up across
 //! processes and RSS does not. Both come from `/proc/PID/smaps_rollup` (Linux 4.14+).
 
-use std::io::Read;
 use std::path::Path;
 
 use berth_control::ProcessMemory;
@@ -14,8 +13,9 @@ use berth_control::ProcessMemory;
 use super::services::cgroup::MOUNT;
 
 /// smaps_rollup is about 1 KiB, comm at most 16 bytes, and a service's cgroup holds a
-/// handful of processes: anything beyond these is not ours to read whole.
-const FILE_LIMIT: u64 = 8 * 1024;
+/// handful of processes: a longer file is not read (a cgroup.procs that long lists only
+/// the service's main process).
+const FILE_LIMIT: usize = 8 * 1024;
 const PROCS_LIMIT: usize = 256;
 
 /// Init's own row, then each running service's processes, in the order given.
@@ -64,14 +64,10 @@ fn row(service: &str, pid: u32) -> Option<ProcessMemory> {
     })
 }
 
+/// The file's text; None when it is gone, not a regular file, or over the bound.
 fn read_small(path: &Path) -> Option<String> {
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(FILE_LIMIT)
-        .read_to_string(&mut text)
-        .ok()?;
-    Some(text)
+    let bytes = super::slots::read_regular(path, FILE_LIMIT).ok()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// (Rss, Pss) in KiB from smaps_rollup's `Rss:    1234 kB` lines; 0 for a missing one.
